@@ -1,0 +1,16 @@
+// Each subcommand registers itself on the app; its callback stores the process exit code.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace difftrain::cli {
+
+// Exit codes shared by every subcommand.
+enum ExitCode : int { kOk = 0, kCheckFailed = 1, kBadInput = 2 };
+
+void add_info_command(CLI::App& app, int& exit_code);
+void add_loss_eval_command(CLI::App& app, int& exit_code);
+
+}  // namespace difftrain::cli
