@@ -26,12 +26,14 @@ void print_info() {
   row("CUDA build", torch::cuda::is_available() || comm.nccl_built ? "yes" : "no");
   row("CUDA runtime", comm.nccl_built ? comm.cuda_runtime : "not built");
   row("CUDA driver", comm.nccl_built ? comm.cuda_driver : "not built");
-  row("NCCL", comm.nccl_built ? comm.nccl_version : "not built (DIFFTRAIN_NCCL=OFF or CPU LibTorch)");
+  row("NCCL",
+      comm.nccl_built ? comm.nccl_version : "not built (DIFFTRAIN_NCCL=OFF or CPU LibTorch)");
   row("MPI", comm.mpi_library);
   row("HDF5", fmt::format("{}.{}.{}", h5_major, h5_minor, h5_release));
   row("spdlog", fmt::format("{}.{}.{}", SPDLOG_VER_MAJOR, SPDLOG_VER_MINOR, SPDLOG_VER_PATCH));
   const auto gpus = torch::cuda::device_count();
-  row("devices", gpus > 0 ? fmt::format("cpu, {} x cuda", gpus) : std::string("cpu (no CUDA device)"));
+  row("devices",
+      gpus > 0 ? fmt::format("cpu, {} x cuda", gpus) : std::string("cpu (no CUDA device)"));
 }
 
 }  // namespace

@@ -33,15 +33,15 @@ struct Tolerance {
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  for (std::size_t i = 0; i < s.size(); ++i)
+    r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
 }
 
 void expect_shape(const h5::File& f, const std::string& name, const std::vector<int64_t>& want) {
   const auto got = f.shape(name);
   if (got != want)
-    f.fail("dataset '" + name + "' has shape " + shape_str(got) + ", expected " +
-           shape_str(want));
+    f.fail("dataset '" + name + "' has shape " + shape_str(got) + ", expected " + shape_str(want));
 }
 
 // Parses a root attribute with one of the diffusion parsers, naming the file on failure.
@@ -91,7 +91,8 @@ void write_results(const std::string& out, const std::vector<Result>& results) {
   const std::string tmp = out + ".tmp";
   {
     h5::File f = h5::File::create(tmp);
-    for (const Result& r : results) h5::write_tensor(f, r.name, r.got.to(at::kDouble));
+    for (const Result& r : results)
+      h5::write_tensor(f, r.name, r.got.to(at::kDouble));
     f.set_attr("description", std::string("difftrain loss-eval output"));
   }
   std::filesystem::rename(tmp, out);
@@ -117,9 +118,10 @@ bool check_results(const h5::File& f, const std::vector<Result>& results, Tolera
     const double worst_ratio = ratio.flatten()[worst].item<double>();
     const bool ok = !(worst_ratio > 1.0);  // NaN fails
     all_ok = all_ok && ok;
-    fmt::print("{:<12} worst error {:.3g} of tolerance (element {}: got {:.10g}, expected {:.10g}) {}\n",
-               r.name, worst_ratio, worst, r.got.flatten()[worst].item<double>(),
-               expected.flatten()[worst].item<double>(), ok ? "ok" : "FAIL");
+    fmt::print(
+        "{:<12} worst error {:.3g} of tolerance (element {}: got {:.10g}, expected {:.10g}) {}\n",
+        r.name, worst_ratio, worst, r.got.flatten()[worst].item<double>(),
+        expected.flatten()[worst].item<double>(), ok ? "ok" : "FAIL");
   }
   return all_ok;
 }
@@ -128,7 +130,8 @@ int eval_per_sample(const h5::File& f, const Options& o, c10::ScalarType dtype) 
   const GaussianDiffusion d = diffusion_from_attrs(f);
   const auto loss_type = parse_attr(f, "loss_type", diffusion::parse_loss_type);
   const auto x_shape = f.shape("x_start");
-  if (x_shape.size() < 2) f.fail("dataset 'x_start' must be [N, C, ...], got " + shape_str(x_shape));
+  if (x_shape.size() < 2)
+    f.fail("dataset 'x_start' must be [N, C, ...], got " + shape_str(x_shape));
   const int64_t N = x_shape[0];
   expect_shape(f, "noise", x_shape);
   expect_shape(f, "t", {N});
@@ -140,7 +143,8 @@ int eval_per_sample(const h5::File& f, const Options& o, c10::ScalarType dtype) 
   const at::Tensor model_output = h5::read_tensor(f, "model_output", dtype);
   check_timesteps(f, t, d.num_timesteps);
 
-  const diffusion::LossSpec spec = diffusion::loss_spec(loss_type, d.model_var_type, d.num_timesteps);
+  const diffusion::LossSpec spec =
+      diffusion::loss_spec(loss_type, d.model_var_type, d.num_timesteps);
   const at::Tensor x_t = diffusion::q_sample(d, x_start, t, noise);
   const auto terms = diffusion::training_terms(d, spec, model_output, x_start, x_t, t, noise);
 
@@ -164,7 +168,8 @@ int eval_full_bound(const h5::File& f, const Options& o, c10::ScalarType dtype) 
   const int64_t T = d.num_timesteps;
   const bool clip_denoised = f.attr_int("clip_denoised") != 0;
   const auto x_shape = f.shape("x_start");
-  if (x_shape.size() < 2) f.fail("dataset 'x_start' must be [N, C, ...], got " + shape_str(x_shape));
+  if (x_shape.size() < 2)
+    f.fail("dataset 'x_start' must be [N, C, ...], got " + shape_str(x_shape));
   std::vector<int64_t> noise_shape = x_shape;
   noise_shape.insert(noise_shape.begin(), T);
   expect_shape(f, "noise", noise_shape);
@@ -177,8 +182,8 @@ int eval_full_bound(const h5::File& f, const Options& o, c10::ScalarType dtype) 
   const diffusion::ModelFn model = [&](const at::Tensor&, const at::Tensor& t) {
     return recorded[t[0].item<int64_t>()];
   };
-  const auto b = diffusion::calc_bpd_loop(d, model, x_start, clip_denoised,
-                                          [&](long t) { return noise[t]; });
+  const auto b =
+      diffusion::calc_bpd_loop(d, model, x_start, clip_denoised, [&](long t) { return noise[t]; });
   const std::vector<Result> results{{"vb", b.vb},
                                     {"mse", b.mse},
                                     {"xstart_mse", b.xstart_mse},
@@ -195,8 +200,9 @@ int run(const Options& o) {
   try {
     const h5::File f = h5::File::open(o.cases);
     if (!f.has("noise"))
-      f.fail("not a loss-eval case file: no dataset 'noise' (expected the per-sample or the "
-             "full-bound layout of the golden README)");
+      f.fail(
+          "not a loss-eval case file: no dataset 'noise' (expected the per-sample or the "
+          "full-bound layout of the golden README)");
     const std::size_t noise_dims = f.shape("noise").size();
     if (noise_dims == 5) return eval_full_bound(f, o, dtype);
     if (!f.has("t"))

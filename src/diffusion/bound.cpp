@@ -15,8 +15,7 @@ BoundTerms calc_bpd_loop(const GaussianDiffusion& d, const ModelFn& model,
   const long T = d.num_timesteps;
   std::vector<at::Tensor> vb(T), xstart_mse(T), mse(T);
   for (long step = T - 1; step >= 0; --step) {
-    const at::Tensor t =
-        at::full({x_start.size(0)}, step, x_start.options().dtype(at::kLong));
+    const at::Tensor t = at::full({x_start.size(0)}, step, x_start.options().dtype(at::kLong));
     const at::Tensor eps = noise(step);
     const at::Tensor x_t = q_sample(d, x_start, t, eps);
     const at::Tensor out = model(x_t, t);

@@ -27,6 +27,8 @@ at::Tensor discretized_gaussian_log_likelihood(const at::Tensor& x, const at::Te
                    at::where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta));
 }
 
-at::Tensor mean_flat(const at::Tensor& x) { return x.flatten(1).mean(1); }
+at::Tensor mean_flat(const at::Tensor& x) {
+  return x.flatten(1).mean(1);
+}
 
 }  // namespace difftrain::diffusion

@@ -13,7 +13,8 @@ namespace {
 
 std::string shape_str(const at::Tensor& x) {
   std::string s = "[";
-  for (int64_t i = 0; i < x.dim(); ++i) s += (i ? ", " : "") + std::to_string(x.size(i));
+  for (int64_t i = 0; i < x.dim(); ++i)
+    s += (i ? ", " : "") + std::to_string(x.size(i));
   return s + "]";
 }
 
@@ -22,7 +23,10 @@ std::string shape_str(const at::Tensor& x) {
 at::Tensor extract(const at::Tensor& table, const at::Tensor& t, const at::Tensor& like) {
   std::vector<int64_t> shape(like.dim(), 1);
   shape[0] = t.size(0);
-  return table.to(like.device()).index_select(0, t.to(like.device())).to(like.scalar_type()).view(shape);
+  return table.to(like.device())
+      .index_select(0, t.to(like.device()))
+      .to(like.scalar_type())
+      .view(shape);
 }
 
 at::Tensor q_sample(const GaussianDiffusion& d, const at::Tensor& x_start, const at::Tensor& t,
@@ -66,10 +70,11 @@ void check_model_output(const GaussianDiffusion& d, const at::Tensor& model_outp
   const int64_t want = is_learned(d.model_var_type) ? 2 * C : C;
   bool ok = model_output.dim() == x_t.dim() && model_output.size(0) == x_t.size(0) &&
             model_output.size(1) == want;
-  for (int64_t i = 2; ok && i < x_t.dim(); ++i) ok = model_output.size(i) == x_t.size(i);
+  for (int64_t i = 2; ok && i < x_t.dim(); ++i)
+    ok = model_output.size(i) == x_t.size(i);
   if (!ok)
-    throw std::invalid_argument("model output has shape " + shape_str(model_output) +
-                                " but x_t " + shape_str(x_t) + " with variance type " +
+    throw std::invalid_argument("model output has shape " + shape_str(model_output) + " but x_t " +
+                                shape_str(x_t) + " with variance type " +
                                 to_string(d.model_var_type) + " needs " + std::to_string(want) +
                                 " channels");
 }

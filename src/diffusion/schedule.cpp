@@ -58,7 +58,8 @@ GaussianDiffusion make_gaussian_diffusion(const at::Tensor& betas_in, ModelMeanT
   const at::Tensor alphas = 1.0 - betas;
   d.betas = betas;
   d.alphas_cumprod = at::cumprod(alphas, 0);
-  d.alphas_cumprod_prev = at::cat({at::ones({1}, betas.options()), d.alphas_cumprod.slice(0, 0, -1)});
+  d.alphas_cumprod_prev =
+      at::cat({at::ones({1}, betas.options()), d.alphas_cumprod.slice(0, 0, -1)});
   d.sqrt_alphas_cumprod = at::sqrt(d.alphas_cumprod);
   d.sqrt_one_minus_alphas_cumprod = at::sqrt(1.0 - d.alphas_cumprod);
   d.log_one_minus_alphas_cumprod = at::log(1.0 - d.alphas_cumprod);
@@ -67,10 +68,9 @@ GaussianDiffusion make_gaussian_diffusion(const at::Tensor& betas_in, ModelMeanT
 
   // Ho et al. eq. 7: beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t).
   d.posterior_variance = betas * (1.0 - d.alphas_cumprod_prev) / (1.0 - d.alphas_cumprod);
-  d.posterior_log_variance_clipped = at::log(
-      at::cat({d.posterior_variance.slice(0, 1, 2), d.posterior_variance.slice(0, 1)}));
-  d.posterior_mean_coef1 =
-      betas * at::sqrt(d.alphas_cumprod_prev) / (1.0 - d.alphas_cumprod);
+  d.posterior_log_variance_clipped =
+      at::log(at::cat({d.posterior_variance.slice(0, 1, 2), d.posterior_variance.slice(0, 1)}));
+  d.posterior_mean_coef1 = betas * at::sqrt(d.alphas_cumprod_prev) / (1.0 - d.alphas_cumprod);
   d.posterior_mean_coef2 =
       (1.0 - d.alphas_cumprod_prev) * at::sqrt(alphas) / (1.0 - d.alphas_cumprod);
   return d;

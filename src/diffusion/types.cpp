@@ -45,19 +45,31 @@ constexpr std::array<std::pair<const char*, LossType>, 4> kLossTypes{
 
 }  // namespace
 
-BetaSchedule parse_beta_schedule(std::string_view n) { return parse("schedule", n, kSchedules); }
+BetaSchedule parse_beta_schedule(std::string_view n) {
+  return parse("schedule", n, kSchedules);
+}
 ModelMeanType parse_model_mean_type(std::string_view n) {
   return parse("model_mean_type", n, kMeanTypes);
 }
 ModelVarType parse_model_var_type(std::string_view n) {
   return parse("model_var_type", n, kVarTypes);
 }
-LossType parse_loss_type(std::string_view n) { return parse("loss_type", n, kLossTypes); }
+LossType parse_loss_type(std::string_view n) {
+  return parse("loss_type", n, kLossTypes);
+}
 
-std::string to_string(BetaSchedule v) { return name_of(v, kSchedules); }
-std::string to_string(ModelMeanType v) { return name_of(v, kMeanTypes); }
-std::string to_string(ModelVarType v) { return name_of(v, kVarTypes); }
-std::string to_string(LossType v) { return name_of(v, kLossTypes); }
+std::string to_string(BetaSchedule v) {
+  return name_of(v, kSchedules);
+}
+std::string to_string(ModelMeanType v) {
+  return name_of(v, kMeanTypes);
+}
+std::string to_string(ModelVarType v) {
+  return name_of(v, kVarTypes);
+}
+std::string to_string(LossType v) {
+  return name_of(v, kLossTypes);
+}
 
 LossSpec loss_spec(LossType type, ModelVarType var_type, long num_timesteps) {
   const double T = static_cast<double>(num_timesteps);

@@ -27,7 +27,9 @@ std::string to_string(LossType v);
 inline bool is_learned(ModelVarType v) {
   return v == ModelVarType::learned || v == ModelVarType::learned_range;
 }
-inline bool is_mse(LossType v) { return v == LossType::mse || v == LossType::rescaled_mse; }
+inline bool is_mse(LossType v) {
+  return v == LossType::mse || v == LossType::rescaled_mse;
+}
 
 // Which terms enter the per-sample loss, and the factor on L_t (bits/dim).
 struct LossSpec {
