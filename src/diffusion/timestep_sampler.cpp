@@ -56,7 +56,7 @@ void record_losses(TimestepSampler& s, const at::Tensor& t_in, const at::Tensor&
   const at::Tensor t = t_in.to(s.loss_counts.device(), at::kLong).flatten();
   const at::Tensor losses = losses_in.detach().to(s.loss_history.device(), at::kDouble).flatten();
   // Group the entries by t, keeping their order within a group (stable sort).
-  const at::Tensor order = std::get<1>(t.sort(/*stable=*/true));
+  const at::Tensor order = std::get<1>(t.sort(/*stable=*/std::optional<bool>(true), 0));
   const at::Tensor ts = t.index_select(0, order), ls = losses.index_select(0, order);
   const at::Tensor per_t = at::bincount(ts, {}, s.num_timesteps);
   const at::Tensor group_start = per_t.cumsum(0) - per_t;
