@@ -27,7 +27,8 @@ CommRuntimeInfo comm_runtime_info() {
 #ifdef DIFFTRAIN_HAVE_NCCL
   info.nccl_built = true;
   int v = 0;
-  if (ncclGetVersion(&v) == ncclSuccess) info.nccl_version = dotted(v / 10000, v % 10000 / 100, v % 100);
+  if (ncclGetVersion(&v) == ncclSuccess)
+    info.nccl_version = dotted(v / 10000, v % 10000 / 100, v % 100);
   if (cudaRuntimeGetVersion(&v) == cudaSuccess) info.cuda_runtime = dotted(v / 1000, v % 1000 / 10);
   int driver = 0;
   info.cuda_driver = cudaDriverGetVersion(&driver) == cudaSuccess && driver > 0
