@@ -14,6 +14,10 @@ int main(int argc, char** argv) {
   int exit_code = kOk;
   add_info_command(app, exit_code);
   add_loss_eval_command(app, exit_code);
+  add_train_command(app, exit_code);
+  add_model_info_command(app, exit_code);
+  add_sample_command(app, exit_code);
+  add_eval_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,53 @@
+// `difftrain model-info`: the UNet a config builds, with its parameter count by part.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <optional>
+
+#include "cli/commands.hpp"
+#include "data/manifest.hpp"
+#include "model/parameter_count.hpp"
+#include "model/unet.hpp"
+#include "train/config.hpp"
+#include "train/setup.hpp"
+
+namespace difftrain::cli {
+namespace {
+
+struct Options {
+  std::string config;
+  std::vector<std::string> overrides;
+};
+
+int run(const Options& o) {
+  const train::Config config = train::load_config(o.config, o.overrides);
+  train::validate(config);
+  // The data decides the image shape when its manifest is at hand; model.image_size and
+  // model.in_channels otherwise.
+  std::optional<data::Manifest> manifest;
+  if (config.model.image_size == 0 || config.model.in_channels == 0)
+    manifest = data::read_manifest(config.data.train);
+  const auto shape = train::data_shape(config, manifest ? &*manifest : nullptr);
+  const model::UNetConfig uc = train::unet_config(config, shape);
+  model::UNet net(uc);
+  fmt::print("UNet for {}x{}x{} images, {} output channels{}\n", uc.in_channels, uc.image_size,
+             uc.image_size, uc.out_channels,
+             uc.num_classes > 0 ? fmt::format(", {} classes", uc.num_classes) : "");
+  for (const auto& [part, count] : model::parameter_breakdown(net))
+    fmt::print("  {:<20}{:>14L}\n", part, count);
+  fmt::print("  {:<20}{:>14L}\n", "total", model::parameter_count(net));
+  return kOk;
+}
+
+}  // namespace
+
+void add_model_info_command(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("model-info", "Print the parameter count of a config's UNet");
+  cmd->add_option("--config", o->config, "YAML experiment config")->required();
+  cmd->add_option("--set", o->overrides, "Override a config key: section.key=value (repeatable)");
+  cmd->callback([o, &exit_code] { exit_code = run(*o); });
+}
+
+}  // namespace difftrain::cli

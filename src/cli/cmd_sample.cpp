@@ -1,0 +1,330 @@
+// `difftrain sample`: images from a trained model with ancestral (DDPM) or DDIM sampling,
+// optionally on a respaced schedule, written as a PNG grid, an HDF5 shard and a NumPy .npz.
+// Under mpirun every rank samples its share and rank 0 writes them all. Sample i is drawn from
+// generators seeded by (--seed, i) alone, so the images do not depend on --batch or the number
+// of ranks.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "cli/commands.hpp"
+#include "cli/trained_model.hpp"
+#include "data/npz.hpp"
+#include "data/png_grid.hpp"
+#include "data/sample_order.hpp"
+#include "data/shard_writer.hpp"
+#include "diffusion/respace.hpp"
+#include "diffusion/sampling.hpp"
+#include "dist/communicator.hpp"
+#include "dist/world.hpp"
+#include "train/step_rng.hpp"
+
+namespace difftrain::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Seeds of the sampling noise: a stream of their own, keyed by the sample's index.
+constexpr uint64_t kSampleStreamTag = 0x53414d504c45;  // "SAMPLE"
+
+struct Options {
+  ModelSource source;
+  int64_t num = 0;
+  std::string out;
+  std::string sampler = "ddpm";
+  int64_t steps = 0;
+  std::string respacing;
+  double eta = 0.0;
+  bool eta_given = false;
+  uint64_t seed = 0;
+  int64_t label = -1;  // --class; -1 = every class in turn
+  int64_t batch = 64;
+};
+
+// Everything checked before any sampling starts.
+struct Plan {
+  TrainedModel model;
+  diffusion::GaussianDiffusion diffusion;  // the one sampled: respaced or the training one
+  at::Tensor timestep_map;                 // its index -> training timestep; undefined = same
+  std::string schedule;                    // for logs and the shard's source attribute
+  int64_t height = 0, width = 0, top = 0, left = 0;  // the crop of the padded samples
+  std::string out;                                   // output path without extension
+};
+
+std::string strip_extension(const std::string& out) {
+  const fs::path p(out);
+  const std::string ext = p.extension().string();
+  if (ext == ".png" || ext == ".h5" || ext == ".npz") return (p.parent_path() / p.stem()).string();
+  return out;
+}
+
+void check_options(const Options& o) {
+  if (o.num < 1) throw std::invalid_argument("--num must be >= 1, not " + std::to_string(o.num));
+  if (o.batch < 1)
+    throw std::invalid_argument("--batch must be >= 1, not " + std::to_string(o.batch));
+  if (o.eta_given && o.sampler != "ddim")
+    throw std::invalid_argument("--eta applies to --sampler ddim only");
+  if (o.eta < 0) throw std::invalid_argument("--eta must be >= 0, not " + fmt::format("{}", o.eta));
+  if (o.steps < 0) throw std::invalid_argument("--steps must be >= 1");
+}
+
+// --respacing, else --steps K as "K", else every step (ddpm) or 50 (ddim).
+std::string respacing_spec(const Options& o, long T) {
+  if (!o.respacing.empty()) return o.respacing;
+  if (o.steps > 0) return std::to_string(o.steps);
+  if (o.sampler == "ddim" && T > 50) return "50";
+  return "";
+}
+
+Plan prepare(const Options& o, const dist::World& world) {
+  check_options(o);
+  Plan p;
+  p.model = load_trained_model(o.source, dist::local_device(world));
+  const TrainedModel& m = p.model;
+  if (m.config.training.threads > 0) at::set_num_threads(static_cast<int>(m.config.training.threads));
+
+  const long T = m.diffusion.num_timesteps;
+  const std::string spec = respacing_spec(o, T);
+  if (spec.empty()) {
+    p.diffusion = m.diffusion;
+    p.schedule = fmt::format("{} steps", T);
+  } else {
+    diffusion::RespacedDiffusion r =
+        diffusion::respace(m.diffusion, diffusion::space_timesteps(T, spec));
+    p.schedule = fmt::format("respaced '{}': {} of {} steps", spec, r.diffusion.num_timesteps, T);
+    p.diffusion = std::move(r.diffusion);
+    p.timestep_map = r.timestep_map;
+  }
+
+  const int64_t classes = m.shape.num_classes;
+  if (o.label >= 0 && classes == 0)
+    throw std::invalid_argument("--class " + std::to_string(o.label) + ": " + m.checkpoint +
+                                " is an unconditional model");
+  if (o.label >= classes && classes > 0)
+    throw std::invalid_argument("--class " + std::to_string(o.label) + " is outside [0, " +
+                                std::to_string(classes) + ") of " + m.checkpoint);
+
+  // Samples of a model trained on padded images are cropped back to the data's size.
+  const int64_t size = m.shape.image_size;
+  p.height = p.width = size;
+  if (m.config.data.pad_to > 0) {
+    if (m.train_manifest) {
+      p.height = m.train_manifest->height;
+      p.width = m.train_manifest->width;
+      p.top = (size - p.height) / 2;
+      p.left = (size - p.width) / 2;
+    } else {
+      spdlog::warn("data.pad_to = {} but the training manifest cannot be read: the samples keep "
+                   "the padded size {}x{}",
+                   m.config.data.pad_to, size, size);
+    }
+  }
+
+  p.out = strip_extension(o.out);
+  if (world.rank() == 0) {
+    const fs::path dir = fs::path(p.out).parent_path();
+    std::error_code ec;
+    if (!dir.empty()) fs::create_directories(dir, ec);
+    if (ec || access(dir.empty() ? "." : dir.c_str(), W_OK) != 0)
+      throw std::invalid_argument(o.out + ": cannot write to the directory " +
+                                  (dir.empty() ? std::string(".") : dir.string()));
+  }
+  return p;
+}
+
+// uint8 HWC images of this rank's samples [first, first + count), and their labels.
+struct Samples {
+  at::Tensor images;  // uint8 [n, h, w, c], CPU
+  at::Tensor labels;  // int64 [n], CPU (all zero for unconditional models)
+};
+
+Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t count, bool progress) {
+  const TrainedModel& m = p.model;
+  const int64_t C = m.shape.channels, S = m.shape.image_size, classes = m.shape.num_classes;
+  std::vector<at::Tensor> images;
+  std::vector<int64_t> label_list;
+  for (int64_t i = first; i < first + count; ++i)
+    label_list.push_back(classes == 0 ? 0 : (o.label >= 0 ? o.label : i % classes));
+  const at::Tensor labels = at::tensor(label_list, at::kLong);
+
+  const long steps = p.diffusion.num_timesteps;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t b0 = 0; b0 < count; b0 += o.batch) {
+    const int64_t b = std::min(o.batch, count - b0);
+    std::vector<at::Generator> generators;
+    for (int64_t i = first + b0; i < first + b0 + b; ++i)
+      generators.push_back(train::cpu_generator(
+          train::step_seed(o.seed, i, train::RngStream::noise, kSampleStreamTag)));
+    const at::Tensor y = classes > 0 ? labels.narrow(0, b0, b).to(m.device) : at::Tensor();
+    diffusion::ModelFn model = network_fn(m, y);
+    if (p.timestep_map.defined()) model = diffusion::respaced_model(model, p.timestep_map);
+
+    diffusion::SampleOptions so;
+    so.eta = o.eta;
+    if (progress)
+      so.on_step = [&](long i) {
+        fmt::print(stderr, "\rbatch at sample {}/{}: step {}/{}   ", b0 + b, count, steps - i,
+                   steps);
+        if (i == 0) fmt::print(stderr, "\r{:60}\r", "");
+      };
+    const auto noise = diffusion::per_sample_noise(std::move(generators));
+    at::Tensor x;
+    {
+      c10::InferenceMode guard;
+      x = o.sampler == "ddim"
+              ? diffusion::ddim_sample_loop(p.diffusion, model, {b, C, S, S}, noise, so)
+              : diffusion::p_sample_loop(p.diffusion, model, {b, C, S, S}, noise, so);
+    }
+    // [-1, 1] -> 0..255, rounded: the inverse of the data's k / 127.5 - 1.
+    at::Tensor u8 = ((x.to(at::kCPU, at::kFloat) + 1) * 127.5).round().clamp(0, 255).to(at::kByte);
+    u8 = u8.narrow(2, p.top, p.height).narrow(3, p.left, p.width);
+    images.push_back(u8.permute({0, 2, 3, 1}).contiguous());
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    spdlog::info("sampled {}/{} ({:.2f} images/s)", b0 + b, count, (b0 + b) / seconds);
+  }
+  if (images.empty()) return {at::empty({0, p.height, p.width, C}, at::kByte), labels};
+  return {at::cat(images), labels};
+}
+
+// Every rank's samples in rank order, on rank 0 (others get an empty result).
+Samples gather(const Samples& mine, int64_t num, dist::Communicator& comm,
+               const c10::Device& device) {
+  const int W = comm.size();
+  if (W == 1) return mine;
+  const int64_t most = (num + W - 1) / W;
+  const auto padded = [&](const at::Tensor& t) {
+    std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+    shape[0] = most;
+    at::Tensor r = at::zeros(shape, t.options());
+    r.narrow(0, 0, t.size(0)).copy_(t);
+    return r.to(device);
+  };
+  const at::Tensor images = comm.all_gather(padded(mine.images)).cpu();
+  const at::Tensor labels = comm.all_gather(padded(mine.labels)).cpu();
+  if (comm.rank() != 0) return {};
+  std::vector<at::Tensor> im, lb;
+  for (int r = 0; r < W; ++r) {
+    const int64_t n = data::rank_rows(num, r, W).size();
+    im.push_back(images.narrow(0, r * most, n));
+    lb.push_back(labels.narrow(0, r * most, n));
+  }
+  return {at::cat(im), at::cat(lb)};
+}
+
+void write_outputs(const Plan& p, const Options& o, const Samples& s) {
+  const TrainedModel& m = p.model;
+  const int64_t N = s.images.size(0), H = s.images.size(1), W = s.images.size(2),
+                C = s.images.size(3);
+  const bool conditional = m.shape.num_classes > 0;
+  const auto* pixels = s.images.data_ptr<uint8_t>();
+  const auto* labels = s.labels.data_ptr<int64_t>();
+
+  if (C == 1 || C == 3 || C == 4) {
+    data::write_png_grid(p.out + ".png", pixels, N, H, W, C);
+  } else {
+    spdlog::warn("{}-channel images: no PNG grid written", C);
+  }
+
+  nlohmann::ordered_json source{{"tool", "difftrain sample"},
+                                {"checkpoint", m.checkpoint},
+                                {"step", m.step},
+                                {"ema_rate", m.ema_rate ? nlohmann::ordered_json(*m.ema_rate) : nullptr},
+                                {"sampler", o.sampler},
+                                {"schedule", p.schedule},
+                                {"eta", o.eta},
+                                {"seed", o.seed}};
+  const fs::path h5_path(p.out + ".h5");
+  data::ShardSpec spec;
+  spec.num_samples = N;
+  spec.height = H;
+  spec.width = W;
+  spec.channels = C;
+  spec.labels = conditional;
+  spec.source = source.dump();
+  data::ShardWriter writer(h5_path.parent_path().empty() ? "." : h5_path.parent_path().string(),
+                           h5_path.filename().string(), spec);
+  writer.append(pixels, labels, N);
+  writer.finish();
+
+  std::vector<data::NpyArray> arrays{{"arr_0", "|u1", pixels, 1, {N, H, W, C}}};
+  // As improved-diffusion's image_sample.py: the labels as arr_1 for class-conditional models.
+  if (conditional) arrays.push_back({"arr_1", "<i8", labels, 8, {N}});
+  data::write_npz(p.out + ".npz", arrays);
+}
+
+int run(const Options& o) {
+  dist::World world;
+  if (world.rank() != 0) spdlog::set_level(spdlog::level::warn);
+  std::optional<Plan> plan;
+  try {
+    plan = prepare(o, world);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return kBadInput;
+  }
+  const TrainedModel& m = plan->model;
+  spdlog::info("sampling {} images from {} with {} ({}), {} rank(s), device {}", o.num,
+               describe(m), o.sampler, plan->schedule, world.size(), m.device.str());
+
+  // Past this point a failure on one rank would leave the others waiting in the gather: it
+  // ends the whole job (World's destructor aborts while an exception unwinds).
+  const std::unique_ptr<dist::Communicator> comm = dist::make_communicator(world, m.device);
+  const data::RowRange mine = data::rank_rows(o.num, world.rank(), world.size());
+  const bool progress = world.rank() == 0 && isatty(STDERR_FILENO);
+  const auto t0 = std::chrono::steady_clock::now();
+  const Samples local = sample_range(*plan, o, mine.begin, mine.size(), progress);
+  const Samples all = gather(local, o.num, *comm, m.device);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (world.rank() != 0) return kOk;
+
+  try {
+    write_outputs(*plan, o, all);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return kBadInput;
+  }
+  const double evals = static_cast<double>(o.num) * plan->diffusion.num_timesteps;
+  spdlog::info("{} images in {:.1f} s: {:.2f} images/s, {:.0f} image-steps/s", o.num, seconds,
+               o.num / seconds, evals / seconds);
+  spdlog::info("wrote {0}.png, {0}.h5, {0}.npz", plan->out);
+  return kOk;
+}
+
+}  // namespace
+
+void add_sample_command(CLI::App& app, int& exit_code) {
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "sample", "Draw images from a trained model (DDPM or DDIM); writes OUT.png, OUT.h5, OUT.npz");
+  add_model_source_options(*cmd, o->source);
+  cmd->add_option("--num", o->num, "Number of images")->required();
+  cmd->add_option("--out", o->out, "Output path without extension")->required();
+  cmd->add_option("--sampler", o->sampler, "ddpm (ancestral) or ddim")
+      ->check(CLI::IsMember({"ddpm", "ddim"}));
+  auto* steps = cmd->add_option(
+      "--steps", o->steps,
+      "Sampling steps, spread evenly over [0, T-1] (default: T for ddpm, 50 for ddim)");
+  auto* respacing = cmd->add_option("--respacing", o->respacing,
+                                    "Respacing spec as improved-diffusion: ddim50, 250, 10,10,10");
+  steps->excludes(respacing);
+  respacing->excludes(steps);
+  cmd->add_option("--eta", o->eta, "DDIM noise scale (0 = deterministic)")
+      ->each([o](const std::string&) { o->eta_given = true; });
+  cmd->add_option("--seed", o->seed, "Seed of the sampling noise");
+  cmd->add_option("--class", o->label,
+                  "Class label for class-conditional models (default: every class in turn)");
+  cmd->add_option("--batch", o->batch, "Images per network call on each rank");
+  cmd->callback([o, &exit_code] { exit_code = run(*o); });
+}
+
+}  // namespace difftrain::cli

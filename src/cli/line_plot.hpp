@@ -1,0 +1,31 @@
+// A minimal line plot rendered to PNG without a plotting library: axes, grid, numeric tick
+// labels in a built-in 3x5 pixel font, and one polyline per series. Enough to eyeball a per-t
+// curve such as L_t of the variational bound.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace difftrain::cli {
+
+struct PlotSeries {
+  std::vector<double> y;  // one value per x; non-finite (and, on a log axis, non-positive)
+                          // values leave a gap
+  std::array<uint8_t, 3> color{31, 119, 180};
+};
+
+struct PlotOptions {
+  bool log_y = false;
+  int64_t width = 800;
+  int64_t height = 480;
+  std::string title;  // drawn top left; the font has digits, a few symbols and lowercase
+                      // letters (others are drawn as blanks)
+};
+
+// Throws data::Error naming the file when it cannot be written.
+void write_line_plot(const std::string& path, const std::vector<double>& x,
+                     const std::vector<PlotSeries>& series, const PlotOptions& options = {});
+
+}  // namespace difftrain::cli

@@ -1,0 +1,144 @@
+#include "cli/trained_model.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <stdexcept>
+
+#include "data/error.hpp"
+#include "diffusion/respace.hpp"
+#include "train/checkpoint.hpp"
+
+namespace difftrain::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string resolve_checkpoint(const ModelSource& s) {
+  if (!s.checkpoint.empty()) {
+    if (!fs::is_regular_file(s.checkpoint))
+      throw std::invalid_argument(s.checkpoint + ": no such checkpoint file");
+    return s.checkpoint;
+  }
+  if (!fs::is_directory(s.run_dir))
+    throw std::invalid_argument(s.run_dir + ": no such run directory");
+  if (auto latest = train::latest_valid_checkpoint(s.run_dir)) return *latest;
+  throw std::invalid_argument(s.run_dir + ": the run directory has no valid checkpoint in " +
+                              (fs::path(s.run_dir) / "checkpoints").string());
+}
+
+std::optional<double> resolve_ema(const ModelSource& s, const train::Config& c,
+                                  const std::string& checkpoint) {
+  if (s.ema == "none") return std::nullopt;
+  if (s.ema.empty()) {
+    if (c.training.ema_rates.empty()) return std::nullopt;
+    return c.training.ema_rates.front();
+  }
+  try {
+    std::size_t used = 0;
+    const double rate = std::stod(s.ema, &used);
+    if (used == s.ema.size() && rate > 0 && rate < 1) return rate;
+  } catch (const std::exception&) {
+  }
+  throw std::invalid_argument("--ema '" + s.ema + "' is not an EMA rate in (0, 1) or 'none' (" +
+                              checkpoint + " was trained with training.ema_rates)");
+}
+
+// The shape the network was trained on; see load_trained_model.
+train::DataShape model_shape(TrainedModel& m, const data::Manifest* fallback) {
+  const train::Config& c = m.config;
+  std::string why_not;
+  try {
+    m.train_manifest = data::read_manifest(c.data.train);
+  } catch (const data::Error& e) {
+    why_not = e.what();
+  }
+  if (m.train_manifest) return train::data_shape(c, &*m.train_manifest);
+  const std::string prefix = m.checkpoint + ": cannot size the model: its config's data.train ('" +
+                             c.data.train + "') cannot be read (" + why_not + ")";
+  if (c.data.class_conditional && !fallback)
+    throw std::invalid_argument(prefix + " and the model is class-conditional");
+  if (c.model.image_size > 0 && c.model.in_channels > 0 && !c.data.class_conditional)
+    return train::data_shape(c, nullptr);
+  if (fallback) {
+    spdlog::warn("{}; sizing the model from {}", prefix, fallback->path);
+    return train::data_shape(c, fallback);
+  }
+  throw std::invalid_argument(prefix + " and model.image_size / model.in_channels are not set");
+}
+
+c10::Device pick_device(const train::Config& config, const c10::Device& local_device) {
+  if (config.device == "cpu") return c10::kCPU;
+  if (config.device == "cuda" && !local_device.is_cuda())
+    throw train::ConfigError("config key 'device' = 'cuda' but this rank sees no CUDA device");
+  return local_device;
+}
+
+}  // namespace
+
+void add_model_source_options(CLI::App& cmd, ModelSource& source) {
+  auto* run = cmd.add_option("--run", source.run_dir,
+                             "Run directory: its newest valid checkpoint is used");
+  auto* ckpt = cmd.add_option("--checkpoint", source.checkpoint, "Checkpoint file (.pt)");
+  run->excludes(ckpt);
+  ckpt->excludes(run);
+  cmd.add_option("--ema", source.ema,
+                 "EMA rate whose weights to use, or 'none' for the raw weights (default: the "
+                 "first of the config's training.ema_rates)");
+}
+
+TrainedModel load_trained_model(const ModelSource& source, const c10::Device& local_device,
+                                const data::Manifest* fallback) {
+  if (source.run_dir.empty() && source.checkpoint.empty())
+    throw std::invalid_argument("give --run DIR or --checkpoint FILE");
+  TrainedModel m;
+  m.checkpoint = resolve_checkpoint(source);
+  const train::CheckpointInfo info = train::read_checkpoint_info(m.checkpoint);
+  m.step = info.step;
+  try {
+    m.config = train::parse_config(info.config_yaml, {}, m.checkpoint + " (stored config)");
+    train::validate(m.config);
+  } catch (const train::ConfigError& e) {
+    throw train::ConfigError(m.checkpoint + ": " + e.what());
+  }
+  m.ema_rate = resolve_ema(source, m.config, m.checkpoint);
+  m.shape = model_shape(m, fallback);
+  m.device = pick_device(m.config, local_device);
+  const c10::Device device = m.device;
+
+  m.net = model::UNet(train::unet_config(m.config, m.shape));
+  train::load_model_weights(m.checkpoint, *m.net, m.ema_rate);
+  m.net->to(device);
+  if (m.config.model.channels_last) m.net->to(at::MemoryFormat::ChannelsLast);
+  m.net->eval();  // dropout off
+
+  m.diffusion = diffusion::to_device(train::make_diffusion(m.config), device);
+  m.timestep_scale = train::timestep_scale(m.config);
+
+  // An EMA averages over about 1 / (1 - rate) steps: early in a run it is still close to the
+  // initial weights (unless training.ema_warmup shortened it).
+  if (m.ema_rate && !m.config.training.ema_warmup &&
+      static_cast<double>(m.step) < 1.0 / (1.0 - *m.ema_rate))
+    spdlog::warn(
+        "EMA {} averages over ~{:.0f} steps but {} is at step {}: its weights are still close to "
+        "the initial ones; --ema none uses the trained weights",
+        *m.ema_rate, 1.0 / (1.0 - *m.ema_rate), m.checkpoint, m.step);
+  return m;
+}
+
+diffusion::ModelFn network_fn(const TrainedModel& m, const at::Tensor& y) {
+  model::UNet net = m.net;
+  return diffusion::scaled_timestep_model(
+      [net, y](const at::Tensor& x, const at::Tensor& t) mutable { return net->forward(x, t, y); },
+      m.timestep_scale);
+}
+
+std::string describe(const TrainedModel& m) {
+  return fmt::format("{} (step {}, {})", m.checkpoint, m.step,
+                     m.ema_rate ? fmt::format("EMA {}", *m.ema_rate) : std::string("raw weights"));
+}
+
+}  // namespace difftrain::cli

@@ -1,0 +1,63 @@
+// What `sample` and `eval` share: finding the checkpoint (--run / --checkpoint), rebuilding its
+// model from the config stored in it, and loading the chosen weights (raw or an EMA).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <optional>
+#include <string>
+
+#include "data/manifest.hpp"
+#include "diffusion/bound.hpp"
+#include "diffusion/schedule.hpp"
+#include "model/unet.hpp"
+#include "train/config.hpp"
+#include "train/setup.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace difftrain::cli {
+
+struct ModelSource {
+  std::string run_dir;     // the newest valid checkpoint of <run_dir>/checkpoints ...
+  std::string checkpoint;  // ... or this file
+  // "" = the first EMA rate of the config (the raw weights when it has none); "none" = the raw
+  // weights; else an EMA rate, e.g. "0.9999".
+  std::string ema;
+};
+
+// --run, --checkpoint (one of them required) and --ema on a subcommand.
+void add_model_source_options(CLI::App& cmd, ModelSource& source);
+
+struct TrainedModel {
+  std::string checkpoint;
+  int64_t step = 0;
+  train::Config config;
+  train::DataShape shape;                        // what the network sees (after data.pad_to)
+  std::optional<data::Manifest> train_manifest;  // the config's data.train, when readable
+  std::optional<double> ema_rate;                // the weights loaded; nullopt = raw weights
+  model::UNet net{nullptr};                      // in eval mode, on `device`
+  c10::Device device = c10::kCPU;
+  diffusion::GaussianDiffusion diffusion;  // the training diffusion, tables on `device`
+  double timestep_scale = 1.0;             // the network sees t * timestep_scale
+};
+
+// Throws (a one-line message naming the file or key) when there is no checkpoint, it is invalid,
+// the model cannot be sized, or the weights do not fit the config. The image shape comes from
+// the config's data.train manifest; when that cannot be read, from model.image_size and
+// model.in_channels, else from `fallback` (eval's --data) when given. local_device: this rank's
+// device (dist::local_device); the config's device = cpu overrides it.
+TrainedModel load_trained_model(const ModelSource& source, const c10::Device& local_device,
+                                const data::Manifest* fallback = nullptr);
+
+// The network as a ModelFn of the training diffusion: t holds original timestep indices; y the
+// class labels (undefined for unconditional models).
+diffusion::ModelFn network_fn(const TrainedModel& m, const at::Tensor& y);
+
+// A short description for logs: "ckpt_000001000.pt (step 1000, EMA 0.9999)".
+std::string describe(const TrainedModel& m);
+
+}  // namespace difftrain::cli

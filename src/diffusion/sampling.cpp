@@ -1,0 +1,91 @@
+#include "diffusion/sampling.hpp"
+
+#include <ATen/ATen.h>
+
+#include <stdexcept>
+
+#include "diffusion/gaussian_diffusion.hpp"
+
+namespace difftrain::diffusion {
+namespace {
+
+// The samples live on the device of the diffusion's tables, in options.dtype.
+at::Tensor draw(const SampleNoiseFn& noise, at::IntArrayRef shape, const GaussianDiffusion& d,
+                const SampleOptions& o) {
+  return noise(shape).to(d.betas.device(), o.dtype);
+}
+
+at::Tensor timesteps(long t, const at::Tensor& x) {
+  return at::full({x.size(0)}, t, x.options().dtype(at::kLong));
+}
+
+// 1 where t > 0: no noise is added on the last step, which returns the mean.
+at::Tensor nonzero_mask(const at::Tensor& t, const at::Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[0] = x.size(0);
+  return (t != 0).to(x.scalar_type()).view(shape);
+}
+
+}  // namespace
+
+SampleNoiseFn generator_noise(at::Generator generator) {
+  return [generator](at::IntArrayRef shape) {
+    return at::randn(shape, generator, at::TensorOptions().dtype(at::kFloat));
+  };
+}
+
+SampleNoiseFn per_sample_noise(std::vector<at::Generator> generators) {
+  return [generators = std::move(generators)](at::IntArrayRef shape) {
+    if (shape.empty() || shape[0] != static_cast<int64_t>(generators.size()))
+      throw std::invalid_argument("per_sample_noise: " + std::to_string(generators.size()) +
+                                  " generators for a batch of " +
+                                  std::to_string(shape.empty() ? 0 : shape[0]));
+    std::vector<at::Tensor> rows;
+    rows.reserve(generators.size());
+    for (const at::Generator& g : generators)
+      rows.push_back(at::randn(shape.slice(1), g, at::TensorOptions().dtype(at::kFloat)));
+    return at::stack(rows);
+  };
+}
+
+at::Tensor p_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::IntArrayRef shape,
+                         const SampleNoiseFn& noise, const SampleOptions& o) {
+  at::Tensor x = draw(noise, shape, d, o);
+  for (long i = d.num_timesteps - 1; i >= 0; --i) {
+    const at::Tensor t = timesteps(i, x);
+    const ModelPrediction p = p_mean_variance(d, model(x, t), x, t, o.clip_denoised);
+    // Drawn at t = 0 too, as improved-diffusion, so a seed gives its samples.
+    const at::Tensor z = draw(noise, shape, d, o);
+    x = p.mean + nonzero_mask(t, x) * at::exp(0.5 * p.log_variance) * z;
+    if (o.on_step) o.on_step(i);
+  }
+  return x;
+}
+
+at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model,
+                            at::IntArrayRef shape, const SampleNoiseFn& noise,
+                            const SampleOptions& o) {
+  // The per-step coefficients as float64 tables, gathered at t like the diffusion's own.
+  const at::Tensor& abar = d.alphas_cumprod;
+  const at::Tensor& abar_prev = d.alphas_cumprod_prev;
+  const at::Tensor sigma =
+      o.eta * at::sqrt((1 - abar_prev) / (1 - abar)) * at::sqrt(1 - abar / abar_prev);
+  const at::Tensor eps_coef = at::sqrt((1 - abar_prev - sigma.square()).clamp_min(0));
+  const at::Tensor xstart_coef = at::sqrt(abar_prev);
+
+  at::Tensor x = draw(noise, shape, d, o);
+  for (long i = d.num_timesteps - 1; i >= 0; --i) {
+    const at::Tensor t = timesteps(i, x);
+    const ModelPrediction p = p_mean_variance(d, model(x, t), x, t, o.clip_denoised);
+    // The eps the (clamped) x_0 prediction implies, so that both stay consistent.
+    const at::Tensor eps = predict_eps_from_xstart(d, x, t, p.pred_xstart);
+    const at::Tensor mean =
+        extract(xstart_coef, t, x) * p.pred_xstart + extract(eps_coef, t, x) * eps;
+    const at::Tensor z = draw(noise, shape, d, o);
+    x = mean + nonzero_mask(t, x) * extract(sigma, t, x) * z;
+    if (o.on_step) o.on_step(i);
+  }
+  return x;
+}
+
+}  // namespace difftrain::diffusion

@@ -1,0 +1,42 @@
+// improved-diffusion's AttentionBlock: spatial multi-head self-attention with a residual, computed
+// by LibTorch's fused scaled_dot_product_attention.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/pimpl.h>
+
+#include "model/group_norm32.hpp"
+
+namespace difftrain::model {
+
+// improved-diffusion's QKVAttention: qkv [N, 3 * C, T] -> [N, C, T], softmax(q k^T / sqrt(d)) v
+// per head, d = C / num_heads.
+//
+// Head split order (improved-diffusion's, called QKVAttentionLegacy in guided-diffusion): the
+// 3C channels are grouped head-major, [head 0: q (d), k (d), v (d) | head 1: q, k, v | ...], i.e.
+// qkv.reshape(N * H, 3 * d, T) then split into q, k, v. The output channels are head-major too:
+// channel h * d + i is channel i of head h. With this order, qkv/proj_out weights copy unchanged
+// to and from improved-diffusion.
+at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads);
+
+// Children (state-dict names): norm (GroupNorm32), qkv (Conv1d C -> 3C, kernel 1), proj_out
+// (zero-initialised Conv1d C -> C, kernel 1). Conv1d keeps improved-diffusion's weight shapes
+// [3C, C, 1] and [C, C, 1].
+// forward: x + proj_out(qkv_attention(qkv(norm(x)))) over the H * W positions.
+class AttentionBlockImpl : public torch::nn::Module {
+ public:
+  AttentionBlockImpl(int64_t channels, int64_t num_heads);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  int64_t num_heads_;
+  GroupNorm32 norm_{nullptr};
+  torch::nn::Conv1d qkv_{nullptr};
+  torch::nn::Conv1d proj_out_{nullptr};
+};
+TORCH_MODULE(AttentionBlock);
+
+}  // namespace difftrain::model

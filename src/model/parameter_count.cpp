@@ -1,0 +1,33 @@
+#include "model/parameter_count.hpp"
+
+namespace difftrain::model {
+namespace {
+
+int64_t count(const torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters())
+    n += p.numel();
+  return n;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& model) {
+  std::vector<std::pair<std::string, int64_t>> parts;
+  for (const auto& child : model->named_children()) {
+    const auto& name = child.key();
+    if (name == "input_blocks" || name == "output_blocks") {
+      for (const auto& block : child.value()->named_children())
+        parts.emplace_back(name + "." + block.key(), count(*block.value()));
+    } else {
+      parts.emplace_back(name, count(*child.value()));
+    }
+  }
+  return parts;
+}
+
+int64_t parameter_count(const UNet& model) {
+  return count(*model);
+}
+
+}  // namespace difftrain::model

@@ -1,0 +1,20 @@
+// Parameter counts of a UNet, whole and by part (for `difftrain model-info`).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/unet.hpp"
+
+namespace difftrain::model {
+
+// (part, parameters) in state-dict order: "time_embed", "label_emb" (conditional models only),
+// "input_blocks.0" (the input conv), ..., "input_blocks.<i>", "middle_block",
+// "output_blocks.0", ..., "out". The parts sum to parameter_count.
+std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& model);
+
+int64_t parameter_count(const UNet& model);
+
+}  // namespace difftrain::model

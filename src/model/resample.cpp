@@ -1,0 +1,27 @@
+#include "model/resample.hpp"
+
+namespace difftrain::model {
+
+DownsampleImpl::DownsampleImpl(int64_t channels, bool use_conv) {
+  if (use_conv)
+    op_ = register_module(
+        "op",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).stride(2).padding(1)));
+}
+
+at::Tensor DownsampleImpl::forward(const at::Tensor& x) {
+  return op_ ? op_(x) : at::avg_pool2d(x, {2, 2}, {2, 2});
+}
+
+UpsampleImpl::UpsampleImpl(int64_t channels, bool use_conv) {
+  if (use_conv)
+    conv_ = register_module(
+        "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).padding(1)));
+}
+
+at::Tensor UpsampleImpl::forward(const at::Tensor& x) {
+  const auto h = at::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)});
+  return conv_ ? conv_(h) : h;
+}
+
+}  // namespace difftrain::model

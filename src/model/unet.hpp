@@ -1,0 +1,60 @@
+// The UNet of Improved DDPM (Nichol & Dhariwal 2021; improved-diffusion's unet.py UNetModel).
+#pragma once
+
+#include <vector>
+
+#include <c10/core/MemoryFormat.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "model/group_norm32.hpp"
+#include "model/timestep_embed_sequential.hpp"
+#include "model/unet_config.hpp"
+
+namespace difftrain::model {
+
+// Children, in improved-diffusion's order and with its state-dict names:
+//   time_embed    [Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)] on timestep_embedding(t, ch)
+//   label_emb     Embedding(num_classes, 4ch), added to the time embedding (conditional only)
+//   input_blocks  0: conv3x3(in_channels -> ch); then per level, num_res_blocks x
+//                 [ResBlock (+ AttentionBlock at attention_resolutions)], and a Downsample
+//                 between levels
+//   middle_block  [ResBlock, AttentionBlock, ResBlock]
+//   output_blocks per level from the deepest, num_res_blocks + 1 x [ResBlock on the concatenation
+//                 with the matching input block's output (+ AttentionBlock)], the last one of a
+//                 level followed by an Upsample (except at full resolution)
+//   out           [GroupNorm32, SiLU, zero-initialised conv3x3(ch -> out_channels)]
+// ch = model_channels; the channels of level l are model_channels * channel_mult[l].
+class UNetImpl : public torch::nn::Module {
+ public:
+  // Validates the config (std::invalid_argument naming the field).
+  explicit UNetImpl(UNetConfig config);
+
+  // x [N, in_channels, H, W] (H, W divisible by 2^(levels - 1); the attention levels are set by
+  // image_size), t [N] timesteps (integer or fractional), y [N] int64 class labels, required iff
+  // num_classes > 0. Returns [N, out_channels, H, W] in x's dtype (also under autocast).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y = {});
+
+  const UNetConfig& config() const { return config_; }
+
+  // PyTorch's model.to(memory_format=...): re-lays out the conv weights in place (see
+  // to_memory_format). Convolutions follow channels-last weights even for a contiguous x.
+  using torch::nn::Module::to;
+  void to(at::MemoryFormat format);
+
+ private:
+  UNetConfig config_;
+  torch::nn::Linear time_embed_in_{nullptr}, time_embed_out_{nullptr};
+  torch::nn::Embedding label_emb_{nullptr};
+  std::vector<TimestepEmbedSequential> input_blocks_;
+  TimestepEmbedSequential middle_block_{nullptr};
+  std::vector<TimestepEmbedSequential> output_blocks_;
+  GroupNorm32 out_norm_{nullptr};
+  torch::nn::Conv2d out_conv_{nullptr};
+};
+TORCH_MODULE(UNet);
+
+}  // namespace difftrain::model

@@ -1,0 +1,126 @@
+#include "model/unet_config.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace difftrain::model {
+namespace {
+
+std::string field(const char* name, int64_t value) {
+  return std::string("UNetConfig.") + name + " = " + std::to_string(value);
+}
+
+void require_positive(const char* name, int64_t value) {
+  if (value <= 0) throw std::invalid_argument(field(name, value) + " must be positive");
+}
+
+std::string join(const std::vector<int64_t>& values) {
+  std::string out;
+  for (size_t i = 0; i < values.size(); ++i)
+    out += (i ? ", " : "") + std::to_string(values[i]);
+  return out;
+}
+
+bool contains(const std::vector<int64_t>& values, int64_t v) {
+  return std::find(values.begin(), values.end(), v) != values.end();
+}
+
+// The channels and resolution of every kind of attention block: the levels listed in
+// attention_resolutions (input and output side alike), and the middle block.
+void check_heads(const UNetConfig& c) {
+  if (c.num_head_channels == -1) {
+    require_positive("num_heads", c.num_heads);
+  } else if (c.num_head_channels <= 0) {
+    throw std::invalid_argument(field("num_head_channels", c.num_head_channels) +
+                                " must be positive, or -1 to use num_heads");
+  }
+  const auto sizes = feature_map_sizes(c);
+  const auto levels = static_cast<int64_t>(c.channel_mult.size());
+  for (int64_t level = 0; level < levels; ++level) {
+    const bool middle = level == levels - 1;
+    if (!middle && !contains(c.attention_resolutions, sizes[level])) continue;
+    const int64_t ch = c.model_channels * c.channel_mult[level];
+    const bool per_head = c.num_head_channels != -1;
+    if (ch % (per_head ? c.num_head_channels : c.num_heads) == 0) continue;
+    const std::string where =
+        contains(c.attention_resolutions, sizes[level])
+            ? "the attention blocks at resolution " + std::to_string(sizes[level])
+            : "the middle block's attention (resolution " + std::to_string(sizes[level]) + ")";
+    throw std::invalid_argument((per_head ? field("num_head_channels", c.num_head_channels)
+                                          : field("num_heads", c.num_heads)) +
+                                " does not divide the " + std::to_string(ch) + " channels of " +
+                                where);
+  }
+}
+
+}  // namespace
+
+std::vector<int64_t> feature_map_sizes(const UNetConfig& c) {
+  std::vector<int64_t> sizes;
+  int64_t size = c.image_size;
+  for (size_t level = 0; level < c.channel_mult.size(); ++level, size /= 2)
+    sizes.push_back(size);
+  return sizes;
+}
+
+int64_t attention_heads(const UNetConfig& c, int64_t channels) {
+  return c.num_head_channels == -1 ? c.num_heads : channels / c.num_head_channels;
+}
+
+void validate(const UNetConfig& c) {
+  require_positive("image_size", c.image_size);
+  require_positive("in_channels", c.in_channels);
+  require_positive("model_channels", c.model_channels);
+  require_positive("out_channels", c.out_channels);
+  if (c.num_res_blocks < 0)
+    throw std::invalid_argument(field("num_res_blocks", c.num_res_blocks) +
+                                " must be non-negative");
+  if (!(c.dropout >= 0.0 && c.dropout < 1.0))
+    throw std::invalid_argument("UNetConfig.dropout = " + std::to_string(c.dropout) +
+                                " must be in [0, 1)");
+  if (c.num_classes < 0)
+    throw std::invalid_argument(field("num_classes", c.num_classes) +
+                                " must be non-negative (0 = unconditional)");
+  if (c.channel_mult.empty())
+    throw std::invalid_argument(
+        "UNetConfig.channel_mult is empty: give one multiplier per resolution level, e.g. "
+        "(1, 2, 2, 2)");
+  for (size_t i = 0; i < c.channel_mult.size(); ++i)
+    if (c.channel_mult[i] <= 0)
+      throw std::invalid_argument("UNetConfig.channel_mult[" + std::to_string(i) +
+                                  "] = " + std::to_string(c.channel_mult[i]) + " must be positive");
+
+  // Every level has model_channels * mult channels, so this covers every GroupNorm.
+  if (c.model_channels % kGroupNormGroups != 0)
+    throw std::invalid_argument(field("model_channels", c.model_channels) +
+                                " is not divisible by the " + std::to_string(kGroupNormGroups) +
+                                " GroupNorm groups");
+
+  // The skip connections concatenate maps of equal size, so every downsampling must be exact.
+  const auto halvings = static_cast<int64_t>(c.channel_mult.size()) - 1;
+  if (halvings > 30)
+    throw std::invalid_argument("UNetConfig.channel_mult has " +
+                                std::to_string(c.channel_mult.size()) +
+                                " levels, more than an image can be halved");
+  const int64_t factor = int64_t{1} << halvings;
+  if (c.image_size % factor != 0)
+    throw std::invalid_argument(field("image_size", c.image_size) + " does not halve cleanly " +
+                                std::to_string(halvings) + " times (channel_mult has " +
+                                std::to_string(c.channel_mult.size()) +
+                                " levels); the next size that does is " +
+                                std::to_string((c.image_size / factor + 1) * factor));
+
+  const auto sizes = feature_map_sizes(c);
+  for (const int64_t res : c.attention_resolutions)
+    if (!contains(sizes, res))
+      throw std::invalid_argument(
+          "UNetConfig.attention_resolutions contains " + std::to_string(res) +
+          ", which is not a feature-map size of this UNet; the sizes for image_size " +
+          std::to_string(c.image_size) + " with " + std::to_string(sizes.size()) + " levels are " +
+          join(sizes));
+
+  check_heads(c);
+}
+
+}  // namespace difftrain::model

@@ -1,0 +1,40 @@
+// The hyper-parameters of improved-diffusion's UNetModel (Nichol & Dhariwal 2021), and their
+// validation.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace difftrain::model {
+
+struct UNetConfig {
+  int64_t image_size = 0;
+  int64_t in_channels = 0;
+  int64_t model_channels = 0;
+  int64_t out_channels = 0;  // 2 * in_channels when the variance is learned
+  int64_t num_res_blocks = 0;
+  // Image resolutions at which attention blocks follow the ResBlocks, e.g. {16, 8}. (The
+  // improved-diffusion scripts take resolutions too and turn them into downsample rates.)
+  std::vector<int64_t> attention_resolutions;
+  double dropout = 0.0;
+  std::vector<int64_t> channel_mult;  // one multiplier of model_channels per resolution level
+  bool conv_resample = true;          // strided / post-upsampling convs, else pooling only
+  int64_t num_classes = 0;            // 0 = unconditional
+  int64_t num_heads = 4;
+  int64_t num_head_channels = -1;  // channels per head; overrides num_heads unless -1
+  bool use_scale_shift_norm = true;
+};
+
+// GroupNorm32 (improved-diffusion's `normalization`): every normalised layer uses 32 groups.
+inline constexpr int64_t kGroupNormGroups = 32;
+
+// Throws std::invalid_argument with a one-line message naming the offending field.
+void validate(const UNetConfig& config);
+
+// The feature-map sizes the UNet produces, one per level: image_size, image_size/2, ...
+std::vector<int64_t> feature_map_sizes(const UNetConfig& config);
+
+// The number of attention heads of a block with `channels` channels.
+int64_t attention_heads(const UNetConfig& config, int64_t channels);
+
+}  // namespace difftrain::model

@@ -1,0 +1,264 @@
+#include "train/checkpoint.hpp"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace difftrain::train {
+namespace {
+
+constexpr char kMagic[8] = {'D', 'T', 'C', 'K', 'P', 'T', '0', '1'};
+
+// [archive bytes][magic 8][format version u32][crc32 u32][archive size u64]
+struct Trailer {
+  char magic[8];
+  uint32_t version;
+  uint32_t crc;
+  uint64_t size;
+};
+static_assert(sizeof(Trailer) == 24);
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CheckpointError(path + ": cannot open checkpoint");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+uint32_t crc_of(const std::string& bytes, std::size_t n) {
+  return static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), n));
+}
+
+std::string problem_of(const std::string& bytes) {
+  if (bytes.size() < sizeof(Trailer)) return "too short to be a checkpoint (truncated?)";
+  Trailer t;
+  std::memcpy(&t, bytes.data() + bytes.size() - sizeof(Trailer), sizeof(Trailer));
+  if (std::memcmp(t.magic, kMagic, sizeof kMagic) != 0)
+    return "no difftrain checkpoint trailer (truncated, or not a checkpoint)";
+  if (t.version != kCheckpointFormatVersion)
+    return "checkpoint format version " + std::to_string(t.version) + ", this build reads " +
+           std::to_string(kCheckpointFormatVersion);
+  if (t.size != bytes.size() - sizeof(Trailer)) return "size does not match its trailer";
+  if (t.crc != crc_of(bytes, t.size)) return "checksum mismatch (corrupt file)";
+  return "";
+}
+
+// Opens a checkpoint, verifying the trailer, as a LibTorch archive.
+torch::serialize::InputArchive open_archive(const std::string& path) {
+  const std::string bytes = read_file(path);
+  const std::string problem = problem_of(bytes);
+  if (!problem.empty()) throw CheckpointError(path + ": " + problem);
+  torch::serialize::InputArchive archive;
+  archive.load_from(bytes.data(), bytes.size() - sizeof(Trailer));
+  return archive;
+}
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+at::Tensor read_tensor(torch::serialize::InputArchive& a, const std::string& path,
+                       const std::string& key) {
+  at::Tensor t;
+  if (!a.try_read(key, t)) throw CheckpointError(path + ": checkpoint has no '" + key + "'");
+  return t;
+}
+
+int64_t read_int(torch::serialize::InputArchive& a, const std::string& path,
+                 const std::string& key) {
+  c10::IValue v;
+  if (!a.try_read(key, v) || !v.isInt())
+    throw CheckpointError(path + ": checkpoint has no integer '" + key + "'");
+  return v.toInt();
+}
+
+// Copies `src` into the live tensor `dst`, refusing another shape.
+void copy_checked(const std::string& path, const std::string& name, const at::Tensor& dst,
+                  const at::Tensor& src) {
+  if (dst.sizes() != src.sizes())
+    throw CheckpointError(path + ": '" + name + "' has shape " + shape_str(src.sizes()) +
+                          " in the checkpoint but " + shape_str(dst.sizes()) +
+                          " in the model (a checkpoint of another config?)");
+  torch::NoGradGuard no_grad;
+  dst.copy_(src);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> named_state(const torch::nn::Module& model) {
+  std::vector<std::pair<std::string, at::Tensor>> state;
+  for (const auto& p : model.named_parameters()) state.emplace_back(p.key(), p.value());
+  for (const auto& b : model.named_buffers()) state.emplace_back(b.key(), b.value());
+  return state;
+}
+
+std::string ema_key(std::size_t rate_index, std::size_t param_index) {
+  return "ema/" + std::to_string(rate_index) + "/" + std::to_string(param_index);
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const TrainStateRefs& s,
+                     const std::string& config_yaml) {
+  torch::serialize::OutputArchive a;
+  a.write("format_version", c10::IValue(static_cast<int64_t>(kCheckpointFormatVersion)));
+  a.write("config_yaml", c10::IValue(config_yaml));
+  a.write("step", c10::IValue(s.step));
+  a.write("data_epoch", c10::IValue(s.data_epoch));
+  a.write("data_batch", c10::IValue(s.data_batch));
+  for (const auto& [name, t] : named_state(s.model)) a.write("model/" + name, t.detach());
+  a.write("ema_count", c10::IValue(static_cast<int64_t>(s.emas.size())));
+  for (std::size_t i = 0; i < s.emas.size(); ++i) {
+    a.write("ema/" + std::to_string(i) + "/rate", c10::IValue(s.emas[i].rate));
+    for (std::size_t j = 0; j < s.emas[i].params.size(); ++j)
+      a.write(ema_key(i, j), s.emas[i].params[j]);
+  }
+  torch::serialize::OutputArchive optimizer;
+  s.optimizer.save(optimizer);
+  a.write("optimizer", optimizer);
+  a.write("sampler/loss_history", s.sampler.loss_history);
+  a.write("sampler/loss_counts", s.sampler.loss_counts);
+  a.write("scaler/scale", s.scaler.scale);
+  a.write("scaler/growth_tracker", s.scaler.growth_tracker);
+
+  std::ostringstream out;
+  a.save_to(out);
+  std::string bytes = out.str();
+  Trailer t;
+  std::memcpy(t.magic, kMagic, sizeof kMagic);
+  t.version = kCheckpointFormatVersion;
+  t.size = bytes.size();
+  t.crc = crc_of(bytes, bytes.size());
+  bytes.append(reinterpret_cast<const char*>(&t), sizeof t);
+
+  fs::create_directories(fs::path(path).parent_path());
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    f.flush();
+    if (!f) throw CheckpointError(tmp + ": cannot write checkpoint (disk full?)");
+  }
+  fs::rename(tmp, path);
+}
+
+std::string load_checkpoint(const std::string& path, TrainStateRefs& s) {
+  auto a = open_archive(path);
+  for (const auto& [name, t] : named_state(s.model))
+    copy_checked(path, name, t, read_tensor(a, path, "model/" + name));
+  const int64_t ema_count = read_int(a, path, "ema_count");
+  if (ema_count != static_cast<int64_t>(s.emas.size()))
+    throw CheckpointError(path + ": checkpoint has " + std::to_string(ema_count) +
+                          " EMA rates, the config " + std::to_string(s.emas.size()));
+  for (std::size_t i = 0; i < s.emas.size(); ++i)
+    for (std::size_t j = 0; j < s.emas[i].params.size(); ++j)
+      copy_checked(path, ema_key(i, j), s.emas[i].params[j], read_tensor(a, path, ema_key(i, j)));
+  torch::serialize::InputArchive optimizer;
+  if (!a.try_read("optimizer", optimizer))
+    throw CheckpointError(path + ": checkpoint has no optimizer state");
+  s.optimizer.load(optimizer);
+  copy_checked(path, "sampler/loss_history", s.sampler.loss_history,
+               read_tensor(a, path, "sampler/loss_history"));
+  copy_checked(path, "sampler/loss_counts", s.sampler.loss_counts,
+               read_tensor(a, path, "sampler/loss_counts"));
+  copy_checked(path, "scaler/scale", s.scaler.scale, read_tensor(a, path, "scaler/scale"));
+  copy_checked(path, "scaler/growth_tracker", s.scaler.growth_tracker,
+               read_tensor(a, path, "scaler/growth_tracker"));
+  s.step = read_int(a, path, "step");
+  s.data_epoch = read_int(a, path, "data_epoch");
+  s.data_batch = read_int(a, path, "data_batch");
+  c10::IValue config;
+  a.read("config_yaml", config);
+  return config.toStringRef();
+}
+
+std::string checkpoint_problem(const std::string& path) {
+  try {
+    return problem_of(read_file(path));
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
+  auto a = open_archive(path);
+  CheckpointInfo info;
+  info.step = read_int(a, path, "step");
+  c10::IValue config;
+  if (!a.try_read("config_yaml", config) || !config.isString())
+    throw CheckpointError(path + ": checkpoint has no config");
+  info.config_yaml = config.toStringRef();
+  return info;
+}
+
+void load_model_weights(const std::string& path, torch::nn::Module& model,
+                        std::optional<double> ema_rate) {
+  auto a = open_archive(path);
+  const auto state = named_state(model);
+  if (!ema_rate) {
+    for (const auto& [name, t] : state) copy_checked(path, name, t, read_tensor(a, path, "model/" + name));
+    return;
+  }
+  const int64_t ema_count = read_int(a, path, "ema_count");
+  std::string rates;
+  for (int64_t i = 0; i < ema_count; ++i) {
+    c10::IValue rate;
+    a.read("ema/" + std::to_string(i) + "/rate", rate);
+    rates += (rates.empty() ? "" : ", ") + std::to_string(rate.toDouble());
+    if (std::abs(rate.toDouble() - *ema_rate) > 1e-12) continue;
+    // EMAs hold the parameters in the model's parameter order; buffers come from the model.
+    const auto params = model.parameters();
+    for (std::size_t j = 0; j < params.size(); ++j)
+      copy_checked(path, ema_key(i, j), params[j], read_tensor(a, path, ema_key(i, j)));
+    for (const auto& b : model.named_buffers())
+      copy_checked(path, b.key(), b.value(), read_tensor(a, path, "model/" + b.key()));
+    return;
+  }
+  throw CheckpointError(path + ": no EMA with rate " + std::to_string(*ema_rate) +
+                        " (the checkpoint has: " + (rates.empty() ? "none" : rates) + ")");
+}
+
+std::string checkpoint_path(const std::string& run_dir, int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof name, "ckpt_%09lld.pt", static_cast<long long>(step));
+  return (fs::path(run_dir) / "checkpoints" / name).string();
+}
+
+std::vector<std::string> list_checkpoints(const std::string& run_dir) {
+  std::vector<std::string> found;
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  if (!fs::is_directory(dir)) return found;
+  static const std::regex pattern(R"(ckpt_\d{9}\.pt)");
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (std::regex_match(entry.path().filename().string(), pattern))
+      found.push_back(entry.path().string());
+  std::sort(found.rbegin(), found.rend());  // zero-padded steps: newest first
+  return found;
+}
+
+std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir) {
+  for (const auto& path : list_checkpoints(run_dir)) {
+    const std::string problem = checkpoint_problem(path);
+    if (problem.empty()) return path;
+    spdlog::warn("skipping checkpoint {}: {}", path, problem);
+  }
+  return std::nullopt;
+}
+
+void prune_checkpoints(const std::string& run_dir, int64_t keep) {
+  const auto all = list_checkpoints(run_dir);
+  for (std::size_t i = static_cast<std::size_t>(keep); i < all.size(); ++i) fs::remove(all[i]);
+}
+
+}  // namespace difftrain::train

@@ -1,0 +1,71 @@
+// Checkpoints: one file per save holding everything a bit-identical resume needs (model, every
+// EMA, optimizer, timestep-sampler history, loss scaler, data cursor, step, resolved config).
+// The file is a LibTorch archive followed by a trailer (magic, format version, size, CRC-32); it
+// is written to a temporary name and renamed, so a kill never leaves a torn checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "diffusion/timestep_sampler.hpp"
+#include "train/ema.hpp"
+#include "train/loss_scaler.hpp"
+
+namespace torch::nn {
+class Module;
+}
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace difftrain::train {
+
+inline constexpr uint32_t kCheckpointFormatVersion = 1;
+
+struct CheckpointError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The live training state, by reference: saving reads it, loading writes into it.
+struct TrainStateRefs {
+  torch::nn::Module& model;
+  torch::optim::Optimizer& optimizer;
+  std::vector<Ema>& emas;
+  diffusion::TimestepSampler& sampler;
+  LossScaler& scaler;
+  int64_t& step;        // optimizer steps done
+  int64_t& data_epoch;  // the data cursor: next global batch to read
+  int64_t& data_batch;
+};
+
+void save_checkpoint(const std::string& path, const TrainStateRefs& state,
+                     const std::string& config_yaml);
+// Loads into the live objects; shapes must match (a checkpoint from another config is an error
+// naming the first mismatching tensor). Returns the config stored in the checkpoint.
+std::string load_checkpoint(const std::string& path, TrainStateRefs& state);
+
+// Checks the trailer and CRC without loading. Returns an empty string when valid, else why not.
+std::string checkpoint_problem(const std::string& path);
+// Reads only the stored config and step (for `sample` / `eval` and for error messages).
+struct CheckpointInfo {
+  int64_t step = 0;
+  std::string config_yaml;
+};
+CheckpointInfo read_checkpoint_info(const std::string& path);
+// Reads the model weights (or the EMA weights at `ema_rate`) into `model`.
+void load_model_weights(const std::string& path, torch::nn::Module& model,
+                        std::optional<double> ema_rate = std::nullopt);
+
+// <run_dir>/checkpoints/ckpt_<step>.pt
+std::string checkpoint_path(const std::string& run_dir, int64_t step);
+// Every checkpoint of a run, newest first.
+std::vector<std::string> list_checkpoints(const std::string& run_dir);
+// The newest checkpoint that passes checkpoint_problem(); invalid ones are skipped with a warning.
+std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir);
+// Deletes all but the newest `keep` checkpoints.
+void prune_checkpoints(const std::string& run_dir, int64_t keep);
+
+}  // namespace difftrain::train

@@ -1,0 +1,397 @@
+#include "train/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <utility>
+
+#include "diffusion/schedule.hpp"
+
+namespace difftrain::train {
+namespace {
+
+// One schema for reading and writing: visit() names every key once, and a Reader or a Writer
+// walks it. A key added here is parsed, validated for unknown siblings and saved in the run's
+// resolved config.
+template <typename V>
+void visit(V& v, Config& c) {
+  v.key("seed", c.seed);
+  v.key("deterministic", c.deterministic);
+  v.key("device", c.device);
+  v.section("data", [&] {
+    v.key("train", c.data.train);
+    v.key("validation", c.data.validation);
+    v.key("last_batch", c.data.last_batch);
+    v.key("random_flip", c.data.random_flip);
+    v.key("pad_to", c.data.pad_to);
+    v.key("class_conditional", c.data.class_conditional);
+    v.key("prefetch", c.data.prefetch);
+  });
+  v.section("model", [&] {
+    v.key("image_size", c.model.image_size);
+    v.key("in_channels", c.model.in_channels);
+    v.key("model_channels", c.model.model_channels);
+    v.key("channel_mult", c.model.channel_mult);
+    v.key("num_res_blocks", c.model.num_res_blocks);
+    v.key("attention_resolutions", c.model.attention_resolutions);
+    v.key("num_heads", c.model.num_heads);
+    v.key("num_head_channels", c.model.num_head_channels);
+    v.key("dropout", c.model.dropout);
+    v.key("use_scale_shift_norm", c.model.use_scale_shift_norm);
+    v.key("conv_resample", c.model.conv_resample);
+    v.key("channels_last", c.model.channels_last);
+  });
+  v.section("diffusion", [&] {
+    v.key("schedule", c.diffusion.schedule);
+    v.key("steps", c.diffusion.steps);
+    v.key("model_mean_type", c.diffusion.model_mean_type);
+    v.key("model_var_type", c.diffusion.model_var_type);
+    v.key("loss", c.diffusion.loss);
+    v.key("vlb_weight", c.diffusion.vlb_weight);
+    v.key("timestep_sampler", c.diffusion.timestep_sampler);
+    v.key("rescale_timesteps", c.diffusion.rescale_timesteps);
+  });
+  v.section("training", [&] {
+    v.key("batch_size", c.training.batch_size);
+    v.key("microbatch", c.training.microbatch);
+    v.key("lr", c.training.lr);
+    v.key("weight_decay", c.training.weight_decay);
+    v.key("warmup_steps", c.training.warmup_steps);
+    v.key("lr_anneal_steps", c.training.lr_anneal_steps);
+    v.key("grad_clip", c.training.grad_clip);
+    v.key("max_steps", c.training.max_steps);
+    v.key("max_time", c.training.max_time);
+    v.key("ema_rates", c.training.ema_rates);
+    v.key("ema_warmup", c.training.ema_warmup);
+    v.key("precision", c.training.precision);
+    v.key("loss_scale_init", c.training.loss_scale_init);
+    v.key("loss_scale_growth_interval", c.training.loss_scale_growth_interval);
+    v.key("loss_scale_min", c.training.loss_scale_min);
+    v.key("max_bad_steps", c.training.max_bad_steps);
+    v.key("checkpoint_every", c.training.checkpoint_every);
+    v.key("keep_checkpoints", c.training.keep_checkpoints);
+    v.key("threads", c.training.threads);
+    v.key("watchdog_timeout", c.training.watchdog_timeout);
+  });
+  v.section("logging", [&] {
+    v.key("run_dir", c.logging.run_dir);
+    v.key("log_every", c.logging.log_every);
+    v.key("timestep_stats_every", c.logging.timestep_stats_every);
+    v.key("timestep_buckets", c.logging.timestep_buckets);
+    v.key("bpd_every", c.logging.bpd_every);
+    v.key("bpd_batch", c.logging.bpd_batch);
+    v.key("bpd_timesteps", c.logging.bpd_timesteps);
+  });
+}
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string s;
+  for (const auto& i : items) s += (s.empty() ? "" : ", ") + i;
+  return s;
+}
+
+std::string unknown_key_message(const std::string& where, const std::string& key,
+                                const std::vector<std::string>& valid) {
+  std::string msg = "unknown key '" + where + key + "'";
+  const auto closest = std::min_element(valid.begin(), valid.end(), [&](auto& a, auto& b) {
+    return edit_distance(key, a) < edit_distance(key, b);
+  });
+  if (closest != valid.end() && edit_distance(key, *closest) <= std::max<std::size_t>(2, key.size() / 3))
+    msg += " (did you mean '" + where + *closest + "'?)";
+  return msg + "; valid keys" + (where.empty() ? "" : " in '" + where.substr(0, where.size() - 1) + "'") +
+         ": " + join(valid);
+}
+
+template <typename T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, bool>) return "true or false";
+  if constexpr (std::is_integral_v<T>) return "an integer";
+  if constexpr (std::is_floating_point_v<T>) return "a number";
+  if constexpr (std::is_same_v<T, std::string>) return "a string";
+  if constexpr (std::is_same_v<T, std::vector<int64_t>>) return "a list of integers";
+  if constexpr (std::is_same_v<T, std::vector<double>>) return "a list of numbers";
+  return "a value";
+}
+
+// Reads keys from the YAML tree section by section, remembering which keys it knows so that any
+// other key in a section is reported with the closest valid one.
+class Reader {
+ public:
+  Reader(const YAML::Node& root, std::string origin) : origin_(std::move(origin)) {
+    stack_.push_back({root, "", {}});
+  }
+
+  template <typename T>
+  void key(const char* name, T& value) {
+    Frame& f = stack_.back();
+    f.known.emplace_back(name);
+    const YAML::Node n = std::as_const(f.node)[name];  // const access never inserts a key
+    if (!n.IsDefined() || n.IsNull()) return;
+    try {
+      value = n.as<T>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(origin_ + ": key '" + f.prefix + name + "' must be " + type_name<T>() +
+                        ", got '" + YAML::Dump(n) + "'");
+    }
+  }
+
+  void section(const char* name, const std::function<void()>& body) {
+    Frame& f = stack_.back();
+    f.known.emplace_back(name);
+    const YAML::Node n = std::as_const(f.node)[name];
+    if (n.IsDefined() && !n.IsNull() && !n.IsMap())
+      throw ConfigError(origin_ + ": section '" + name + "' must be a mapping of keys");
+    stack_.push_back({n.IsMap() ? n : YAML::Node(YAML::NodeType::Map), f.prefix + name + ".", {}});
+    body();
+    check_unknown_keys();
+    stack_.pop_back();
+  }
+
+  void check_unknown_keys() const {
+    const Frame& f = stack_.back();
+    for (const auto& kv : f.node) {
+      const std::string k = kv.first.as<std::string>();
+      if (std::find(f.known.begin(), f.known.end(), k) == f.known.end())
+        throw ConfigError(origin_ + ": " + unknown_key_message(f.prefix, k, f.known));
+    }
+  }
+
+ private:
+  struct Frame {
+    YAML::Node node;
+    std::string prefix;
+    std::vector<std::string> known;
+  };
+  std::string origin_;
+  std::vector<Frame> stack_;
+};
+
+class Writer {
+ public:
+  explicit Writer(YAML::Emitter& out) : out_(out) {}
+  template <typename T>
+  void key(const char* name, const T& value) {
+    out_ << YAML::Key << name << YAML::Value;
+    if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>>)
+      out_ << YAML::Flow << value;
+    else
+      out_ << value;
+  }
+  void section(const char* name, const std::function<void()>& body) {
+    out_ << YAML::Key << name << YAML::Value << YAML::BeginMap;
+    body();
+    out_ << YAML::EndMap;
+  }
+
+ private:
+  YAML::Emitter& out_;
+};
+
+// Applies "a.b=value" to the YAML tree; the value is parsed as YAML (numbers, lists, strings).
+void apply_override(YAML::Node& root, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw ConfigError("override '" + assignment + "' must look like section.key=value");
+  const std::string path = assignment.substr(0, eq);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError("override '" + assignment + "': value is not valid YAML: " + e.msg);
+  }
+  const auto dot = path.find('.');
+  if (dot == std::string::npos) {
+    root[path] = value;
+    return;
+  }
+  const std::string section = path.substr(0, dot), key = path.substr(dot + 1);
+  if (!root[section] || root[section].IsNull()) root[section] = YAML::Node(YAML::NodeType::Map);
+  if (!root[section].IsMap())
+    throw ConfigError("override '" + assignment + "': '" + section + "' is not a section");
+  root[section][key] = value;
+}
+
+Config read(const YAML::Node& root, const std::string& origin) {
+  if (!root.IsMap()) throw ConfigError(origin + ": the config must be a YAML mapping of sections");
+  Config c;
+  Reader reader(root, origin);
+  visit(reader, c);
+  reader.check_unknown_keys();
+  return c;
+}
+
+template <typename T>
+void check(bool ok, const std::string& key, const T& value, const std::string& rule) {
+  if (ok) return;
+  std::ostringstream s;
+  s << "config key '" << key << "' = " << value << " " << rule;
+  throw ConfigError(s.str());
+}
+
+void check_one_of(const std::string& key, const std::string& value,
+                  const std::vector<std::string>& valid) {
+  if (std::find(valid.begin(), valid.end(), value) == valid.end())
+    throw ConfigError("config key '" + key + "' = '" + value + "' is not one of: " + join(valid));
+}
+
+// Runs a diffusion parser, reporting its error under the config key.
+template <typename Parse>
+auto parse_key(const std::string& key, const std::string& value, Parse parse) {
+  try {
+    return parse(value);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError("config key '" + key + "': " + e.what());
+  }
+}
+
+}  // namespace
+
+Config parse_config(const std::string& yaml, const std::vector<std::string>& overrides,
+                    const std::string& origin) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(origin + ": not valid YAML: " + e.msg + " (line " +
+                      std::to_string(e.mark.line + 1) + ")");
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  for (const auto& o : overrides) apply_override(root, o);
+  return read(root, origin);
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot read the config file");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), overrides, path);
+}
+
+std::string to_yaml(const Config& config) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  Writer w(out);
+  Config copy = config;
+  visit(w, copy);
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+void validate(const Config& c) {
+  check_one_of("device", c.device, {"auto", "cpu", "cuda"});
+  check(c.seed >= 0, "seed", c.seed, "must be >= 0");
+
+  check(!c.data.train.empty(), "data.train", "''", "must name a training manifest.json");
+  check_one_of("data.last_batch", c.data.last_batch, {"drop", "wrap"});
+  check(c.data.pad_to >= 0, "data.pad_to", c.data.pad_to, "must be >= 0");
+  check(c.data.prefetch >= 1, "data.prefetch", c.data.prefetch, "must be >= 1");
+
+  const auto& m = c.model;
+  check(m.image_size >= 0, "model.image_size", m.image_size, "must be >= 0 (0 = from the data)");
+  check(m.in_channels >= 0, "model.in_channels", m.in_channels, "must be >= 0 (0 = from the data)");
+  check(m.model_channels > 0, "model.model_channels", m.model_channels, "must be > 0");
+  check(!m.channel_mult.empty(), "model.channel_mult", "[]", "must list at least one level");
+  for (int64_t mult : m.channel_mult) {
+    check(mult > 0, "model.channel_mult", mult, "must be positive");
+    check(m.model_channels * mult % 32 == 0, "model.model_channels", m.model_channels,
+          "x channel_mult " + std::to_string(mult) + " = " +
+              std::to_string(m.model_channels * mult) +
+              " channels is not divisible by the 32 GroupNorm groups");
+  }
+  check(m.num_res_blocks >= 1, "model.num_res_blocks", m.num_res_blocks, "must be >= 1");
+  check(m.dropout >= 0 && m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)");
+  check(m.num_heads >= 1 || m.num_head_channels > 0, "model.num_heads", m.num_heads,
+        "must be >= 1 (or set num_head_channels)");
+
+  const auto& d = c.diffusion;
+  const auto schedule = parse_key("diffusion.schedule", d.schedule, diffusion::parse_beta_schedule);
+  parse_key("diffusion.model_mean_type", d.model_mean_type, diffusion::parse_model_mean_type);
+  const auto var_type =
+      parse_key("diffusion.model_var_type", d.model_var_type, diffusion::parse_model_var_type);
+  try {
+    diffusion::get_named_beta_schedule(schedule, d.steps);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(std::string("config key 'diffusion.steps': ") + e.what());
+  }
+  check_one_of("diffusion.loss", d.loss, {"hybrid", "simple", "vlb", "vlb_unscaled"});
+  if (d.loss == "hybrid" && !diffusion::is_learned(var_type))
+    throw ConfigError("config key 'diffusion.loss' = 'hybrid' needs a learned variance: set "
+                      "diffusion.model_var_type to learned_range or learned (it is '" +
+                      d.model_var_type + "')");
+  if (d.loss == "simple" && diffusion::is_learned(var_type))
+    throw ConfigError("config key 'diffusion.loss' = 'simple' trains no variance: use a fixed "
+                      "diffusion.model_var_type (fixed_small, fixed_large) or the hybrid loss");
+  check(d.vlb_weight > 0, "diffusion.vlb_weight", d.vlb_weight, "must be > 0");
+  check_one_of("diffusion.timestep_sampler", d.timestep_sampler,
+               {"uniform", "loss-second-moment"});
+
+  const auto& t = c.training;
+  check(t.batch_size >= 1, "training.batch_size", t.batch_size, "must be >= 1");
+  check(t.microbatch >= 0, "training.microbatch", t.microbatch, "must be >= 0 (0 = whole batch)");
+  check(t.lr > 0, "training.lr", t.lr, "must be > 0");
+  check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0");
+  check(t.warmup_steps >= 0, "training.warmup_steps", t.warmup_steps, "must be >= 0");
+  check(t.lr_anneal_steps >= 0, "training.lr_anneal_steps", t.lr_anneal_steps, "must be >= 0");
+  check(t.grad_clip >= 0, "training.grad_clip", t.grad_clip, "must be >= 0 (0 = off)");
+  check(t.max_steps >= 0, "training.max_steps", t.max_steps, "must be >= 0 (0 = no limit)");
+  check(t.max_time >= 0, "training.max_time", t.max_time, "must be >= 0 seconds (0 = no limit)");
+  for (double r : t.ema_rates) check(r > 0 && r < 1, "training.ema_rates", r, "must be in (0, 1)");
+  check_one_of("training.precision", t.precision, {"fp32", "bf16", "fp16"});
+  check(t.loss_scale_init > 0, "training.loss_scale_init", t.loss_scale_init, "must be > 0");
+  check(t.loss_scale_growth_interval >= 1, "training.loss_scale_growth_interval",
+        t.loss_scale_growth_interval, "must be >= 1");
+  check(t.loss_scale_min > 0, "training.loss_scale_min", t.loss_scale_min, "must be > 0");
+  check(t.max_bad_steps >= 1, "training.max_bad_steps", t.max_bad_steps, "must be >= 1");
+  check(t.checkpoint_every >= 1, "training.checkpoint_every", t.checkpoint_every, "must be >= 1");
+  check(t.keep_checkpoints >= 1, "training.keep_checkpoints", t.keep_checkpoints, "must be >= 1");
+  check(t.threads >= 0, "training.threads", t.threads, "must be >= 0 (0 = LibTorch's default)");
+  check(t.watchdog_timeout > 0, "training.watchdog_timeout", t.watchdog_timeout,
+        "must be > 0 seconds");
+
+  const auto& l = c.logging;
+  check(!l.run_dir.empty(), "logging.run_dir", "''", "must name a directory");
+  check(l.log_every >= 1, "logging.log_every", l.log_every, "must be >= 1");
+  check(l.timestep_stats_every >= 0, "logging.timestep_stats_every", l.timestep_stats_every,
+        "must be >= 0 (0 = off)");
+  check(l.timestep_buckets >= 1 && l.timestep_buckets <= d.steps, "logging.timestep_buckets",
+        l.timestep_buckets, "must be in [1, diffusion.steps]");
+  check(l.bpd_every >= 0, "logging.bpd_every", l.bpd_every, "must be >= 0 (0 = off)");
+  check(l.bpd_batch >= 1, "logging.bpd_batch", l.bpd_batch, "must be >= 1");
+  check(l.bpd_timesteps >= 1 && l.bpd_timesteps <= d.steps, "logging.bpd_timesteps",
+        l.bpd_timesteps, "must be in [1, diffusion.steps]");
+}
+
+void validate_for_world(const Config& c, int world_size) {
+  const int64_t B = c.training.batch_size;
+  if (B % world_size != 0)
+    throw ConfigError("config key 'training.batch_size' = " + std::to_string(B) +
+                      " does not divide into " + std::to_string(world_size) + " ranks");
+  const int64_t per_rank = B / world_size, micro = c.training.microbatch;
+  if (micro > 0 && per_rank % micro != 0)
+    throw ConfigError("config key 'training.microbatch' = " + std::to_string(micro) +
+                      " does not divide the per-rank batch of " + std::to_string(per_rank) +
+                      " (training.batch_size " + std::to_string(B) + " / " +
+                      std::to_string(world_size) + " ranks)");
+}
+
+}  // namespace difftrain::train

@@ -1,0 +1,52 @@
+// Training telemetry: per-sample terms and per-step values accumulate on the device between log
+// lines (no host synchronisation), and are reduced across ranks once per log line.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <cstdint>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+
+namespace difftrain::dist {
+class Communicator;
+}
+
+namespace difftrain::train {
+
+struct MetricsSummary {
+  double loss = 0, mse = 0, vb = 0;     // means over the samples since the last summary
+  std::array<double, 4> loss_quartile;  // mean loss by quartile of t (q0 = smallest t)
+  double grad_norm = 0;                 // mean over steps
+  int64_t samples = 0, steps = 0, skipped_steps = 0;
+};
+
+class Metrics {
+ public:
+  Metrics(const c10::Device& device, long num_timesteps, int64_t timestep_buckets);
+
+  // Per-sample unweighted terms of this rank's (micro)batch.
+  void add_samples(const at::Tensor& t, const at::Tensor& loss, const at::Tensor& mse,
+                   const at::Tensor& vb);
+  void add_step(const at::Tensor& grad_norm, bool applied);
+
+  // Sums over every rank since the last call (one all-reduce), then starts again.
+  MetricsSummary reduce_and_reset(dist::Communicator& comm);
+  // Per t-bucket count, mean and second moment of the loss, and the means of mse and vb.
+  nlohmann::json timestep_stats_and_reset(dist::Communicator& comm);
+
+ private:
+  long num_timesteps_;
+  int64_t buckets_;
+  at::Tensor sums_;   // [kSlots] float64, see metrics.cpp
+  at::Tensor per_t_;  // [buckets, 5] float64: count, loss, loss^2, mse, vb
+};
+
+nlohmann::json summary_json(const MetricsSummary& s);
+// The console line for a metrics record (spdlog), with progress when max_steps is known.
+std::string log_line(const nlohmann::json& record, int64_t max_steps);
+// Resident set size of this process in MiB (/proc/self/status).
+double resident_memory_mb();
+
+}  // namespace difftrain::train

@@ -1,0 +1,37 @@
+// What a config builds: the data shape the model sees, the UNet, the diffusion and its loss.
+// Shared by train, sample, eval and model-info, so that they agree on every derived setting.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "diffusion/schedule.hpp"
+#include "model/unet_config.hpp"
+#include "train/config.hpp"
+
+namespace difftrain::data {
+struct Manifest;
+}
+
+namespace difftrain::train {
+
+struct DataShape {
+  int64_t image_size = 0;  // the (square) size the model sees, after data.pad_to
+  int64_t channels = 0;
+  int64_t num_classes = 0;  // 0 = unconditional
+};
+
+// From the manifest, checked against model.image_size / model.in_channels when those are set.
+// Without a manifest (model-info of a config whose data is elsewhere) model.image_size and
+// model.in_channels must be set. Throws ConfigError naming the key.
+DataShape data_shape(const Config& config, const data::Manifest* manifest);
+
+model::UNetConfig unet_config(const Config& config, const DataShape& shape);
+diffusion::GaussianDiffusion make_diffusion(const Config& config);
+diffusion::LossSpec make_loss_spec(const Config& config);
+
+// The timestep the network sees: t * 1000 / T with diffusion.rescale_timesteps (Improved DDPM),
+// else t.
+double timestep_scale(const Config& config);
+
+}  // namespace difftrain::train

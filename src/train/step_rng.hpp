@@ -1,0 +1,33 @@
+// Randomness keyed by position, not by history: the generators of step s are seeded from
+// (seed, s, stream), so a resumed run needs no stored generator state and draws of the global
+// batch (timesteps, noise) do not depend on the number of ranks.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cstdint>
+
+namespace difftrain::train {
+
+enum class RngStream : uint64_t { timesteps = 1, noise = 2, dropout = 3, evaluation = 4 };
+
+// splitmix64 finaliser: well-mixed seeds from structured inputs.
+inline uint64_t mix_seed(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+inline uint64_t step_seed(uint64_t seed, int64_t step, RngStream stream, uint64_t extra = 0) {
+  return mix_seed(mix_seed(mix_seed(mix_seed(seed) ^ static_cast<uint64_t>(step)) ^
+                           static_cast<uint64_t>(stream)) ^
+                  extra);
+}
+
+inline at::Generator cpu_generator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
+}  // namespace difftrain::train

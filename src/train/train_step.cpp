@@ -1,0 +1,72 @@
+#include "train/train_step.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+
+#include <cmath>
+
+#include "diffusion/gaussian_diffusion.hpp"
+#include "dist/grad_reducer.hpp"
+#include "model/unet.hpp"
+
+namespace difftrain::train {
+namespace {
+
+// Mixed precision for the network only; the loss terms are computed in float32.
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, bool enabled, at::ScalarType dtype)
+      : device_(device), previous_(at::autocast::is_autocast_enabled(device)) {
+    at::autocast::set_autocast_enabled(device_, enabled);
+    if (enabled) at::autocast::set_autocast_dtype(device_, dtype);
+  }
+  ~AutocastScope() {
+    at::autocast::set_autocast_enabled(device_, previous_);
+    at::autocast::clear_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool previous_;
+};
+
+}  // namespace
+
+StepTerms forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
+                           const diffusion::LossSpec& loss_spec, const StepInputs& in,
+                           const StepSettings& s, dist::GradReducer* reducer, bool nan) {
+  const int64_t b = in.x_start.size(0);
+  const int64_t micro = s.microbatch > 0 ? s.microbatch : b;
+  StepTerms out;
+  const auto f64 = in.x_start.options().dtype(at::kDouble);
+  out.loss = at::empty({b}, f64);
+  out.mse = at::empty({b}, f64);
+  out.vb = at::empty({b}, f64);
+  for (int64_t m0 = 0; m0 < b; m0 += micro) {
+    if (reducer) reducer->set_sync(m0 + micro >= b);
+    const at::Tensor x0 = in.x_start.narrow(0, m0, micro), t = in.t.narrow(0, m0, micro),
+                     eps = in.noise.narrow(0, m0, micro);
+    const at::Tensor y = in.labels.defined() ? in.labels.narrow(0, m0, micro) : at::Tensor();
+    const at::Tensor x_t = diffusion::q_sample(diffusion, x0, t, eps);
+    at::Tensor model_output;
+    {
+      AutocastScope scope(x0.device().type(), s.autocast, s.autocast_dtype);
+      model_output = net.forward(x_t, t.to(at::kFloat) * s.timestep_scale, y);
+    }
+    auto terms = diffusion::training_terms(diffusion, loss_spec, model_output.to(at::kFloat), x0,
+                                           x_t, t, eps);
+    if (nan) terms.loss = terms.loss * NAN;
+    // Dividing by the rank's batch (not the microbatch) makes the microbatches average.
+    at::Tensor loss = (terms.loss * in.weights.narrow(0, m0, micro)).sum() / static_cast<double>(b);
+    if (s.loss_scale.defined()) loss = loss * s.loss_scale;
+    loss.backward();
+    out.loss.narrow(0, m0, micro).copy_(terms.loss.detach());
+    out.mse.narrow(0, m0, micro).copy_(terms.mse.detach());
+    out.vb.narrow(0, m0, micro).copy_(terms.vb.detach());
+  }
+  return out;
+}
+
+}  // namespace difftrain::train

@@ -1,0 +1,355 @@
+#include "train/trainer.hpp"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "data/loader.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
+#include "diffusion/timestep_sampler.hpp"
+#include "dist/broadcast_parameters.hpp"
+#include "dist/communicator.hpp"
+#include "dist/grad_reducer.hpp"
+#include "dist/watchdog.hpp"
+#include "model/parameter_count.hpp"
+#include "model/unet.hpp"
+#include "train/checkpoint.hpp"
+#include "train/ema.hpp"
+#include "train/loss_scaler.hpp"
+#include "train/metrics.hpp"
+#include "train/setup.hpp"
+#include "train/step_rng.hpp"
+#include "train/train_step.hpp"
+
+namespace fs = std::filesystem;
+
+namespace difftrain::train {
+namespace {
+
+// Set by SIGTERM / SIGINT (cluster preemption, Ctrl-C); the loop checkpoints and stops. The one
+// piece of process-wide state here: a signal handler can reach nothing else.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+struct SignalGuard {
+  struct sigaction old_term {}, old_int {};
+  SignalGuard() {
+    g_stop_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGINT, &sa, &old_int);
+  }
+  ~SignalGuard() {
+    sigaction(SIGTERM, &old_term, nullptr);
+    sigaction(SIGINT, &old_int, nullptr);
+  }
+};
+
+c10::Device pick_device(const std::string& name) {
+  if (name == "cpu") return c10::kCPU;
+  if (name == "cuda") {
+    if (!torch::cuda::is_available())
+      throw ConfigError("config key 'device' = 'cuda' but no CUDA device is available");
+    return c10::Device(c10::kCUDA, 0);
+  }
+  return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+}
+
+struct Fault {
+  std::string kind;  // "", hang, exit, nan
+  int64_t step = -1;
+};
+
+Fault parse_fault(const TrainOptions& o, int rank) {
+  if (o.fault.empty() || (o.fault_rank >= 0 && o.fault_rank != rank)) return {};
+  const auto at = o.fault.find('@');
+  Fault f{o.fault.substr(0, at), at == std::string::npos ? -1 : std::stoll(o.fault.substr(at + 1))};
+  if ((f.kind != "hang" && f.kind != "exit" && f.kind != "nan") || f.step < 0)
+    throw ConfigError("--fault '" + o.fault + "' must be hang@STEP, exit@STEP or nan@STEP");
+  return f;
+}
+
+double lr_at(const TrainingConfig& t, int64_t step) {
+  double lr = t.lr;
+  if (t.warmup_steps > 0) lr *= std::min(1.0, static_cast<double>(step + 1) / t.warmup_steps);
+  if (t.lr_anneal_steps > 0)
+    lr *= std::max(0.0, 1.0 - static_cast<double>(step) / t.lr_anneal_steps);
+  return lr;
+}
+
+std::vector<at::Tensor> grads_of(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  return grads;
+}
+
+// The global L2 norm of the gradients, on the device (no host synchronisation).
+at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads) {
+  if (grads.empty()) return at::zeros({});
+  return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
+}
+
+std::string join_ints(const at::Tensor& values) {
+  std::string s;
+  const at::Tensor v = values.cpu().to(at::kLong).contiguous();
+  for (int64_t i = 0; i < v.numel(); ++i) s += (i ? ", " : "") + std::to_string(v[i].item<int64_t>());
+  return s;
+}
+
+struct Run {
+  std::string dir;
+  std::ofstream metrics;           // rank 0 only
+  std::ofstream timestep_metrics;  // rank 0 only
+};
+
+}  // namespace
+
+TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& options) {
+  dist::Communicator& comm = cluster.comm;
+  const int rank = comm.rank(), world = comm.size();
+  validate(config);
+  validate_for_world(config, world);
+  const Fault fault = parse_fault(options, rank);
+  const auto& tc = config.training;
+  const std::string config_yaml = to_yaml(config);
+
+  if (tc.threads > 0) at::set_num_threads(static_cast<int>(tc.threads));
+  if (config.deterministic) at::globalContext().setDeterministicAlgorithms(true, false);
+  const c10::Device device = pick_device(config.device);
+
+  // What the data says about the model: image size after padding, channels, classes.
+  const data::Manifest manifest = data::read_manifest(config.data.train);
+  const DataShape shape = data_shape(config, &manifest);
+
+  torch::manual_seed(config.seed);  // the initial weights; rank 0's are broadcast below
+  model::UNet net(unet_config(config, shape));
+  net->to(device);
+  if (config.model.channels_last) net->to(at::MemoryFormat::ChannelsLast);
+  const std::vector<at::Tensor> params = net->parameters();
+
+  const diffusion::GaussianDiffusion diffusion = to_device(make_diffusion(config), device);
+  const diffusion::LossSpec loss_spec = make_loss_spec(config);
+  const long T = diffusion.num_timesteps;
+  diffusion::TimestepSampler sampler = diffusion::make_timestep_sampler(
+      diffusion::parse_timestep_sampler(config.diffusion.timestep_sampler), T, device);
+
+  torch::optim::AdamW optimizer(
+      params, torch::optim::AdamWOptions(tc.lr).weight_decay(tc.weight_decay));
+  std::vector<Ema> emas = make_emas(tc.ema_rates, params);
+  LossScaler scaler = make_loss_scaler(tc.precision == "fp16", tc.loss_scale_init,
+                                       tc.loss_scale_growth_interval, tc.loss_scale_min, device);
+  int64_t step = 0, data_epoch = 0, data_batch = 0;
+  TrainStateRefs state{*net, optimizer, emas, sampler, scaler, step, data_epoch, data_batch};
+
+  Run run;
+  run.dir = config.logging.run_dir;
+  std::string resume_from;
+  if (options.resume == "auto") {
+    if (auto latest = latest_valid_checkpoint(run.dir)) resume_from = *latest;
+  } else {
+    resume_from = options.resume;
+  }
+  if (!resume_from.empty()) {
+    load_checkpoint(resume_from, state);
+    if (rank == 0) spdlog::info("resumed from {} at step {}", resume_from, step);
+  } else {
+    std::vector<dist::NamedTensor> named, buffers;
+    for (const auto& p : net->named_parameters()) named.push_back({p.key(), p.value()});
+    for (const auto& b : net->named_buffers()) buffers.push_back({b.key(), b.value()});
+    dist::broadcast_parameters(comm, named, buffers);
+    // EMAs start from the broadcast weights.
+    emas = make_emas(tc.ema_rates, params);
+  }
+
+  data::LoaderOptions lo;
+  lo.manifest = config.data.train;
+  lo.global_batch = tc.batch_size;
+  lo.rank = rank;
+  lo.world = world;
+  lo.seed = static_cast<uint64_t>(config.seed);
+  lo.last_batch = data::parse_last_batch(config.data.last_batch);
+  lo.random_flip = config.data.random_flip;
+  lo.labels = shape.num_classes > 0;
+  lo.prefetch = static_cast<int>(config.data.prefetch);
+  if (config.data.pad_to > 0) lo.pad_to = config.data.pad_to;
+  lo.device = device;
+  data::Loader loader(lo, data::Cursor{data_epoch, data_batch});
+
+  if (rank == 0) {
+    fs::create_directories(run.dir);
+    std::ofstream(fs::path(run.dir) / "config.yaml") << config_yaml;
+    run.metrics.open(fs::path(run.dir) / "metrics.jsonl", std::ios::app);
+    run.timestep_metrics.open(fs::path(run.dir) / "timestep_metrics.jsonl", std::ios::app);
+    spdlog::info("run directory {}: {} parameters, {} x {}x{}x{} images, {} ranks, device {}",
+                 run.dir, model::parameter_count(net), manifest.num_samples(), shape.channels,
+                 shape.image_size, shape.image_size, world, device.str());
+  }
+
+  std::unique_ptr<dist::GradReducer> reducer;
+  if (world > 1) {
+    dist::GradReducerOptions ro;
+    ro.watchdog = cluster.watchdog;
+    reducer = std::make_unique<dist::GradReducer>(params, comm, ro);
+  }
+
+  const int64_t B = tc.batch_size, b = loader.batch_size();
+  const int64_t C = shape.channels, H = shape.image_size;
+  StepSettings settings;
+  settings.microbatch = tc.microbatch;
+  settings.timestep_scale = timestep_scale(config);
+  settings.autocast = tc.precision != "fp32";
+  settings.autocast_dtype = tc.precision == "bf16" ? at::kBFloat16 : at::kHalf;
+  if (scaler.enabled) settings.loss_scale = scaler.scale;  // updated in place by the scaler
+  Metrics metrics(device, T, config.logging.timestep_buckets);
+  SignalGuard signals;
+  const auto t_start = std::chrono::steady_clock::now();
+  auto t_last_log = t_start;
+  int64_t last_log_step = step, bad_steps = 0;
+  TrainResult result;
+  result.run_dir = run.dir;
+
+  const auto save = [&](const char* why) {
+    const std::string path = checkpoint_path(run.dir, step);
+    if (rank == 0) {
+      save_checkpoint(path, state, config_yaml);
+      prune_checkpoints(run.dir, tc.keep_checkpoints);
+      spdlog::info("checkpoint {} ({})", path, why);
+    }
+    if (world > 1) {
+      if (cluster.slow_barrier) cluster.slow_barrier("checkpoint at step " + std::to_string(step));
+      else comm.barrier();
+    }
+    result.last_checkpoint = path;
+  };
+
+  while (tc.max_steps == 0 || step < tc.max_steps) {
+    // Stop together: a signal or the time limit on any rank stops every rank at the same step.
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    int stop = g_stop_signal.load() != 0 ? 2 : (tc.max_time > 0 && elapsed >= tc.max_time ? 1 : 0);
+    if (world > 1) {
+      at::Tensor flag = at::full({1}, stop, at::TensorOptions(device).dtype(at::kInt));
+      comm.all_reduce(flag, dist::ReduceOp::max);
+      stop = flag.item<int>();
+    }
+    if (stop) {
+      result.interrupted = stop == 2;
+      if (rank == 0)
+        spdlog::info("{} at step {}", stop == 2 ? "stop signal received" : "training.max_time reached", step);
+      break;
+    }
+    if (cluster.watchdog) cluster.watchdog->set_step(step);
+    if (fault.step == step) {
+      if (fault.kind == "exit") std::_Exit(3);
+      if (fault.kind == "hang")
+        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+
+    const data::Batch batch = loader.next();
+    data_epoch = loader.cursor().epoch;
+    data_batch = loader.cursor().batch;
+    for (auto& group : optimizer.param_groups())
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(tc, step));
+
+    // The global batch's timesteps and noise, drawn on every rank; this rank takes its rows.
+    auto t_gen = cpu_generator(step_seed(config.seed, step, RngStream::timesteps));
+    auto noise_gen = cpu_generator(step_seed(config.seed, step, RngStream::noise));
+    const diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, B, t_gen);
+    const at::Tensor t = draw.t.narrow(0, batch.row_offset, b).to(device);
+    const at::Tensor weights = draw.weights.narrow(0, batch.row_offset, b).to(device);
+    const at::Tensor noise =
+        at::randn({B, C, H, H}, noise_gen).narrow(0, batch.row_offset, b).to(device);
+    torch::manual_seed(step_seed(config.seed, step, RngStream::dropout, rank));
+
+    if (reducer) reducer->zero_grad();
+    else optimizer.zero_grad();
+    const StepTerms terms = forward_backward(
+        *net, diffusion, loss_spec,
+        {batch.images, t, weights, noise, batch.labels}, settings, reducer.get(),
+        fault.kind == "nan" && fault.step == step);
+    metrics.add_samples(t, terms.loss, terms.mse, terms.vb);
+    const at::Tensor& step_losses = terms.loss;
+    if (reducer) reducer->finish();
+
+    // Every rank records the whole global batch, in global order, so samplers stay identical.
+    if (sampler.kind != diffusion::TimestepSamplerKind::uniform)
+      diffusion::record_losses(sampler, world > 1 ? comm.all_gather(t) : t,
+                               world > 1 ? comm.all_gather(step_losses) : step_losses);
+
+    const std::vector<at::Tensor> grads = grads_of(params);
+    const bool scaled_ok = unscale_and_update(scaler, grads);
+    const at::Tensor grad_norm = global_grad_norm(grads);
+    // The gradients are averaged over ranks already, so every rank takes the same decision.
+    const bool finite = scaled_ok && std::isfinite(grad_norm.item<float>());
+    if (!finite) {
+      if (!scaler.enabled) ++bad_steps;
+      const at::Tensor bad_t = t.masked_select(~at::isfinite(step_losses));
+      if (scaler.enabled)
+        spdlog::warn("step {}: non-finite fp16 gradients; skipping the step, loss scale now {}",
+                     step, scaler.scale.item<float>());
+      else if (bad_t.numel() > 0 || rank == 0)
+        spdlog::warn("rank {} step {}: non-finite loss{}; skipping the step", rank, step,
+                     bad_t.numel() > 0 ? " at timesteps " + join_ints(bad_t) : " or gradients");
+      if (!scaler.enabled && bad_steps >= tc.max_bad_steps)
+        throw std::runtime_error(fmt::format(
+            "{} consecutive steps with a non-finite loss (training.max_bad_steps); stopping at "
+            "step {} instead of training on garbage: lower training.lr or check the data",
+            bad_steps, step));
+    } else {
+      bad_steps = 0;
+      if (tc.grad_clip > 0) {
+        const at::Tensor coef = (tc.grad_clip / (grad_norm + 1e-6)).clamp_max(1.0);
+        at::_foreach_mul_(grads, coef);
+      }
+      optimizer.step();
+      update_emas(emas, params, step, tc.ema_warmup);
+    }
+    metrics.add_step(grad_norm, finite);
+    ++step;
+
+    if (step % config.logging.log_every == 0 || step == tc.max_steps) {
+      const auto now = std::chrono::steady_clock::now();
+      const double seconds = std::chrono::duration<double>(now - t_last_log).count();
+      const int64_t steps = step - last_log_step;
+      const MetricsSummary s = metrics.reduce_and_reset(comm);
+      if (rank == 0) {
+        nlohmann::json line = summary_json(s);
+        line["step"] = step;
+        line["lr"] = lr_at(tc, step - 1);
+        line["loss_scale"] = scaler.scale.item<float>();
+        line["images_per_s"] = static_cast<double>(steps * B) / seconds;
+        line["step_time_ms"] = 1000.0 * seconds / static_cast<double>(steps);
+        line["rss_mb"] = resident_memory_mb();
+        line["elapsed_s"] = std::chrono::duration<double>(now - t_start).count();
+        run.metrics << line.dump() << "\n" << std::flush;
+        spdlog::info("{}", log_line(line, tc.max_steps));
+      }
+      t_last_log = now;
+      last_log_step = step;
+    }
+    if (config.logging.timestep_stats_every > 0 && step % config.logging.timestep_stats_every == 0) {
+      nlohmann::json stats = metrics.timestep_stats_and_reset(comm);
+      if (rank == 0) {
+        stats["step"] = step;
+        run.timestep_metrics << stats.dump() << "\n" << std::flush;
+      }
+    }
+    if (step % tc.checkpoint_every == 0) save("periodic");
+  }
+  if (result.last_checkpoint != checkpoint_path(run.dir, step)) save(result.interrupted ? "on signal" : "final");
+  result.step = step;
+  return result;
+}
+
+}  // namespace difftrain::train

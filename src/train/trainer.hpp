@@ -1,0 +1,45 @@
+// `difftrain train`: the training loop on one or many ranks, written against dist::Communicator
+// only (a world of one process is the local communicator).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "train/config.hpp"
+
+namespace difftrain::dist {
+class Communicator;
+class Watchdog;
+}  // namespace difftrain::dist
+
+namespace difftrain::train {
+
+struct TrainOptions {
+  // "" starts fresh, "auto" continues from the newest valid checkpoint of the run directory (or
+  // starts fresh when it has none), anything else names a checkpoint file.
+  std::string resume;
+  // Debug faults for failure tests: "hang@STEP" (this rank stops responding at STEP),
+  // "exit@STEP" (this rank exits at STEP without a word), "nan@STEP" (the loss of STEP is NaN).
+  std::string fault;
+  int fault_rank = -1;  // the rank the fault applies to; -1 = every rank
+};
+
+struct Cluster {
+  dist::Communicator& comm;
+  dist::Watchdog* watchdog = nullptr;  // told the current step, so timeouts name it
+  // Waits for rank 0 to finish writing a checkpoint (a barrier that gives up); defaults to
+  // comm.barrier().
+  std::function<void(const std::string& what)> slow_barrier;
+};
+
+struct TrainResult {
+  int64_t step = 0;             // steps done
+  std::string run_dir;
+  std::string last_checkpoint;  // "" when none was written
+  bool interrupted = false;     // stopped by SIGTERM / SIGINT
+};
+
+TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& options = {});
+
+}  // namespace difftrain::train

@@ -1,0 +1,184 @@
+// The whole UNet: shapes, initial output, conditioning, memory formats, autocast, gradients.
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+
+#include <torch/torch.h>
+
+#include "model/memory_format.hpp"
+#include "model/unet.hpp"
+#include "model_test_util.hpp"
+
+namespace difftrain::model {
+namespace {
+
+using test::tiny_config;
+
+// A tiny model with every zero-initialised layer perturbed, in eval mode.
+UNet perturbed_model(const UNetConfig& config) {
+  torch::manual_seed(0);
+  UNet model(config);
+  test::perturb_zero_init(*model);
+  model->eval();
+  return model;
+}
+
+TEST(UNet, OutputShapeAndZeroInitialOutput) {
+  torch::manual_seed(0);
+  UNet model(tiny_config());
+  const auto x = torch::randn({3, 3, 16, 16});
+  const auto out = model(x, torch::tensor({0, 500, 999}));
+  ASSERT_EQ(out.sizes(), (std::vector<int64_t>{3, 6, 16, 16}));
+  EXPECT_EQ(out.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(out, torch::zeros_like(out)));  // zero-initialised out conv
+
+  // Other spatial sizes divisible by 2^(levels - 1) work too (non-square included).
+  EXPECT_EQ(model(torch::randn({1, 3, 8, 12}), torch::tensor({1})).sizes(),
+            (std::vector<int64_t>{1, 6, 8, 12}));
+}
+
+TEST(UNet, WithoutConvResampleOrScaleShiftNorm) {
+  auto config = tiny_config();
+  config.conv_resample = false;
+  config.use_scale_shift_norm = false;
+  config.num_head_channels = 32;
+  config.channel_mult = {1, 2, 2};
+  auto model = perturbed_model(config);
+  const auto out = model(torch::randn({2, 3, 16, 16}), torch::tensor({3.5, 7.25}));
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{2, 6, 16, 16}));
+  EXPECT_TRUE(out.isfinite().all().item<bool>());
+}
+
+TEST(UNet, RunsInFloat64) {
+  auto model = perturbed_model(tiny_config());
+  const auto x = torch::randn({2, 3, 16, 16});
+  const auto t = torch::tensor({1, 900});
+  const auto reference = model(x, t);
+  model->to(torch::kDouble);
+  const auto out = model(x.to(torch::kDouble), t);
+  EXPECT_EQ(out.scalar_type(), torch::kDouble);
+  EXPECT_TRUE(torch::allclose(out.to(torch::kFloat), reference, 1e-4, 1e-5));
+}
+
+TEST(UNet, RejectsMalformedInputs) {
+  UNet model(tiny_config());
+  const auto t = torch::tensor({1, 2});
+  EXPECT_THROW(model(torch::zeros({2, 1, 16, 16}), t), std::invalid_argument);
+  EXPECT_THROW(model(torch::zeros({2, 3, 15, 16}), t), std::invalid_argument);
+  EXPECT_THROW(model(torch::zeros({2, 3, 16, 16}), torch::tensor({1})), std::invalid_argument);
+}
+
+TEST(UNet, ClassConditioning) {
+  auto config = tiny_config();
+  config.num_classes = 3;
+  auto model = perturbed_model(config);
+  const auto x = torch::randn({2, 3, 16, 16});
+  const auto t = torch::tensor({10, 10});
+  const auto out0 = model(x, t, torch::tensor({0, 0}));
+  const auto out1 = model(x, t, torch::tensor({1, 2}));
+  EXPECT_GT((out0 - out1).abs().max().item<double>(), 1e-4);
+  // Same label, same output: labels act per sample.
+  EXPECT_TRUE(torch::allclose(model(x, t, torch::tensor({0, 2}))[0], out0[0], 1e-5, 1e-6));
+
+  // A conditional model requires integer labels, one per sample.
+  try {
+    model(x, t);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "UNet is class-conditional (num_classes = 3) and needs integer class labels y "
+                 "of shape [2], got none");
+  }
+  EXPECT_THROW(model(x, t, torch::tensor({0})), std::invalid_argument);
+  EXPECT_THROW(model(x, t, torch::tensor({0.0, 1.0})), std::invalid_argument);
+
+  // An unconditional model rejects labels.
+  UNet unconditional(tiny_config());
+  try {
+    unconditional(x, t, torch::tensor({0, 1}));
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "UNet got class labels y, but the model is unconditional (num_classes = 0)");
+  }
+}
+
+TEST(UNet, ChannelsLastEqualsContiguous) {
+  auto model = perturbed_model(tiny_config());
+  torch::manual_seed(1);
+  const auto x = torch::randn({4, 3, 16, 16});
+  const auto t = torch::tensor({0, 10, 100, 999});
+  const auto reference = model(x, t);
+
+  to_memory_format(*model, at::MemoryFormat::ChannelsLast);
+  const auto conv_weight = model->named_parameters()["input_blocks.1.0.in_layers.2.weight"];
+  ASSERT_TRUE(conv_weight.is_contiguous(at::MemoryFormat::ChannelsLast));
+  const auto out = model(x.contiguous(at::MemoryFormat::ChannelsLast), t);
+  EXPECT_TRUE(out.is_contiguous(at::MemoryFormat::ChannelsLast));  // NHWC all the way through
+  EXPECT_TRUE(torch::allclose(out, reference, 1e-4, 1e-5))
+      << "max |diff| " << (out - reference).abs().max().item<double>();
+
+  // Channels-last weights alone put the convolutions in channels-last too.
+  EXPECT_TRUE(torch::allclose(model(x, t), reference, 1e-4, 1e-5));
+
+  // And back, through the module method (PyTorch's model.to(memory_format=...)).
+  model->to(at::MemoryFormat::Contiguous);
+  ASSERT_TRUE(conv_weight.is_contiguous());
+  EXPECT_TRUE(torch::allclose(model(x, t), reference, 1e-5, 1e-6));
+  model->to(at::kFloat);  // the usual Module::to overloads stay visible
+}
+
+TEST(UNet, Bf16AutocastIsCloseToFloat32) {
+  auto model = perturbed_model(tiny_config());
+  torch::manual_seed(2);
+  const auto x = torch::randn({2, 3, 16, 16});
+  const auto t = torch::tensor({5, 700});
+  const auto reference = model(x, t);
+  at::Tensor out;
+  {
+    test::CpuAutocast autocast(at::kBFloat16);
+    out = model(x, t);
+  }
+  EXPECT_EQ(out.scalar_type(), torch::kFloat);  // cast back to x's dtype
+  ASSERT_TRUE(out.isfinite().all().item<bool>());
+  const double rel = ((out - reference).norm() / reference.norm()).item<double>();
+  EXPECT_LT(rel, 0.05) << "relative error " << rel;
+
+  // Backward through the autocast graph reaches the float32 weights.
+  {
+    test::CpuAutocast autocast(at::kBFloat16);
+    model(x, t).square().mean().backward();
+  }
+  for (const auto& p : model->parameters())
+    ASSERT_TRUE(p.grad().defined());
+}
+
+TEST(UNet, GradientReachesEveryParameter) {
+  auto model = perturbed_model(tiny_config());
+  model->train();
+  torch::manual_seed(3);
+  const auto out = model(torch::randn({2, 3, 16, 16}), torch::tensor({3, 400}));
+  (out * torch::randn_like(out)).sum().backward();
+  int64_t checked = 0;
+  for (const auto& p : model->named_parameters()) {
+    const auto& grad = p.value().grad();
+    ASSERT_TRUE(grad.defined()) << p.key();
+    EXPECT_GT(grad.abs().sum().item<double>(), 0.0) << "dead parameter " << p.key();
+    ++checked;
+  }
+  EXPECT_EQ(checked, static_cast<int64_t>(model->parameters().size()));
+}
+
+TEST(UNet, DropoutActsOnlyInTraining) {
+  auto config = tiny_config();
+  config.dropout = 0.5;
+  auto model = perturbed_model(config);
+  const auto x = torch::randn({1, 3, 16, 16});
+  const auto t = torch::tensor({50});
+  EXPECT_TRUE(torch::equal(model(x, t), model(x, t)));
+  model->train();
+  EXPECT_FALSE(torch::equal(model(x, t), model(x, t)));
+}
+
+}  // namespace
+}  // namespace difftrain::model

@@ -1,0 +1,339 @@
+// `difftrain sample` and `difftrain eval` as a user runs them, on a tiny checkpoint written here:
+// outputs read back with independent readers (libpng, libzip, the data room's shard reader),
+// results that do not depend on the batch size or the number of ranks, and bad input answered by
+// a one-line error naming the file, exit code 2.
+#include <gtest/gtest.h>
+#include <png.h>
+#include <unistd.h>
+#include <zip.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/process.hpp"
+#include "data/h5.hpp"
+#include "data/shard_reader.hpp"
+#include "data/shard_set.hpp"
+#include "tiny_run.hpp"
+
+namespace fs = std::filesystem;
+using difftrain::testing::ProcessResult;
+
+namespace {
+
+ProcessResult difftrain_cli(const std::string& args) {
+  return difftrain::testing::run_command("OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_BINARY) +
+                                         " " + args);
+}
+
+ProcessResult difftrain_mpi(int ranks, const std::string& args) {
+  return difftrain::testing::run_command(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 " +
+      std::string(DIFFTRAIN_MPIEXEC) + " --oversubscribe --bind-to none -np " +
+      std::to_string(ranks) + " " + DIFFTRAIN_BINARY + " " + args);
+}
+
+struct Png {
+  int64_t width = 0, height = 0, channels = 0;
+};
+Png read_png_header(const std::string& path) {
+  png_image image;
+  std::memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_file(&image, path.c_str())) return {};
+  Png p{image.width, image.height, PNG_IMAGE_SAMPLE_CHANNELS(image.format)};
+  png_image_free(&image);
+  return p;
+}
+
+// One array of an .npz, read with libzip; the .npy header parsed by hand.
+struct Npy {
+  std::string descr;
+  std::vector<int64_t> shape;
+  std::string data;
+};
+Npy read_npz(const std::string& path, const std::string& name) {
+  int error = 0;
+  zip_t* z = zip_open(path.c_str(), ZIP_RDONLY, &error);
+  if (!z) throw std::runtime_error(path + ": not a zip");
+  zip_stat_t st;
+  if (zip_stat(z, (name + ".npy").c_str(), 0, &st) != 0) {
+    zip_close(z);
+    throw std::runtime_error(path + ": no " + name);
+  }
+  std::string bytes(st.size, '\0');
+  zip_file_t* f = zip_fopen(z, (name + ".npy").c_str(), 0);
+  zip_fread(f, bytes.data(), st.size);
+  zip_fclose(f);
+  zip_close(z);
+  if (bytes.compare(0, 6, "\x93NUMPY") != 0) throw std::runtime_error("not .npy");
+  const std::size_t header_len = static_cast<uint8_t>(bytes[8]) | static_cast<uint8_t>(bytes[9]) << 8;
+  const std::string header = bytes.substr(10, header_len);
+  if ((10 + header_len) % 64 != 0) throw std::runtime_error("header not aligned");
+  Npy npy;
+  const auto descr = header.find("'descr': '") + 10;
+  npy.descr = header.substr(descr, header.find('\'', descr) - descr);
+  auto pos = header.find("'shape': (") + 10;
+  const auto end = header.find(')', pos);
+  while (pos < end) {
+    std::size_t used = 0;
+    npy.shape.push_back(std::stoll(header.substr(pos), &used));
+    pos = header.find_first_not_of(", ", pos + used);
+  }
+  npy.data = bytes.substr(10 + header_len);
+  return npy;
+}
+
+int max_abs_diff(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return 256;
+  int worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::abs(static_cast<uint8_t>(a[i]) - static_cast<uint8_t>(b[i])));
+  return worst;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  return nlohmann::json::parse(f);
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("difftrain_test_sample_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // 6x6 gray images, padded to 8 for the UNet; a held-out set of the same kind.
+    train_ = difftrain::testing::write_tiny_set(path("train"), 8, 6, 6, 1, 0);
+    heldout_ = difftrain::testing::write_tiny_set(path("heldout"), 5, 6, 6, 1, 0, 2);
+    run_ = path("run");
+    checkpoint_ = run_ + "/checkpoints/ckpt_000000100.pt";
+    const std::string yaml = difftrain::testing::tiny_config_yaml(train_);
+    difftrain::testing::write_tiny_checkpoint(checkpoint_, yaml, yaml);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+  std::string train_, heldout_, run_, checkpoint_;
+};
+
+TEST_F(Cli, SampleWritesGridShardAndNpz) {
+  const ProcessResult r = difftrain_cli("sample --run " + run_ + " --num 5 --batch 2 --sampler ddim --steps 5 --out " + path("out/s"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // The samples are cropped back from the padded 8x8 to the data's 6x6.
+  const Png png = read_png_header(path("out/s.png"));
+  EXPECT_EQ(png.channels, 1);
+  EXPECT_EQ(png.width, 3 * (6 + 2) + 2);  // 3 columns with 2 px gaps
+  EXPECT_EQ(png.height, 2 * (6 + 2) + 2);
+
+  const Npy arr = read_npz(path("out/s.npz"), "arr_0");
+  EXPECT_EQ(arr.descr, "|u1");
+  EXPECT_EQ(arr.shape, (std::vector<int64_t>{5, 6, 6, 1}));
+  EXPECT_THROW(read_npz(path("out/s.npz"), "arr_1"), std::runtime_error) << "unconditional";
+
+  // The shard, as the data room reads a lone shard: a one-entry manifest.
+  difftrain::data::Manifest m;
+  m.path = path("out/(no manifest)");
+  m.height = 6;
+  m.width = 6;
+  m.channels = 1;
+  m.shards.push_back({"s.h5", 5, -1, ""});
+  difftrain::data::open_shard(m, 0);
+  difftrain::data::ShardSet shards(m);
+  std::string pixels(5 * 36, '\0');
+  shards.read_range(0, 5, reinterpret_cast<uint8_t*>(pixels.data()));
+  EXPECT_EQ(pixels, arr.data) << "the .h5 and the .npz hold the same images";
+  const auto h5 = difftrain::h5::File::open(path("out/s.h5"));
+  EXPECT_NE(h5.attr_string("source").find("ddim"), std::string::npos);
+}
+
+TEST_F(Cli, SamplesDoNotDependOnTheBatchSize) {
+  for (const char* batch : {"1", "3"}) {
+    const ProcessResult r = difftrain_cli("sample --checkpoint " + checkpoint_ +
+                                          " --num 3 --respacing 8 --seed 4 --batch " + batch +
+                                          " --out " + path(std::string("b") + batch));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  const Npy a = read_npz(path("b1.npz"), "arr_0"), b = read_npz(path("b3.npz"), "arr_0");
+  EXPECT_LE(max_abs_diff(a.data, b.data), 1);
+  // Another seed gives other images.
+  ASSERT_EQ(difftrain_cli("sample --checkpoint " + checkpoint_ +
+                          " --num 3 --respacing 8 --seed 5 --out " + path("c"))
+                .exit_code,
+            0);
+  EXPECT_GT(max_abs_diff(a.data, read_npz(path("c.npz"), "arr_0").data), 8);
+}
+
+TEST_F(Cli, EmaChoiceSelectsTheWeights) {
+  ASSERT_EQ(difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --out " + path("ema")).exit_code, 0);
+  ASSERT_EQ(difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --ema 0.9 --out " + path("ema9")).exit_code, 0);
+  ASSERT_EQ(difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --ema none --out " + path("raw")).exit_code, 0);
+  const std::string ema = read_npz(path("ema.npz"), "arr_0").data;
+  EXPECT_EQ(ema, read_npz(path("ema9.npz"), "arr_0").data) << "the first EMA rate is the default";
+  EXPECT_NE(ema, read_npz(path("raw.npz"), "arr_0").data);
+  const ProcessResult r = difftrain_cli("sample --run " + run_ + " --num 2 --ema 0.5 --out " + path("x"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("no EMA with rate 0.5"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, ClassConditionalSamplesCarryTheirLabels) {
+  const std::string labeled = difftrain::testing::write_tiny_set(path("labeled"), 6, 8, 8, 3, 3);
+  const std::string yaml = difftrain::testing::tiny_config_yaml(labeled, 0, true);
+  const std::string ckpt = path("cond.pt");
+  difftrain::testing::write_tiny_checkpoint(ckpt, yaml, yaml);
+
+  ProcessResult r = difftrain_cli("sample --checkpoint " + ckpt + " --num 5 --steps 3 --out " + path("rr"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Npy labels = read_npz(path("rr.npz"), "arr_1");
+  EXPECT_EQ(labels.descr, "<i8");
+  EXPECT_EQ(labels.shape, (std::vector<int64_t>{5}));
+  std::vector<int64_t> got(5);
+  std::memcpy(got.data(), labels.data.data(), 40);
+  EXPECT_EQ(got, (std::vector<int64_t>{0, 1, 2, 0, 1})) << "every class in turn";
+  EXPECT_EQ(read_npz(path("rr.npz"), "arr_0").shape, (std::vector<int64_t>{5, 8, 8, 3}));
+  EXPECT_EQ(read_png_header(path("rr.png")).channels, 3);
+
+  r = difftrain_cli("sample --checkpoint " + ckpt + " --num 4 --steps 3 --class 2 --out " + path("c2"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(difftrain::h5::File::open(path("c2.h5")).read<int64_t>("labels"),
+            (std::vector<int64_t>{2, 2, 2, 2}));
+
+  r = difftrain_cli("sample --checkpoint " + ckpt + " --num 4 --class 3 --out " + path("c3"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--class 3 is outside [0, 3)"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, EvalWritesTheReport) {
+  const ProcessResult r = difftrain_cli("eval --run " + run_ + " --data " + heldout_ +
+                                        " --num 3 --batch 2 --out " + path("bpd.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("bits/dim"), std::string::npos) << r.output;
+  const nlohmann::json j = read_json(path("bpd.json"));
+  EXPECT_EQ(j["num_images"], 3);
+  EXPECT_EQ(j["step"], 100);
+  EXPECT_EQ(j["ema_rate"], 0.9);
+  const auto vb = j["per_timestep"]["vb_bpd"].get<std::vector<double>>();
+  ASSERT_EQ(vb.size(), 40u);
+  ASSERT_EQ(j["per_timestep"]["mse"].size(), 40u);
+  ASSERT_EQ(j["per_timestep"]["xstart_mse"].size(), 40u);
+  EXPECT_EQ(j["per_timestep"]["t"][39], 39);
+  double sum = j["prior_bpd"].get<double>();
+  for (const double v : vb)
+    sum += v;
+  EXPECT_NEAR(j["total_bpd"].get<double>(), sum, 1e-9);
+  EXPECT_DOUBLE_EQ(j["decoder_bpd"].get<double>(), vb[0]);
+  EXPECT_GT(j["total_bpd"].get<double>(), 0);
+  EXPECT_GT(j["total_bpd_stderr"].get<double>(), 0);
+
+  std::ifstream csv(path("bpd.csv"));
+  std::string line;
+  int lines = 0;
+  while (std::getline(csv, line))
+    ++lines;
+  EXPECT_EQ(lines, 41);
+  const Png plot = read_png_header(path("bpd.png"));
+  EXPECT_EQ(plot.width, 800);
+  EXPECT_EQ(plot.height, 480);
+
+  // The same images and noise in other batches: the same bound.
+  ASSERT_EQ(difftrain_cli("eval --checkpoint " + checkpoint_ + " --data " + heldout_ +
+                          " --num 3 --batch 3 --out " + path("bpd3"))
+                .exit_code,
+            0);
+  EXPECT_NEAR(read_json(path("bpd3.json"))["total_bpd"].get<double>(),
+              j["total_bpd"].get<double>(), 1e-5);
+}
+
+TEST_F(Cli, EvalDefaultReportGoesToTheRunDirectory) {
+  const ProcessResult r = difftrain_cli("eval --run " + run_ + " --data " + heldout_ + " --num 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(run_ + "/eval/bpd_step100.json")) << r.output;
+  EXPECT_TRUE(read_json(run_ + "/eval/bpd_step100.json")["total_bpd_stderr"].is_null());
+}
+
+TEST_F(Cli, TwoRanksGiveWhatOneRankGives) {
+  const std::string sample = " --num 5 --respacing 6 --sampler ddim --eta 1 --batch 2 --out ";
+  ASSERT_EQ(difftrain_cli("sample --run " + run_ + sample + path("one")).exit_code, 0);
+  ProcessResult r = difftrain_mpi(2, "sample --run " + run_ + sample + path("two"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_LE(max_abs_diff(read_npz(path("one.npz"), "arr_0").data,
+                         read_npz(path("two.npz"), "arr_0").data),
+            1);
+
+  const std::string eval = " --data " + heldout_ + " --batch 2 --out ";
+  ASSERT_EQ(difftrain_cli("eval --run " + run_ + eval + path("e1")).exit_code, 0);
+  r = difftrain_mpi(2, "eval --run " + run_ + eval + path("e2"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json one = read_json(path("e1.json")), two = read_json(path("e2.json"));
+  EXPECT_EQ(two["num_images"], 5);
+  EXPECT_EQ(two["ranks"], 2);
+  EXPECT_NEAR(one["total_bpd"].get<double>(), two["total_bpd"].get<double>(), 1e-5);
+  EXPECT_NEAR(one["total_bpd_stderr"].get<double>(), two["total_bpd_stderr"].get<double>(), 1e-5);
+}
+
+// Bad input: exit code 2 and one error line that names the culprit.
+void expect_bad_input(const ProcessResult& r, const std::string& culprit,
+                      const std::string& message) {
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(culprit), std::string::npos) << "not named: " << r.output;
+  EXPECT_NE(r.output.find(message), std::string::npos) << "expected '" << message << "' in "
+                                                       << r.output;
+  int errors = 0;
+  for (std::size_t p = r.output.find("error"); p != std::string::npos; p = r.output.find("error", p + 1))
+    ++errors;
+  EXPECT_EQ(errors, 1) << r.output;
+  EXPECT_EQ(r.output.find("Abort"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, MissingRunDirectory) {
+  const std::string missing = path("no_such_run");
+  expect_bad_input(difftrain_cli("sample --run " + missing + " --num 1 --out " + path("x")),
+                   missing, "no such run directory");
+  expect_bad_input(difftrain_cli("eval --run " + missing + " --data " + heldout_), missing,
+                   "no such run directory");
+  fs::create_directories(path("empty_run"));
+  expect_bad_input(difftrain_cli("sample --run " + path("empty_run") + " --num 1 --out " + path("x")),
+                   path("empty_run"), "no valid checkpoint");
+}
+
+TEST_F(Cli, CheckpointOfAnotherConfig) {
+  // Weights of a 64-channel model under a config that says 32 channels.
+  const std::string ckpt = path("other.pt");
+  difftrain::testing::write_tiny_checkpoint(
+      ckpt, difftrain::testing::tiny_config_yaml(train_, 8, false, 64),
+      difftrain::testing::tiny_config_yaml(train_, 8, false, 32));
+  expect_bad_input(difftrain_cli("sample --checkpoint " + ckpt + " --num 1 --out " + path("x")),
+                   ckpt, "has shape");
+  expect_bad_input(difftrain_cli("eval --checkpoint " + ckpt + " --data " + heldout_), ckpt,
+                   "has shape");
+}
+
+TEST_F(Cli, HeldOutSetOfAnotherShape) {
+  const std::string big = difftrain::testing::write_tiny_set(path("big"), 2, 16, 16, 1, 0);
+  expect_bad_input(difftrain_cli("eval --run " + run_ + " --data " + big), big,
+                   "images are 1x16x16 (CxHxW) but the model");
+  const std::string rgb = difftrain::testing::write_tiny_set(path("rgb"), 2, 6, 6, 3, 0);
+  expect_bad_input(difftrain_cli("eval --run " + run_ + " --data " + rgb), rgb, "images are 3x6x6");
+  const std::string missing = path("nothing/manifest.json");
+  expect_bad_input(difftrain_cli("eval --run " + run_ + " --data " + missing), missing,
+                   "cannot open the manifest");
+}
+
+TEST_F(Cli, BadSamplingOptions) {
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --respacing ddim11 --out " + path("x")),
+                   "ddim11", "no integer stride gives exactly 11 steps");
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --class 1 --out " + path("x")),
+                   checkpoint_, "unconditional");
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --eta 0.5 --out " + path("x")),
+                   "--eta", "--sampler ddim only");
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 0 --out " + path("x")), "--num",
+                   "must be >= 1");
+}
+
+}  // namespace

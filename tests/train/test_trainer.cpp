@@ -1,0 +1,315 @@
+// The training loop on one rank: learning on a fixed batch, exact resume, microbatch averaging,
+// checkpoints under signals and corruption, class conditioning, bad steps, config errors.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "data/test_files.hpp"
+#include "data/manifest.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
+#include "dist/communicator.hpp"
+#include "model/unet.hpp"
+#include "train/checkpoint.hpp"
+#include "train/config.hpp"
+#include "train/ema.hpp"
+#include "train/loss_scaler.hpp"
+#include "train/setup.hpp"
+#include "train/train_step.hpp"
+#include "train/trainer.hpp"
+
+namespace fs = std::filesystem;
+namespace tr = difftrain::train;
+using difftrain::testing::TempDir;
+
+namespace {
+
+// A tiny UNet on 16x16 grayscale images: fast enough for dozens of steps per test.
+std::string tiny_config(const std::string& manifest, const std::string& run_dir,
+                        const std::string& extra = "") {
+  return "seed: 3\ndevice: cpu\n"
+         "data: {train: " + manifest + ", pad_to: 16}\n"
+         "model: {model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1,"
+         " attention_resolutions: [8], dropout: 0.0}\n"
+         "diffusion: {schedule: cosine, steps: 50, loss: hybrid}\n"
+         "training: {batch_size: 8, lr: 0.001, max_steps: 6, checkpoint_every: 3,"
+         " ema_rates: [0.9, 0.99], threads: 1}\n"
+         "logging: {run_dir: " + run_dir + ", log_every: 2, timestep_stats_every: 3,"
+         " timestep_buckets: 5}\n" + extra;
+}
+
+struct Fixture : ::testing::Test {
+  TempDir dir;
+  std::string manifest;
+  void SetUp() override {
+    at::set_num_threads(1);
+    manifest = difftrain::testing::write_synthetic_set(dir / "data", {40, 24}, 14, 14, 1, 10)
+                   .manifest;
+  }
+  tr::Config config(const std::string& run, const std::vector<std::string>& overrides = {},
+                    const std::string& extra = "") {
+    return tr::parse_config(tiny_config(manifest, dir / run, extra), overrides);
+  }
+  tr::TrainResult train(const tr::Config& c, const tr::TrainOptions& o = {}) {
+    auto comm = difftrain::dist::make_local_communicator();
+    tr::Cluster cluster{*comm, nullptr, {}};
+    return tr::train(c, cluster, o);
+  }
+};
+
+tr::TrainOptions resume_auto() {
+  tr::TrainOptions o;
+  o.resume = "auto";
+  return o;
+}
+
+tr::TrainOptions with_fault(const std::string& fault) {
+  tr::TrainOptions o;
+  o.fault = fault;
+  return o;
+}
+
+// Every tensor a checkpoint holds, by key, for bitwise comparison.
+std::map<std::string, at::Tensor> checkpoint_tensors(const tr::Config& c, const std::string& path) {
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  const auto shape = tr::data_shape(c, &manifest);
+  difftrain::model::UNet net(tr::unet_config(c, shape));
+  const auto params = net->parameters();
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(c.training.lr));
+  auto emas = tr::make_emas(c.training.ema_rates, params);
+  auto sampler = difftrain::diffusion::make_timestep_sampler(
+      difftrain::diffusion::TimestepSamplerKind::loss_second_moment, c.diffusion.steps, at::kCPU);
+  auto scaler = tr::make_loss_scaler(false, 1, 1, 1, at::kCPU);
+  int64_t step = 0, epoch = 0, batch = 0;
+  tr::TrainStateRefs s{*net, optimizer, emas, sampler, scaler, step, epoch, batch};
+  tr::load_checkpoint(path, s);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : net->named_parameters()) out["model/" + p.key()] = p.value().clone();
+  for (std::size_t i = 0; i < emas.size(); ++i)
+    for (std::size_t j = 0; j < emas[i].params.size(); ++j)
+      out["ema/" + std::to_string(i) + "/" + std::to_string(j)] = emas[i].params[j];
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    auto& st = static_cast<torch::optim::AdamWParamState&>(
+        *optimizer.state().at(params[j].unsafeGetTensorImpl()));
+    out["adam/exp_avg/" + std::to_string(j)] = st.exp_avg();
+    out["adam/exp_avg_sq/" + std::to_string(j)] = st.exp_avg_sq();
+    out["adam/step/" + std::to_string(j)] = torch::tensor(st.step());
+  }
+  out["cursor"] = torch::tensor({step, epoch, batch});
+  return out;
+}
+
+TEST_F(Fixture, ExactResumeIsBitIdentical) {
+  const auto straight = train(config("straight"));
+  ASSERT_EQ(straight.step, 6);
+  const auto first = train(config("resumed", {"training.max_steps=3"}));
+  ASSERT_EQ(first.step, 3);
+  const auto second = train(config("resumed"), resume_auto());
+  ASSERT_EQ(second.step, 6);
+  const auto a = checkpoint_tensors(config("straight"), straight.last_checkpoint);
+  const auto b = checkpoint_tensors(config("resumed"), second.last_checkpoint);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [key, t] : a) EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+}
+
+TEST(Training, MicrobatchesAverageToTheFullBatchGradient) {
+  TempDir dir;
+  const auto c = tr::parse_config(tiny_config("unused", dir / "run"));
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  // Non-zero output layers, so that every parameter gets a gradient.
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters()) p.add_(at::randn_like(p) * 0.01);
+  }
+  const auto d = tr::make_diffusion(c);
+  const tr::StepInputs in{at::rand({8, 1, 16, 16}) * 2 - 1, at::arange(8, at::kLong) * 6,
+                          at::rand({8}) + 0.5, at::randn({8, 1, 16, 16}), {}};
+  std::vector<std::vector<at::Tensor>> grads;
+  for (int64_t micro : {0, 2, 4}) {
+    for (auto& p : net->parameters()) p.mutable_grad() = at::Tensor();
+    tr::StepSettings s;
+    s.microbatch = micro;
+    s.timestep_scale = tr::timestep_scale(c);
+    tr::forward_backward(*net, d, tr::make_loss_spec(c), in, s, nullptr);
+    grads.emplace_back();
+    for (auto& p : net->parameters()) grads.back().push_back(p.grad().clone());
+  }
+  for (std::size_t i = 0; i < grads[0].size(); ++i) {
+    EXPECT_GT(grads[0][i].abs().max().item<float>(), 0.0f) << "parameter " << i;
+    EXPECT_TRUE(at::allclose(grads[1][i], grads[0][i], 1e-4, 1e-7)) << "parameter " << i;
+    EXPECT_TRUE(at::allclose(grads[2][i], grads[0][i], 1e-4, 1e-7)) << "parameter " << i;
+  }
+}
+
+TEST_F(Fixture, CorruptLatestCheckpointFallsBackToThePrevious) {
+  const auto r = train(config("run"));
+  const auto all = tr::list_checkpoints(dir / "run");
+  ASSERT_EQ(all.size(), 2u);  // steps 6 and 3
+  fs::resize_file(all[0], fs::file_size(all[0]) - 100);
+  EXPECT_NE(tr::checkpoint_problem(all[0]), "");
+  EXPECT_EQ(tr::latest_valid_checkpoint(dir / "run"), all[1]);
+  const auto resumed = train(config("run", {"training.max_steps=7"}), resume_auto());
+  EXPECT_EQ(resumed.step, 7);
+  EXPECT_TRUE(tr::checkpoint_problem(resumed.last_checkpoint).empty());
+}
+
+TEST_F(Fixture, StopSignalLeavesAValidCheckpoint) {
+  const auto c = config("signal", {"training.max_steps=100000", "logging.log_every=1"});
+  std::thread killer([&] {
+    const fs::path metrics = fs::path(dir / "signal") / "metrics.jsonl";
+    for (int i = 0; i < 600 && (!fs::exists(metrics) || fs::file_size(metrics) == 0); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::raise(SIGTERM);
+  });
+  const auto r = train(c);
+  killer.join();
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_GT(r.step, 0);
+  EXPECT_LT(r.step, 100000);
+  EXPECT_TRUE(tr::checkpoint_problem(r.last_checkpoint).empty());
+  EXPECT_EQ(tr::read_checkpoint_info(r.last_checkpoint).step, r.step);
+}
+
+TEST_F(Fixture, ClassConditionalModelLearnsItsLabelEmbedding) {
+  const auto c = config("cond", {"data.class_conditional=true", "training.max_steps=3"});
+  const auto r = train(c);
+  const auto t = checkpoint_tensors(c, r.last_checkpoint);
+  ASSERT_TRUE(t.count("model/label_emb.weight"));
+  torch::manual_seed(c.seed);  // the initial weights, as the trainer draws them
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  difftrain::model::UNet init(tr::unet_config(c, tr::data_shape(c, &manifest)));
+  EXPECT_FALSE(at::equal(t.at("model/label_emb.weight"), init->named_parameters()["label_emb.weight"]));
+}
+
+TEST_F(Fixture, NonFiniteLossSkipsTheStepThenStops) {
+  // One bad step is skipped and training goes on.
+  const auto r = train(config("nan"), with_fault("nan@2"));
+  EXPECT_EQ(r.step, 6);
+  // With max_bad_steps = 1 the first bad step stops training with an error.
+  try {
+    train(config("nan_stop", {"training.max_bad_steps=1"}), with_fault("nan@1"));
+    FAIL() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Fixture, WritesResolvedConfigAndMetrics) {
+  const auto r = train(config("files"));
+  const auto resolved = tr::parse_config(difftrain::testing::read_text(dir / "files/config.yaml"));
+  EXPECT_EQ(resolved.training.max_steps, 6);
+  EXPECT_EQ(tr::to_yaml(resolved), tr::to_yaml(config("files")));
+  std::ifstream metrics(dir / "files/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    ++lines;
+    EXPECT_NE(line.find("\"loss\""), std::string::npos);
+    EXPECT_NE(line.find("\"images_per_s\""), std::string::npos);
+  }
+  EXPECT_EQ(lines, 3);  // steps 2, 4, 6
+  EXPECT_TRUE(fs::exists(dir / "files/timestep_metrics.jsonl"));
+}
+
+// On a fixed batch with fixed t and noise, each objective falls by a clear margin.
+void expect_loss_drops(const std::string& loss, const std::string& var_type) {
+  TempDir dir;
+  auto c = tr::parse_config(tiny_config("unused", dir / "run"),
+                            {"diffusion.loss=" + loss, "diffusion.model_var_type=" + var_type});
+  tr::validate(c);
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  const auto d = tr::make_diffusion(c);
+  const auto spec = tr::make_loss_spec(c);
+  const at::Tensor x0 = (at::rand({8, 1, 16, 16}) > 0.5).to(at::kFloat) * 2 - 1;
+  const at::Tensor t = at::arange(8, at::kLong) * 6;
+  const at::Tensor noise = at::randn({8, 1, 16, 16});
+  const at::Tensor x_t = difftrain::diffusion::q_sample(d, x0, t, noise);
+  torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(2e-3).weight_decay(0));
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; ++step) {
+    opt.zero_grad();
+    const auto out = net->forward(x_t, t.to(at::kFloat) * tr::timestep_scale(c));
+    const at::Tensor l =
+        difftrain::diffusion::training_terms(d, spec, out, x0, x_t, t, noise).loss.mean();
+    l.backward();
+    opt.step();
+    (step == 0 ? first : last) = l.item<double>();
+  }
+  EXPECT_LT(last, 0.6 * first) << loss << ": " << first << " -> " << last;
+}
+
+TEST(Training, HybridLossDrops) { expect_loss_drops("hybrid", "learned_range"); }
+TEST(Training, SimpleLossDrops) { expect_loss_drops("simple", "fixed_large"); }
+TEST(Training, VlbLossDrops) { expect_loss_drops("vlb", "learned_range"); }
+
+TEST(Ema, FollowsTheFormulaWithWarmup) {
+  at::Tensor p = at::zeros({3});
+  auto emas = tr::make_emas({0.9999, 0.5}, {p});
+  double e0 = 0, e1 = 0;
+  for (int n = 0; n < 5; ++n) {
+    p.fill_(n + 1.0);
+    tr::update_emas(emas, {p}, n, /*warmup=*/true);
+    const double r0 = std::min(0.9999, (1.0 + n) / (10.0 + n)), r1 = std::min(0.5, (1.0 + n) / (10.0 + n));
+    e0 = r0 * e0 + (1 - r0) * (n + 1.0);
+    e1 = r1 * e1 + (1 - r1) * (n + 1.0);
+  }
+  EXPECT_NEAR(emas[0].params[0][0].item<float>(), e0, 1e-5);
+  EXPECT_NEAR(emas[1].params[0][0].item<float>(), e1, 1e-5);
+  EXPECT_DOUBLE_EQ(tr::ema_rate_at(0.9999, 0, false), 0.9999);
+}
+
+TEST(LossScaler, SkipsOnInfAndRecovers) {
+  auto s = tr::make_loss_scaler(true, 1024.0, 3, 1.0, at::kCPU);
+  at::Tensor g = at::full({4}, 2048.0);
+  EXPECT_TRUE(tr::unscale_and_update(s, {g}));
+  EXPECT_TRUE(at::allclose(g, at::full({4}, 2.0)));  // unscaled
+  g[1] = INFINITY;
+  EXPECT_FALSE(tr::unscale_and_update(s, {g}));  // skipped ...
+  EXPECT_EQ(s.scale.item<float>(), 512.0f);       // ... and the scale halved
+  for (int i = 0; i < 3; ++i) {
+    at::Tensor ok = at::ones({4});
+    EXPECT_TRUE(tr::unscale_and_update(s, {ok}));
+  }
+  EXPECT_EQ(s.scale.item<float>(), 1024.0f);  // grew back after growth_interval good steps
+  auto tiny = tr::make_loss_scaler(true, 2.0, 100, 1.0, at::kCPU);
+  at::Tensor bad = at::full({1}, NAN);
+  EXPECT_FALSE(tr::unscale_and_update(tiny, {bad}));
+  EXPECT_THROW(tr::unscale_and_update(tiny, {bad}), tr::LossScaleCollapsed);
+}
+
+// Each config error names its key.
+void expect_config_error(const std::vector<std::string>& overrides, const std::string& message,
+                         int world = 1) {
+  try {
+    const auto c = tr::parse_config(tiny_config("data/manifest.json", "runs/x"), overrides);
+    tr::validate(c);
+    tr::validate_for_world(c, world);
+    tr::unet_config(c, {16, 1, 0});
+    FAIL() << "no error for " << overrides[0];
+  } catch (const tr::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos)
+        << "expected '" << message << "' in: " << e.what();
+  }
+}
+
+TEST(Config, ErrorsNameTheKey) {
+  expect_config_error({"training.lrr=0.1"}, "unknown key 'training.lrr' (did you mean 'training.lr'?)");
+  expect_config_error({"trainig.lr=0.1"}, "unknown key 'trainig' (did you mean 'training'?)");
+  expect_config_error({"training.lr=fast"}, "key 'training.lr' must be a number");
+  expect_config_error({"training.lr=-0.1"}, "'training.lr' = -0.1 must be > 0");
+  expect_config_error({"diffusion.steps=1"}, "'diffusion.steps': diffusion steps T = 1");
+  expect_config_error({"diffusion.schedule=linear", "diffusion.steps=10"}, "T = 10");
+  expect_config_error({"model.model_channels=48"}, "not divisible by the 32 GroupNorm groups");
+  expect_config_error({"model.attention_resolutions=[12]"}, "attention_resolutions");
+  expect_config_error({"training.batch_size=9"}, "does not divide into 2 ranks", 2);
+  expect_config_error({"training.microbatch=3"}, "does not divide the per-rank batch of 4", 2);
+  expect_config_error({"diffusion.model_var_type=fixed_small"}, "'hybrid' needs a learned variance");
+  expect_config_error({"diffusion.model_var_type=learnd"}, "unknown model_var_type 'learnd'");
+  expect_config_error({"training.precision=fp8"}, "'training.precision' = 'fp8' is not one of");
+}
+
+}  // namespace
