@@ -29,11 +29,16 @@ TEST(BpdEstimate, StrataCoverEveryTimestepOnce) {
       for (long j = 0; j < k; ++j) {
         EXPECT_GE(t[j], 0);
         EXPECT_LT(t[j], T);
-        if (j > 0) EXPECT_GT(t[j], t[j - 1]);
+        if (j > 0) {
+          EXPECT_GT(t[j], t[j - 1]);
+        }
       }
-      if (k >= 2) EXPECT_EQ(t[0], 0) << "the decoder term is always evaluated";
-      if (k == T)
+      if (k >= 2) {
+        EXPECT_EQ(t[0], 0) << "the decoder term is always evaluated";
+      }
+      if (k == T) {
         EXPECT_TRUE(at::equal(s.t, at::arange(T, at::kLong)));
+      }
     }
   EXPECT_THROW(stratified_timesteps(10, 0, g), std::invalid_argument);
   EXPECT_THROW(stratified_timesteps(10, 11, g), std::invalid_argument);

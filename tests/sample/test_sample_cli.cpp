@@ -226,7 +226,7 @@ TEST_F(Cli, EvalWritesTheReport) {
   double sum = j["prior_bpd"].get<double>();
   for (const double v : vb)
     sum += v;
-  EXPECT_NEAR(j["total_bpd"].get<double>(), sum, 1e-9);
+  EXPECT_NEAR(j["total_bpd"].get<double>(), sum, 1e-5);  // per-image totals in float32
   EXPECT_DOUBLE_EQ(j["decoder_bpd"].get<double>(), vb[0]);
   EXPECT_GT(j["total_bpd"].get<double>(), 0);
   EXPECT_GT(j["total_bpd_stderr"].get<double>(), 0);

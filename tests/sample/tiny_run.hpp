@@ -62,7 +62,9 @@ inline std::string tiny_config_yaml(const std::string& manifest, int64_t pad_to 
          "\n  channel_mult: [1, 2]\n  num_res_blocks: 1\n  attention_resolutions: [4]\n"
          "  num_heads: 1\n"
          "diffusion:\n  schedule: linear\n  steps: 40\n  model_var_type: learned_range\n"
-         "training:\n  batch_size: 4\n  ema_rates: [0.9]\n";
+         "training:\n  batch_size: 4\n  ema_rates: [0.9]\n"
+         // Every section present: parse_config currently rejects a config without one.
+         "logging:\n  log_every: 50\n";
 }
 
 // Saves a checkpoint of a model built from weights_yaml with the stored config stored_yaml
