@@ -57,5 +57,6 @@ if [ ! -f "$BUILD_DIR/CMakeCache.txt" ] || ! grep -qF "CMAKE_PREFIX_PATH:UNINITI
     -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DDIFFTRAIN_NCCL="${DIFFTRAIN_NCCL:-AUTO}"
 fi
 log "building $BUILD_DIR"
+build_start=$SECONDS
 cmake --build "$BUILD_DIR" -j "$JOBS"
-log "ready: $BUILD_DIR/difftrain"
+log "ready: $BUILD_DIR/difftrain (build step: $((SECONDS - build_start)) s)"

@@ -1,8 +1,8 @@
-// `difftrain eval`: the full variational bound in bits/dim on held-out data, as improved-diffusion's
-// image_nll.py: L_T + sum_{t>=1} L_t + L_0 with one network evaluation per timestep per image and
-// x_0 predictions clamped to [-1, 1]. Under mpirun the images are split across ranks and the sums
-// reduced. Image i's noise is seeded by (--seed, its index in the set) alone, so the result does
-// not depend on --batch or the number of ranks.
+// `difftrain eval`: the full variational bound in bits/dim on held-out data, as
+// improved-diffusion's image_nll.py: L_T + sum_{t>=1} L_t + L_0 with one network evaluation per
+// timestep per image and x_0 predictions clamped to [-1, 1]. Under mpirun the images are split
+// across ranks and the sums reduced. Image i's noise is seeded by (--seed, its index in the set)
+// alone, so the result does not depend on --batch or the number of ranks.
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -57,7 +57,9 @@ struct Plan {
   std::string out;               // report path without extension
 };
 
-std::string shape_str(int64_t c, int64_t h, int64_t w) { return fmt::format("{}x{}x{}", c, h, w); }
+std::string shape_str(int64_t c, int64_t h, int64_t w) {
+  return fmt::format("{}x{}x{}", c, h, w);
+}
 
 // <run>/eval/bpd_step<N> next to a run's checkpoints/, else beside the checkpoint file.
 std::string default_out(const TrainedModel& m) {
@@ -83,15 +85,15 @@ Plan prepare(const Options& o, const dist::World& world) {
   // The held-out images must be what the network was trained on: same channels, and the
   // model's size directly or after the same padding.
   const int64_t S = m.shape.image_size;
-  const bool fits = d.channels == m.shape.channels &&
-                    (m.config.data.pad_to > 0 ? d.height <= S && d.width <= S
-                                              : d.height == S && d.width == S);
+  const bool fits =
+      d.channels == m.shape.channels &&
+      (m.config.data.pad_to > 0 ? d.height <= S && d.width <= S : d.height == S && d.width == S);
   if (!fits)
-    throw std::invalid_argument(
-        d.path + ": images are " + shape_str(d.channels, d.height, d.width) +
-        " (CxHxW) but the model of " + m.checkpoint + " takes " +
-        shape_str(m.shape.channels, S, S) +
-        (m.config.data.pad_to > 0 ? " (padded from smaller images)" : ""));
+    throw std::invalid_argument(d.path + ": images are " +
+                                shape_str(d.channels, d.height, d.width) +
+                                " (CxHxW) but the model of " + m.checkpoint + " takes " +
+                                shape_str(m.shape.channels, S, S) +
+                                (m.config.data.pad_to > 0 ? " (padded from smaller images)" : ""));
   p.top = (S - d.height) / 2;
   p.left = (S - d.width) / 2;
 
@@ -124,14 +126,7 @@ Plan prepare(const Options& o, const dist::World& world) {
 
   p.out = o.out.empty() ? default_out(m) : o.out;
   if (fs::path(p.out).extension() == ".json") p.out = fs::path(p.out).replace_extension().string();
-  if (world.rank() == 0) {
-    const fs::path dir = fs::path(p.out).parent_path();
-    std::error_code ec;
-    if (!dir.empty()) fs::create_directories(dir, ec);
-    if (ec || access(dir.empty() ? "." : dir.c_str(), W_OK) != 0)
-      throw std::invalid_argument(p.out + ".json: cannot write to the directory " +
-                                  (dir.empty() ? std::string(".") : dir.string()));
-  }
+  if (world.rank() == 0) check_output_directory(p.out, p.out + ".json");
   return p;
 }
 
@@ -184,9 +179,8 @@ at::Tensor evaluate_range(const Plan& p, const Options& o, int64_t first, int64_
         fmt::print(stderr, "\rimages {}-{} of {}: t = {:<8}", b0, b0 + b, count, t);
     };
     c10::InferenceMode guard;
-    const diffusion::BoundTerms terms =
-        diffusion::calc_bpd_loop(m.diffusion, network_fn(m, y), x, /*clip_denoised=*/true,
-                                 noise, on_step);
+    const diffusion::BoundTerms terms = diffusion::calc_bpd_loop(
+        m.diffusion, network_fn(m, y), x, /*clip_denoised=*/true, noise, on_step);
     sums += diffusion::bound_sums(terms).cpu();
     if (progress) fmt::print(stderr, "\r{:60}\r", "");
     const double seconds =
@@ -202,8 +196,8 @@ nlohmann::ordered_json number_or_null(double v) {
   return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr);
 }
 
-void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary& s,
-                  double seconds, int ranks) {
+void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary& s, double seconds,
+                  int ranks) {
   const TrainedModel& m = p.model;
   const long T = m.diffusion.num_timesteps;
   std::vector<int64_t> t(static_cast<std::size_t>(T));
@@ -221,14 +215,14 @@ void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary
         {"model_mean_type", m.config.diffusion.model_mean_type},
         {"model_var_type", m.config.diffusion.model_var_type}}},
       {"clip_denoised", true},
-      {"padded_to", m.config.data.pad_to > 0 ? nlohmann::ordered_json(m.shape.image_size) : nullptr},
+      {"padded_to",
+       m.config.data.pad_to > 0 ? nlohmann::ordered_json(m.shape.image_size) : nullptr},
       {"total_bpd", s.total_bpd},
       {"total_bpd_stderr", number_or_null(s.total_bpd_stderr)},
       {"prior_bpd", s.prior_bpd},
       {"decoder_bpd", s.decoder_bpd},
       {"terms_bpd", s.terms_bpd},
-      {"per_timestep",
-       {{"t", t}, {"vb_bpd", s.vb}, {"mse", s.mse}, {"xstart_mse", s.xstart_mse}}},
+      {"per_timestep", {{"t", t}, {"vb_bpd", s.vb}, {"mse", s.mse}, {"xstart_mse", s.xstart_mse}}},
       {"seconds", seconds},
       {"ranks", ranks}};
   const std::string json_path = p.out + ".json", csv_path = p.out + ".csv";
@@ -247,8 +241,8 @@ void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary
   std::vector<double> x(t.begin(), t.end());
   PlotOptions po;
   po.log_y = true;
-  po.title = fmt::format("l_t (bits/dim) against t, step {}: total {:.4f} bits/dim", m.step,
-                         s.total_bpd);
+  po.title =
+      fmt::format("L_t (bits/dim) against t, step {}: total {:.4f} bits/dim", m.step, s.total_bpd);
   write_line_plot(p.out + ".png", x, {PlotSeries{s.vb}}, po);
 }
 
@@ -273,9 +267,9 @@ int run(const Options& o) {
   const std::unique_ptr<dist::Communicator> comm = dist::make_communicator(world, m.device);
   const data::RowRange mine = data::rank_rows(N, world.rank(), world.size());
   const auto t0 = std::chrono::steady_clock::now();
-  at::Tensor sums = evaluate_range(*plan, o, mine.begin, mine.size(),
-                                   world.rank() == 0 && isatty(STDERR_FILENO))
-                        .to(m.device);
+  at::Tensor sums =
+      evaluate_range(*plan, o, mine.begin, mine.size(), world.rank() == 0 && isatty(STDERR_FILENO))
+          .to(m.device);
   comm->all_reduce(sums, dist::ReduceOp::sum);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

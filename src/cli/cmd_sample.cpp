@@ -89,7 +89,8 @@ Plan prepare(const Options& o, const dist::World& world) {
   Plan p;
   p.model = load_trained_model(o.source, dist::local_device(world));
   const TrainedModel& m = p.model;
-  if (m.config.training.threads > 0) at::set_num_threads(static_cast<int>(m.config.training.threads));
+  if (m.config.training.threads > 0)
+    at::set_num_threads(static_cast<int>(m.config.training.threads));
 
   const long T = m.diffusion.num_timesteps;
   const std::string spec = respacing_spec(o, T);
@@ -122,21 +123,15 @@ Plan prepare(const Options& o, const dist::World& world) {
       p.top = (size - p.height) / 2;
       p.left = (size - p.width) / 2;
     } else {
-      spdlog::warn("data.pad_to = {} but the training manifest cannot be read: the samples keep "
-                   "the padded size {}x{}",
-                   m.config.data.pad_to, size, size);
+      spdlog::warn(
+          "data.pad_to = {} but the training manifest cannot be read: the samples keep "
+          "the padded size {}x{}",
+          m.config.data.pad_to, size, size);
     }
   }
 
   p.out = strip_extension(o.out);
-  if (world.rank() == 0) {
-    const fs::path dir = fs::path(p.out).parent_path();
-    std::error_code ec;
-    if (!dir.empty()) fs::create_directories(dir, ec);
-    if (ec || access(dir.empty() ? "." : dir.c_str(), W_OK) != 0)
-      throw std::invalid_argument(o.out + ": cannot write to the directory " +
-                                  (dir.empty() ? std::string(".") : dir.string()));
-  }
+  if (world.rank() == 0) check_output_directory(p.out, o.out);
   return p;
 }
 
@@ -234,14 +229,15 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
     spdlog::warn("{}-channel images: no PNG grid written", C);
   }
 
-  nlohmann::ordered_json source{{"tool", "difftrain sample"},
-                                {"checkpoint", m.checkpoint},
-                                {"step", m.step},
-                                {"ema_rate", m.ema_rate ? nlohmann::ordered_json(*m.ema_rate) : nullptr},
-                                {"sampler", o.sampler},
-                                {"schedule", p.schedule},
-                                {"eta", o.eta},
-                                {"seed", o.seed}};
+  nlohmann::ordered_json source{
+      {"tool", "difftrain sample"},
+      {"checkpoint", m.checkpoint},
+      {"step", m.step},
+      {"ema_rate", m.ema_rate ? nlohmann::ordered_json(*m.ema_rate) : nullptr},
+      {"sampler", o.sampler},
+      {"schedule", p.schedule},
+      {"eta", o.eta},
+      {"seed", o.seed}};
   const fs::path h5_path(p.out + ".h5");
   data::ShardSpec spec;
   spec.num_samples = N;
@@ -272,8 +268,8 @@ int run(const Options& o) {
     return kBadInput;
   }
   const TrainedModel& m = plan->model;
-  spdlog::info("sampling {} images from {} with {} ({}), {} rank(s), device {}", o.num,
-               describe(m), o.sampler, plan->schedule, world.size(), m.device.str());
+  spdlog::info("sampling {} images from {} with {} ({}), {} rank(s), device {}", o.num, describe(m),
+               o.sampler, plan->schedule, world.size(), m.device.str());
 
   // Past this point a failure on one rank would leave the others waiting in the gather: it
   // ends the whole job (World's destructor aborts while an exception unwinds).

@@ -31,22 +31,23 @@ int run(const Options& o) {
   train::validate_for_world(config, world.size());
   if (world.rank() == 0) spdlog::info("resolved config:\n{}", train::to_yaml(config));
 
-  const auto timeout = dist::watchdog_timeout_from_env(std::chrono::milliseconds(
-      static_cast<int64_t>(config.training.watchdog_timeout * 1000)));
+  const auto timeout = dist::watchdog_timeout_from_env(
+      std::chrono::milliseconds(static_cast<int64_t>(config.training.watchdog_timeout * 1000)));
   dist::Watchdog watchdog(timeout);
-  const c10::Device device = config.device == "cpu" ? c10::Device(c10::kCPU) : dist::local_device(world);
+  const c10::Device device =
+      config.device == "cpu" ? c10::Device(c10::kCPU) : dist::local_device(world);
   if (config.device == "cuda" && !device.is_cuda())
     throw train::ConfigError("config key 'device' = 'cuda' but this rank sees no CUDA device");
   config.device = device.is_cuda() ? "cuda" : "cpu";
-  const std::unique_ptr<dist::Communicator> comm = dist::make_communicator(world, device, &watchdog);
+  const std::unique_ptr<dist::Communicator> comm =
+      dist::make_communicator(world, device, &watchdog);
   train::Cluster cluster{*comm, &watchdog, [&](const std::string& what) {
                            dist::barrier_with_timeout(world, 10 * timeout, what);
                          }};
-  const train::TrainResult r =
-      train::train(config, cluster, {o.resume, o.fault, o.fault_rank});
+  const train::TrainResult r = train::train(config, cluster, {o.resume, o.fault, o.fault_rank});
   if (world.rank() == 0) {
-    spdlog::info("{} after {} steps; run directory: {}",
-                 r.interrupted ? "stopped" : "finished", r.step, r.run_dir);
+    spdlog::info("{} after {} steps; run directory: {}", r.interrupted ? "stopped" : "finished",
+                 r.step, r.run_dir);
     spdlog::info("checkpoint: {}", r.last_checkpoint);
     spdlog::info("resume:  difftrain train --config {} --resume auto", o.config);
     spdlog::info("sample:  difftrain sample --run {} --num 64 --out {}/samples", r.run_dir,
@@ -59,13 +60,16 @@ int run(const Options& o) {
 
 void add_train_command(CLI::App& app, int& exit_code) {
   auto o = std::make_shared<Options>();
-  CLI::App* cmd = app.add_subcommand("train", "Train a diffusion model (under mpirun: on every rank)");
+  CLI::App* cmd =
+      app.add_subcommand("train", "Train a diffusion model (under mpirun: on every rank)");
   cmd->add_option("--config", o->config, "YAML experiment config")->required();
   cmd->add_option("--set", o->overrides, "Override a config key: section.key=value (repeatable)");
-  cmd->add_option("--resume", o->resume,
-                  "'auto' (newest valid checkpoint of the run directory, if any) or a checkpoint file");
+  cmd->add_option(
+      "--resume", o->resume,
+      "'auto' (newest valid checkpoint of the run directory, if any) or a checkpoint file");
   cmd->add_option("--fault", o->fault, "Debug: hang@STEP, exit@STEP or nan@STEP");
-  cmd->add_option("--fault-rank", o->fault_rank, "Debug: the rank --fault applies to (default all)");
+  cmd->add_option("--fault-rank", o->fault_rank,
+                  "Debug: the rank --fault applies to (default all)");
   cmd->callback([o, &exit_code] { exit_code = run(*o); });
 }
 

@@ -23,6 +23,7 @@ constexpr uint16_t glyph(int r0, int r1, int r2, int r3, int r4) {
 }
 
 uint16_t glyph_of(char c) {
+  if (c == 'L') return glyph(0b100, 0b100, 0b100, 0b100, 0b111);  // for "L_t"; others lowercase
   switch (std::tolower(static_cast<unsigned char>(c))) {
     // clang-format off
     case '0': return glyph(0b111, 0b101, 0b101, 0b101, 0b111);
@@ -51,7 +52,7 @@ uint16_t glyph_of(char c) {
     case 'd': return glyph(0b001, 0b011, 0b101, 0b101, 0b011);
     case 'e': return glyph(0b000, 0b010, 0b111, 0b100, 0b011);
     case 'f': return glyph(0b011, 0b100, 0b110, 0b100, 0b100);
-    case 'g': return glyph(0b011, 0b101, 0b011, 0b001, 0b110);
+    case 'g': return glyph(0b011, 0b101, 0b111, 0b001, 0b110);
     case 'h': return glyph(0b100, 0b110, 0b101, 0b101, 0b101);
     case 'i': return glyph(0b010, 0b000, 0b010, 0b010, 0b010);
     case 'j': return glyph(0b001, 0b000, 0b001, 0b101, 0b010);
@@ -78,8 +79,7 @@ uint16_t glyph_of(char c) {
 
 class Canvas {
  public:
-  Canvas(int64_t w, int64_t h)
-      : w_(w), h_(h), pixels_(static_cast<std::size_t>(w * h * 3), 255) {}
+  Canvas(int64_t w, int64_t h) : w_(w), h_(h), pixels_(static_cast<std::size_t>(w * h * 3), 255) {}
 
   void set(int64_t x, int64_t y, Color c) {
     if (x < 0 || y < 0 || x >= w_ || y >= h_) return;
@@ -201,8 +201,10 @@ void write_line_plot(const std::string& path, const std::vector<double>& x,
         continue;
       }
       const int64_t cx = px(x[i]), cy = py(ty(s.y[i]));
-      if (have_last) canvas.line(last_x, last_y, cx, cy, s.color, /*thick=*/true);
-      else canvas.set(cx, cy, s.color);
+      if (have_last)
+        canvas.line(last_x, last_y, cx, cy, s.color, /*thick=*/true);
+      else
+        canvas.set(cx, cy, s.color);
       have_last = true, last_x = cx, last_y = cy;
     }
   }

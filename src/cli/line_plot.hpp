@@ -20,8 +20,8 @@ struct PlotOptions {
   bool log_y = false;
   int64_t width = 800;
   int64_t height = 480;
-  std::string title;  // drawn top left; the font has digits, a few symbols and lowercase
-                      // letters (others are drawn as blanks)
+  std::string title;  // drawn top left; the font has digits, a few symbols, lowercase letters
+                      // and 'L' (other capitals are drawn lowercase, anything else blank)
 };
 
 // Throws data::Error naming the file when it cannot be written.

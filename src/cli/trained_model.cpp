@@ -4,8 +4,11 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 
 #include "data/error.hpp"
@@ -80,8 +83,8 @@ c10::Device pick_device(const train::Config& config, const c10::Device& local_de
 }  // namespace
 
 void add_model_source_options(CLI::App& cmd, ModelSource& source) {
-  auto* run = cmd.add_option("--run", source.run_dir,
-                             "Run directory: its newest valid checkpoint is used");
+  auto* run =
+      cmd.add_option("--run", source.run_dir, "Run directory: its newest valid checkpoint is used");
   auto* ckpt = cmd.add_option("--checkpoint", source.checkpoint, "Checkpoint file (.pt)");
   run->excludes(ckpt);
   ckpt->excludes(run);
@@ -98,11 +101,12 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& lo
   m.checkpoint = resolve_checkpoint(source);
   const train::CheckpointInfo info = train::read_checkpoint_info(m.checkpoint);
   m.step = info.step;
+  const std::string origin = m.checkpoint + " (stored config)";
+  m.config = train::parse_config(info.config_yaml, {}, origin);  // its errors name the origin
   try {
-    m.config = train::parse_config(info.config_yaml, {}, m.checkpoint + " (stored config)");
     train::validate(m.config);
   } catch (const train::ConfigError& e) {
-    throw train::ConfigError(m.checkpoint + ": " + e.what());
+    throw train::ConfigError(origin + ": " + e.what());
   }
   m.ema_rate = resolve_ema(source, m.config, m.checkpoint);
   m.shape = model_shape(m, fallback);
@@ -134,6 +138,18 @@ diffusion::ModelFn network_fn(const TrainedModel& m, const at::Tensor& y) {
   return diffusion::scaled_timestep_model(
       [net, y](const at::Tensor& x, const at::Tensor& t) mutable { return net->forward(x, t, y); },
       m.timestep_scale);
+}
+
+void check_output_directory(const std::string& path, const std::string& what) {
+  const fs::path dir =
+      fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const fs::path probe = dir / (".difftrain_probe_" + std::to_string(getpid()));
+  const bool writable = !ec && std::ofstream(probe).good();
+  fs::remove(probe, ec);
+  if (!writable)
+    throw std::invalid_argument(what + ": cannot write to the directory " + dir.string());
 }
 
 std::string describe(const TrainedModel& m) {

@@ -1,5 +1,6 @@
 // What `sample` and `eval` share: finding the checkpoint (--run / --checkpoint), rebuilding its
-// model from the config stored in it, and loading the chosen weights (raw or an EMA).
+// model from the config stored in it, loading the chosen weights (raw or an EMA), and checking
+// where the outputs go.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -56,6 +57,11 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& lo
 // The network as a ModelFn of the training diffusion: t holds original timestep indices; y the
 // class labels (undefined for unconditional models).
 diffusion::ModelFn network_fn(const TrainedModel& m, const at::Tensor& y);
+
+// Creates the directory of `path` and checks that a file can be created in it (by creating and
+// removing one: permission bits do not stop root), so that a long job does not fail at the end.
+// Throws naming `what` (the path as the user gave it).
+void check_output_directory(const std::string& path, const std::string& what);
 
 // A short description for logs: "ckpt_000001000.pt (step 1000, EMA 0.9999)".
 std::string describe(const TrainedModel& m);

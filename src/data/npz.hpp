@@ -9,10 +9,10 @@
 namespace difftrain::data {
 
 struct NpyArray {
-  std::string name;              // the key in np.load(...): "arr_0", ...
-  std::string descr;             // NumPy dtype string: "|u1" (uint8), "<i8" (int64), "<f4", ...
-  const void* data = nullptr;    // C order, little-endian
-  int64_t item_size = 0;         // bytes per element
+  std::string name;            // the key in np.load(...): "arr_0", ...
+  std::string descr;           // NumPy dtype string: "|u1" (uint8), "<i8" (int64), "<f4", ...
+  const void* data = nullptr;  // C order, little-endian
+  int64_t item_size = 0;       // bytes per element
   std::vector<int64_t> shape;
 };
 

@@ -19,13 +19,13 @@ at::Tensor bound_sums(const BoundTerms& terms);
 at::Tensor empty_bound_sums(long num_timesteps, const c10::Device& device);
 
 struct BoundSummary {
-  int64_t count = 0;             // images
-  double total_bpd = 0;          // mean of L_T + sum_t L_t
-  double total_bpd_stderr = 0;   // standard error of that mean (NaN for one image)
-  double prior_bpd = 0;          // mean L_T
-  double decoder_bpd = 0;        // mean L_0
-  double terms_bpd = 0;          // mean sum_{t >= 1} L_t
-  std::vector<double> vb;        // [T] mean L_t in bits/dim, ascending t
+  int64_t count = 0;               // images
+  double total_bpd = 0;            // mean of L_T + sum_t L_t
+  double total_bpd_stderr = 0;     // standard error of that mean (NaN for one image)
+  double prior_bpd = 0;            // mean L_T
+  double decoder_bpd = 0;          // mean L_0
+  double terms_bpd = 0;            // mean sum_{t >= 1} L_t
+  std::vector<double> vb;          // [T] mean L_t in bits/dim, ascending t
   std::vector<double> xstart_mse;  // [T]
   std::vector<double> mse;         // [T] L_simple (eps mse)
 };

@@ -48,8 +48,7 @@ BpdEstimate estimate_bpd(const GaussianDiffusion& d, const ModelFn& model,
   const auto* steps = e.timesteps.t.data_ptr<int64_t>();
   std::vector<at::Tensor> vb;
   for (long j = 0; j < k; ++j) {
-    const at::Tensor t =
-        at::full({x_start.size(0)}, steps[j], x_start.options().dtype(at::kLong));
+    const at::Tensor t = at::full({x_start.size(0)}, steps[j], x_start.options().dtype(at::kLong));
     const at::Tensor eps =
         noise ? noise(steps[j])
               : at::randn(x_start.sizes(), generator, at::TensorOptions().dtype(at::kFloat))

@@ -11,8 +11,7 @@ namespace difftrain::diffusion {
 namespace {
 
 [[noreturn]] void bad_spec(const std::string& spec, long T, const std::string& why) {
-  throw std::invalid_argument("respacing '" + spec + "' for T = " + std::to_string(T) + ": " +
-                              why);
+  throw std::invalid_argument("respacing '" + spec + "' for T = " + std::to_string(T) + ": " + why);
 }
 
 // A non-negative decimal integer, surrounding spaces allowed (as Python's int()).
@@ -82,8 +81,7 @@ std::vector<long> space_timesteps(long T, const std::string& spec) {
       if (comma == std::string::npos) break;
       begin = comma + 1;
     }
-    if (static_cast<long>(counts.size()) > T)
-      bad_spec(spec, T, "more sections than timesteps");
+    if (static_cast<long>(counts.size()) > T) bad_spec(spec, T, "more sections than timesteps");
     steps = section_steps(T, counts, spec);
   }
   if (steps.size() < 2)

@@ -62,9 +62,8 @@ at::Tensor p_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::I
   return x;
 }
 
-at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model,
-                            at::IntArrayRef shape, const SampleNoiseFn& noise,
-                            const SampleOptions& o) {
+at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::IntArrayRef shape,
+                            const SampleNoiseFn& noise, const SampleOptions& o) {
   // The per-step coefficients as float64 tables, gathered at t like the diffusion's own.
   const at::Tensor& abar = d.alphas_cumprod;
   const at::Tensor& abar_prev = d.alphas_cumprod_prev;

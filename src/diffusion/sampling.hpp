@@ -39,8 +39,7 @@ at::Tensor p_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::I
 
 // x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} - sigma_t^2) eps_hat + sigma_t z, with
 // sigma_t = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1}).
-at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model,
-                            at::IntArrayRef shape, const SampleNoiseFn& noise,
-                            const SampleOptions& options = {});
+at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::IntArrayRef shape,
+                            const SampleNoiseFn& noise, const SampleOptions& options = {});
 
 }  // namespace difftrain::diffusion

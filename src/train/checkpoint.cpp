@@ -66,7 +66,8 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
 
 std::string shape_str(at::IntArrayRef s) {
   std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  for (std::size_t i = 0; i < s.size(); ++i)
+    r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
 }
 
@@ -98,8 +99,10 @@ void copy_checked(const std::string& path, const std::string& name, const at::Te
 
 std::vector<std::pair<std::string, at::Tensor>> named_state(const torch::nn::Module& model) {
   std::vector<std::pair<std::string, at::Tensor>> state;
-  for (const auto& p : model.named_parameters()) state.emplace_back(p.key(), p.value());
-  for (const auto& b : model.named_buffers()) state.emplace_back(b.key(), b.value());
+  for (const auto& p : model.named_parameters())
+    state.emplace_back(p.key(), p.value());
+  for (const auto& b : model.named_buffers())
+    state.emplace_back(b.key(), b.value());
   return state;
 }
 
@@ -117,7 +120,8 @@ void save_checkpoint(const std::string& path, const TrainStateRefs& s,
   a.write("step", c10::IValue(s.step));
   a.write("data_epoch", c10::IValue(s.data_epoch));
   a.write("data_batch", c10::IValue(s.data_batch));
-  for (const auto& [name, t] : named_state(s.model)) a.write("model/" + name, t.detach());
+  for (const auto& [name, t] : named_state(s.model))
+    a.write("model/" + name, t.detach());
   a.write("ema_count", c10::IValue(static_cast<int64_t>(s.emas.size())));
   for (std::size_t i = 0; i < s.emas.size(); ++i) {
     a.write("ema/" + std::to_string(i) + "/rate", c10::IValue(s.emas[i].rate));
@@ -207,7 +211,8 @@ void load_model_weights(const std::string& path, torch::nn::Module& model,
   auto a = open_archive(path);
   const auto state = named_state(model);
   if (!ema_rate) {
-    for (const auto& [name, t] : state) copy_checked(path, name, t, read_tensor(a, path, "model/" + name));
+    for (const auto& [name, t] : state)
+      copy_checked(path, name, t, read_tensor(a, path, "model/" + name));
     return;
   }
   const int64_t ema_count = read_int(a, path, "ema_count");
@@ -258,7 +263,8 @@ std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir) {
 
 void prune_checkpoints(const std::string& run_dir, int64_t keep) {
   const auto all = list_checkpoints(run_dir);
-  for (std::size_t i = static_cast<std::size_t>(keep); i < all.size(); ++i) fs::remove(all[i]);
+  for (std::size_t i = static_cast<std::size_t>(keep); i < all.size(); ++i)
+    fs::remove(all[i]);
 }
 
 }  // namespace difftrain::train

@@ -82,15 +82,13 @@ void visit(V& v, Config& c) {
     v.key("log_every", c.logging.log_every);
     v.key("timestep_stats_every", c.logging.timestep_stats_every);
     v.key("timestep_buckets", c.logging.timestep_buckets);
-    v.key("bpd_every", c.logging.bpd_every);
-    v.key("bpd_batch", c.logging.bpd_batch);
-    v.key("bpd_timesteps", c.logging.bpd_timesteps);
   });
 }
 
 std::size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
   for (std::size_t i = 1; i <= a.size(); ++i) {
     std::size_t diag = row[0];
     row[0] = i;
@@ -105,7 +103,8 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
 
 std::string join(const std::vector<std::string>& items) {
   std::string s;
-  for (const auto& i : items) s += (s.empty() ? "" : ", ") + i;
+  for (const auto& i : items)
+    s += (s.empty() ? "" : ", ") + i;
   return s;
 }
 
@@ -115,10 +114,12 @@ std::string unknown_key_message(const std::string& where, const std::string& key
   const auto closest = std::min_element(valid.begin(), valid.end(), [&](auto& a, auto& b) {
     return edit_distance(key, a) < edit_distance(key, b);
   });
-  if (closest != valid.end() && edit_distance(key, *closest) <= std::max<std::size_t>(2, key.size() / 3))
+  if (closest != valid.end() &&
+      edit_distance(key, *closest) <= std::max<std::size_t>(2, key.size() / 3))
     msg += " (did you mean '" + where + *closest + "'?)";
-  return msg + "; valid keys" + (where.empty() ? "" : " in '" + where.substr(0, where.size() - 1) + "'") +
-         ": " + join(valid);
+  return msg + "; valid keys" +
+         (where.empty() ? "" : " in '" + where.substr(0, where.size() - 1) + "'") + ": " +
+         join(valid);
 }
 
 template <typename T>
@@ -275,7 +276,8 @@ Config parse_config(const std::string& yaml, const std::vector<std::string>& ove
                       std::to_string(e.mark.line + 1) + ")");
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  for (const auto& o : overrides) apply_override(root, o);
+  for (const auto& o : overrides)
+    apply_override(root, o);
   return read(root, origin);
 }
 
@@ -335,15 +337,16 @@ void validate(const Config& c) {
   }
   check_one_of("diffusion.loss", d.loss, {"hybrid", "simple", "vlb", "vlb_unscaled"});
   if (d.loss == "hybrid" && !diffusion::is_learned(var_type))
-    throw ConfigError("config key 'diffusion.loss' = 'hybrid' needs a learned variance: set "
-                      "diffusion.model_var_type to learned_range or learned (it is '" +
-                      d.model_var_type + "')");
+    throw ConfigError(
+        "config key 'diffusion.loss' = 'hybrid' needs a learned variance: set "
+        "diffusion.model_var_type to learned_range or learned (it is '" +
+        d.model_var_type + "')");
   if (d.loss == "simple" && diffusion::is_learned(var_type))
-    throw ConfigError("config key 'diffusion.loss' = 'simple' trains no variance: use a fixed "
-                      "diffusion.model_var_type (fixed_small, fixed_large) or the hybrid loss");
+    throw ConfigError(
+        "config key 'diffusion.loss' = 'simple' trains no variance: use a fixed "
+        "diffusion.model_var_type (fixed_small, fixed_large) or the hybrid loss");
   check(d.vlb_weight > 0, "diffusion.vlb_weight", d.vlb_weight, "must be > 0");
-  check_one_of("diffusion.timestep_sampler", d.timestep_sampler,
-               {"uniform", "loss-second-moment"});
+  check_one_of("diffusion.timestep_sampler", d.timestep_sampler, {"uniform", "loss-second-moment"});
 
   const auto& t = c.training;
   check(t.batch_size >= 1, "training.batch_size", t.batch_size, "must be >= 1");
@@ -355,7 +358,8 @@ void validate(const Config& c) {
   check(t.grad_clip >= 0, "training.grad_clip", t.grad_clip, "must be >= 0 (0 = off)");
   check(t.max_steps >= 0, "training.max_steps", t.max_steps, "must be >= 0 (0 = no limit)");
   check(t.max_time >= 0, "training.max_time", t.max_time, "must be >= 0 seconds (0 = no limit)");
-  for (double r : t.ema_rates) check(r > 0 && r < 1, "training.ema_rates", r, "must be in (0, 1)");
+  for (double r : t.ema_rates)
+    check(r > 0 && r < 1, "training.ema_rates", r, "must be in (0, 1)");
   check_one_of("training.precision", t.precision, {"fp32", "bf16", "fp16"});
   check(t.loss_scale_init > 0, "training.loss_scale_init", t.loss_scale_init, "must be > 0");
   check(t.loss_scale_growth_interval >= 1, "training.loss_scale_growth_interval",
@@ -375,10 +379,6 @@ void validate(const Config& c) {
         "must be >= 0 (0 = off)");
   check(l.timestep_buckets >= 1 && l.timestep_buckets <= d.steps, "logging.timestep_buckets",
         l.timestep_buckets, "must be in [1, diffusion.steps]");
-  check(l.bpd_every >= 0, "logging.bpd_every", l.bpd_every, "must be >= 0 (0 = off)");
-  check(l.bpd_batch >= 1, "logging.bpd_batch", l.bpd_batch, "must be >= 1");
-  check(l.bpd_timesteps >= 1 && l.bpd_timesteps <= d.steps, "logging.bpd_timesteps",
-        l.bpd_timesteps, "must be in [1, diffusion.steps]");
 }
 
 void validate_for_world(const Config& c, int world_size) {

@@ -15,8 +15,8 @@ struct ConfigError : std::runtime_error {
 };
 
 struct DataConfig {
-  std::string train;       // manifest.json of the training shards
-  std::string validation;  // manifest.json of held-out shards ("" = none)
+  std::string train;                // manifest.json of the training shards
+  std::string validation;           // manifest.json of held-out shards ("" = none)
   std::string last_batch = "drop";  // drop | wrap
   bool random_flip = false;
   int64_t pad_to = 0;  // pad images to this size (e.g. 28 -> 32) when they do not halve cleanly
@@ -44,8 +44,8 @@ struct DiffusionConfig {
   int64_t steps = 4000;
   std::string model_mean_type = "epsilon";
   std::string model_var_type = "learned_range";
-  std::string loss = "hybrid";  // hybrid | simple | vlb | vlb_unscaled
-  double vlb_weight = 0.001;    // lambda of the hybrid loss
+  std::string loss = "hybrid";               // hybrid | simple | vlb | vlb_unscaled
+  double vlb_weight = 0.001;                 // lambda of the hybrid loss
   std::string timestep_sampler = "uniform";  // uniform | loss-second-moment
   bool rescale_timesteps = true;             // the network sees t * 1000 / T
 };
@@ -61,7 +61,7 @@ struct TrainingConfig {
   int64_t max_steps = 0;        // 0 = no limit
   double max_time = 0.0;        // seconds of training; 0 = no limit
   std::vector<double> ema_rates{0.9999};
-  bool ema_warmup = false;  // rate_n = min(rate, (1 + n) / (10 + n))
+  bool ema_warmup = false;         // rate_n = min(rate, (1 + n) / (10 + n))
   std::string precision = "fp32";  // fp32 | bf16 | fp16
   double loss_scale_init = 65536.0;
   int64_t loss_scale_growth_interval = 2000;
@@ -69,7 +69,7 @@ struct TrainingConfig {
   int64_t max_bad_steps = 10;  // consecutive non-finite steps before stopping with an error
   int64_t checkpoint_every = 1000;
   int64_t keep_checkpoints = 3;
-  int64_t threads = 0;  // torch intra-op threads per rank; 0 = LibTorch's default
+  int64_t threads = 0;            // torch intra-op threads per rank; 0 = LibTorch's default
   double watchdog_timeout = 600;  // seconds a collective may take before the job is aborted
 };
 
@@ -78,9 +78,6 @@ struct LoggingConfig {
   int64_t log_every = 50;
   int64_t timestep_stats_every = 500;
   int64_t timestep_buckets = 10;
-  int64_t bpd_every = 0;       // estimate bits/dim on a held-out batch every N steps; 0 = off
-  int64_t bpd_batch = 16;      // images in that batch
-  int64_t bpd_timesteps = 20;  // stratified timesteps per estimate
 };
 
 struct Config {

@@ -17,7 +17,7 @@ enum Slot : int64_t {
   kMse,
   kVb,
   kSamples,
-  kQuartileLoss,                   // 4 slots
+  kQuartileLoss,                       // 4 slots
   kQuartileCount = kQuartileLoss + 4,  // 4 slots
   kGradNorm = kQuartileCount + 4,
   kSteps,
@@ -65,7 +65,8 @@ MetricsSummary Metrics::reduce_and_reset(dist::Communicator& comm) {
   s.loss = mean(v[kLoss], v[kSamples]);
   s.mse = mean(v[kMse], v[kSamples]);
   s.vb = mean(v[kVb], v[kSamples]);
-  for (int q = 0; q < 4; ++q) s.loss_quartile[q] = mean(v[kQuartileLoss + q], v[kQuartileCount + q]);
+  for (int q = 0; q < 4; ++q)
+    s.loss_quartile[q] = mean(v[kQuartileLoss + q], v[kQuartileCount + q]);
   // Every rank adds the same (already reduced) grad norm and step count.
   const double ranks = static_cast<double>(comm.size());
   s.steps = static_cast<int64_t>(v[kSteps] / ranks);

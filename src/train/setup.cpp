@@ -10,8 +10,9 @@ DataShape data_shape(const Config& c, const data::Manifest* manifest) {
   DataShape s;
   if (!manifest) {
     if (c.model.image_size == 0 || c.model.in_channels == 0)
-      throw ConfigError("set model.image_size and model.in_channels, or point data.train at a "
-                        "manifest.json, to size the model");
+      throw ConfigError(
+          "set model.image_size and model.in_channels, or point data.train at a "
+          "manifest.json, to size the model");
     s.image_size = c.model.image_size;
     s.channels = c.model.in_channels;
     return s;

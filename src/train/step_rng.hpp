@@ -3,8 +3,8 @@
 // batch (timesteps, noise) do not depend on the number of ranks.
 #pragma once
 
-#include <ATen/core/Generator.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Generator.h>
 
 #include <cstdint>
 

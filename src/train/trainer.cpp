@@ -38,10 +38,13 @@ namespace {
 // piece of process-wide state here: a signal handler can reach nothing else.
 std::atomic<int> g_stop_signal{0};
 
-extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal.store(sig);
+}
 
 struct SignalGuard {
-  struct sigaction old_term {}, old_int {};
+  struct sigaction old_term {
+  }, old_int{};
   SignalGuard() {
     g_stop_signal.store(0);
     struct sigaction sa {};
@@ -104,7 +107,8 @@ at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads) {
 std::string join_ints(const at::Tensor& values) {
   std::string s;
   const at::Tensor v = values.cpu().to(at::kLong).contiguous();
-  for (int64_t i = 0; i < v.numel(); ++i) s += (i ? ", " : "") + std::to_string(v[i].item<int64_t>());
+  for (int64_t i = 0; i < v.numel(); ++i)
+    s += (i ? ", " : "") + std::to_string(v[i].item<int64_t>());
   return s;
 }
 
@@ -145,8 +149,8 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   diffusion::TimestepSampler sampler = diffusion::make_timestep_sampler(
       diffusion::parse_timestep_sampler(config.diffusion.timestep_sampler), T, device);
 
-  torch::optim::AdamW optimizer(
-      params, torch::optim::AdamWOptions(tc.lr).weight_decay(tc.weight_decay));
+  torch::optim::AdamW optimizer(params,
+                                torch::optim::AdamWOptions(tc.lr).weight_decay(tc.weight_decay));
   std::vector<Ema> emas = make_emas(tc.ema_rates, params);
   LossScaler scaler = make_loss_scaler(tc.precision == "fp16", tc.loss_scale_init,
                                        tc.loss_scale_growth_interval, tc.loss_scale_min, device);
@@ -166,8 +170,10 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (rank == 0) spdlog::info("resumed from {} at step {}", resume_from, step);
   } else {
     std::vector<dist::NamedTensor> named, buffers;
-    for (const auto& p : net->named_parameters()) named.push_back({p.key(), p.value()});
-    for (const auto& b : net->named_buffers()) buffers.push_back({b.key(), b.value()});
+    for (const auto& p : net->named_parameters())
+      named.push_back({p.key(), p.value()});
+    for (const auto& b : net->named_buffers())
+      buffers.push_back({b.key(), b.value()});
     dist::broadcast_parameters(comm, named, buffers);
     // EMAs start from the broadcast weights.
     emas = make_emas(tc.ema_rates, params);
@@ -228,15 +234,18 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       spdlog::info("checkpoint {} ({})", path, why);
     }
     if (world > 1) {
-      if (cluster.slow_barrier) cluster.slow_barrier("checkpoint at step " + std::to_string(step));
-      else comm.barrier();
+      if (cluster.slow_barrier)
+        cluster.slow_barrier("checkpoint at step " + std::to_string(step));
+      else
+        comm.barrier();
     }
     result.last_checkpoint = path;
   };
 
   while (tc.max_steps == 0 || step < tc.max_steps) {
     // Stop together: a signal or the time limit on any rank stops every rank at the same step.
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     int stop = g_stop_signal.load() != 0 ? 2 : (tc.max_time > 0 && elapsed >= tc.max_time ? 1 : 0);
     if (world > 1) {
       at::Tensor flag = at::full({1}, stop, at::TensorOptions(device).dtype(at::kInt));
@@ -246,14 +255,16 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (stop) {
       result.interrupted = stop == 2;
       if (rank == 0)
-        spdlog::info("{} at step {}", stop == 2 ? "stop signal received" : "training.max_time reached", step);
+        spdlog::info("{} at step {}",
+                     stop == 2 ? "stop signal received" : "training.max_time reached", step);
       break;
     }
     if (cluster.watchdog) cluster.watchdog->set_step(step);
     if (fault.step == step) {
       if (fault.kind == "exit") std::_Exit(3);
       if (fault.kind == "hang")
-        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+        for (;;)
+          std::this_thread::sleep_for(std::chrono::seconds(1));
     }
 
     const data::Batch batch = loader.next();
@@ -272,12 +283,13 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
         at::randn({B, C, H, H}, noise_gen).narrow(0, batch.row_offset, b).to(device);
     torch::manual_seed(step_seed(config.seed, step, RngStream::dropout, rank));
 
-    if (reducer) reducer->zero_grad();
-    else optimizer.zero_grad();
+    if (reducer)
+      reducer->zero_grad();
+    else
+      optimizer.zero_grad();
     const StepTerms terms = forward_backward(
-        *net, diffusion, loss_spec,
-        {batch.images, t, weights, noise, batch.labels}, settings, reducer.get(),
-        fault.kind == "nan" && fault.step == step);
+        *net, diffusion, loss_spec, {batch.images, t, weights, noise, batch.labels}, settings,
+        reducer.get(), fault.kind == "nan" && fault.step == step);
     metrics.add_samples(t, terms.loss, terms.mse, terms.vb);
     const at::Tensor& step_losses = terms.loss;
     if (reducer) reducer->finish();
@@ -338,7 +350,8 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       t_last_log = now;
       last_log_step = step;
     }
-    if (config.logging.timestep_stats_every > 0 && step % config.logging.timestep_stats_every == 0) {
+    if (config.logging.timestep_stats_every > 0 &&
+        step % config.logging.timestep_stats_every == 0) {
       nlohmann::json stats = metrics.timestep_stats_and_reset(comm);
       if (rank == 0) {
         stats["step"] = step;
@@ -347,7 +360,8 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     }
     if (step % tc.checkpoint_every == 0) save("periodic");
   }
-  if (result.last_checkpoint != checkpoint_path(run.dir, step)) save(result.interrupted ? "on signal" : "final");
+  if (result.last_checkpoint != checkpoint_path(run.dir, step))
+    save(result.interrupted ? "on signal" : "final");
   result.step = step;
   return result;
 }

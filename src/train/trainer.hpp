@@ -34,7 +34,7 @@ struct Cluster {
 };
 
 struct TrainResult {
-  int64_t step = 0;             // steps done
+  int64_t step = 0;  // steps done
   std::string run_dir;
   std::string last_checkpoint;  // "" when none was written
   bool interrupted = false;     // stopped by SIGTERM / SIGINT

@@ -15,7 +15,9 @@ namespace {
 
 using namespace difftrain::diffusion;
 
-at::Generator generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+at::Generator generator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
 
 TEST(BpdEstimate, StrataCoverEveryTimestepOnce) {
   auto g = generator(1);

@@ -17,8 +17,8 @@ namespace {
 using namespace difftrain::diffusion;
 namespace h5 = difftrain::h5;
 
-const std::string kFile = std::string(DIFFTRAIN_GOLDEN_DIR) +
-                          "/bpd_linear_T50_epsilon_learned_range_zeros.h5";
+const std::string kFile =
+    std::string(DIFFTRAIN_GOLDEN_DIR) + "/bpd_linear_T50_epsilon_learned_range_zeros.h5";
 
 // Golden README §6: |got - expected| <= 1e-4 + 1e-3 |expected| for float32 code.
 void expect_close(double got, double want, const std::string& what) {
@@ -75,7 +75,8 @@ TEST(EvalGolden, BatchedBoundMatchesTheGoldenTerms) {
   EXPECT_EQ(s.count, N);
   expect_close(s.total_bpd, total.mean().item<double>(), "total_bpd");
   expect_close(s.total_bpd_stderr, (total.std() / std::sqrt(N)).item<double>(), "stderr");
-  expect_close(s.prior_bpd, h5::read_tensor(f, "expected_prior_bpd", at::kDouble).mean().item<double>(),
+  expect_close(s.prior_bpd,
+               h5::read_tensor(f, "expected_prior_bpd", at::kDouble).mean().item<double>(),
                "prior_bpd");
   expect_close(s.decoder_bpd, vb.select(1, 0).mean().item<double>(), "decoder_bpd");
   expect_close(s.terms_bpd, vb.slice(1, 1).sum(1).mean().item<double>(), "terms_bpd");

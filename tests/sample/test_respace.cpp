@@ -72,8 +72,8 @@ TEST(SpaceTimesteps, RejectsBadSpecs) {
 
 TEST(Respace, KeepsAlphasCumprodAtTheKeptSteps) {
   for (const auto schedule : {BetaSchedule::linear, BetaSchedule::cosine}) {
-    const GaussianDiffusion base = make_gaussian_diffusion(
-        schedule, 1000, ModelMeanType::epsilon, ModelVarType::learned_range);
+    const GaussianDiffusion base = make_gaussian_diffusion(schedule, 1000, ModelMeanType::epsilon,
+                                                           ModelVarType::learned_range);
     for (const char* spec : {"ddim50", "10,10,10", "25"}) {
       const std::vector<long> kept = space_timesteps(1000, spec);
       const RespacedDiffusion r = respace(base, kept);
@@ -97,18 +97,16 @@ TEST(Respace, KeepsAlphasCumprodAtTheKeptSteps) {
 }
 
 TEST(Respace, KeepingEveryStepGivesTheBaseDiffusion) {
-  const GaussianDiffusion base =
-      make_gaussian_diffusion(BetaSchedule::linear, 100, ModelMeanType::epsilon,
-                              ModelVarType::fixed_small);
+  const GaussianDiffusion base = make_gaussian_diffusion(
+      BetaSchedule::linear, 100, ModelMeanType::epsilon, ModelVarType::fixed_small);
   const RespacedDiffusion r = respace(base, space_timesteps(100, "100"));
   EXPECT_TRUE(at::allclose(r.diffusion.betas, base.betas, 1e-10, 1e-12));
   EXPECT_TRUE(at::allclose(r.diffusion.posterior_variance, base.posterior_variance, 1e-9, 1e-15));
 }
 
 TEST(Respace, TheNetworkSeesTheOriginalScaledTimestep) {
-  const GaussianDiffusion base =
-      make_gaussian_diffusion(BetaSchedule::linear, 1000, ModelMeanType::epsilon,
-                              ModelVarType::fixed_small);
+  const GaussianDiffusion base = make_gaussian_diffusion(
+      BetaSchedule::linear, 1000, ModelMeanType::epsilon, ModelVarType::fixed_small);
   const RespacedDiffusion r = respace(base, space_timesteps(1000, "ddim50"));
   at::Tensor seen;
   const NetworkFn network = [&](const at::Tensor& x, const at::Tensor& t) {
@@ -123,9 +121,8 @@ TEST(Respace, TheNetworkSeesTheOriginalScaledTimestep) {
 }
 
 TEST(Respace, RejectsUnorderedTimesteps) {
-  const GaussianDiffusion base =
-      make_gaussian_diffusion(BetaSchedule::linear, 100, ModelMeanType::epsilon,
-                              ModelVarType::fixed_small);
+  const GaussianDiffusion base = make_gaussian_diffusion(
+      BetaSchedule::linear, 100, ModelMeanType::epsilon, ModelVarType::fixed_small);
   EXPECT_THROW(respace(base, {0, 5, 5}), std::invalid_argument);
   EXPECT_THROW(respace(base, {0, 100}), std::invalid_argument);
 }

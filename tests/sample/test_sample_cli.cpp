@@ -69,7 +69,8 @@ Npy read_npz(const std::string& path, const std::string& name) {
   zip_fclose(f);
   zip_close(z);
   if (bytes.compare(0, 6, "\x93NUMPY") != 0) throw std::runtime_error("not .npy");
-  const std::size_t header_len = static_cast<uint8_t>(bytes[8]) | static_cast<uint8_t>(bytes[9]) << 8;
+  const std::size_t header_len = static_cast<uint8_t>(bytes[8]) | static_cast<uint8_t>(bytes[9])
+                                                                      << 8;
   const std::string header = bytes.substr(10, header_len);
   if ((10 + header_len) % 64 != 0) throw std::runtime_error("header not aligned");
   Npy npy;
@@ -99,7 +100,7 @@ nlohmann::json read_json(const std::string& path) {
   return nlohmann::json::parse(f);
 }
 
-class Cli : public ::testing::Test {
+class SampleEvalCli : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() /
@@ -122,8 +123,10 @@ class Cli : public ::testing::Test {
   std::string train_, heldout_, run_, checkpoint_;
 };
 
-TEST_F(Cli, SampleWritesGridShardAndNpz) {
-  const ProcessResult r = difftrain_cli("sample --run " + run_ + " --num 5 --batch 2 --sampler ddim --steps 5 --out " + path("out/s"));
+TEST_F(SampleEvalCli, SampleWritesGridShardAndNpz) {
+  const ProcessResult r =
+      difftrain_cli("sample --run " + run_ + " --num 5 --batch 2 --sampler ddim --steps 5 --out " +
+                    path("out/s"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
 
   // The samples are cropped back from the padded 8x8 to the data's 6x6.
@@ -153,7 +156,7 @@ TEST_F(Cli, SampleWritesGridShardAndNpz) {
   EXPECT_NE(h5.attr_string("source").find("ddim"), std::string::npos);
 }
 
-TEST_F(Cli, SamplesDoNotDependOnTheBatchSize) {
+TEST_F(SampleEvalCli, SamplesDoNotDependOnTheBatchSize) {
   for (const char* batch : {"1", "3"}) {
     const ProcessResult r = difftrain_cli("sample --checkpoint " + checkpoint_ +
                                           " --num 3 --respacing 8 --seed 4 --batch " + batch +
@@ -170,25 +173,35 @@ TEST_F(Cli, SamplesDoNotDependOnTheBatchSize) {
   EXPECT_GT(max_abs_diff(a.data, read_npz(path("c.npz"), "arr_0").data), 8);
 }
 
-TEST_F(Cli, EmaChoiceSelectsTheWeights) {
-  ASSERT_EQ(difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --out " + path("ema")).exit_code, 0);
-  ASSERT_EQ(difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --ema 0.9 --out " + path("ema9")).exit_code, 0);
-  ASSERT_EQ(difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --ema none --out " + path("raw")).exit_code, 0);
+TEST_F(SampleEvalCli, EmaChoiceSelectsTheWeights) {
+  ASSERT_EQ(
+      difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --out " + path("ema")).exit_code,
+      0);
+  ASSERT_EQ(
+      difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --ema 0.9 --out " + path("ema9"))
+          .exit_code,
+      0);
+  ASSERT_EQ(
+      difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --ema none --out " + path("raw"))
+          .exit_code,
+      0);
   const std::string ema = read_npz(path("ema.npz"), "arr_0").data;
   EXPECT_EQ(ema, read_npz(path("ema9.npz"), "arr_0").data) << "the first EMA rate is the default";
   EXPECT_NE(ema, read_npz(path("raw.npz"), "arr_0").data);
-  const ProcessResult r = difftrain_cli("sample --run " + run_ + " --num 2 --ema 0.5 --out " + path("x"));
+  const ProcessResult r =
+      difftrain_cli("sample --run " + run_ + " --num 2 --ema 0.5 --out " + path("x"));
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("no EMA with rate 0.5"), std::string::npos) << r.output;
 }
 
-TEST_F(Cli, ClassConditionalSamplesCarryTheirLabels) {
+TEST_F(SampleEvalCli, ClassConditionalSamplesCarryTheirLabels) {
   const std::string labeled = difftrain::testing::write_tiny_set(path("labeled"), 6, 8, 8, 3, 3);
   const std::string yaml = difftrain::testing::tiny_config_yaml(labeled, 0, true);
   const std::string ckpt = path("cond.pt");
   difftrain::testing::write_tiny_checkpoint(ckpt, yaml, yaml);
 
-  ProcessResult r = difftrain_cli("sample --checkpoint " + ckpt + " --num 5 --steps 3 --out " + path("rr"));
+  ProcessResult r =
+      difftrain_cli("sample --checkpoint " + ckpt + " --num 5 --steps 3 --out " + path("rr"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const Npy labels = read_npz(path("rr.npz"), "arr_1");
   EXPECT_EQ(labels.descr, "<i8");
@@ -199,7 +212,8 @@ TEST_F(Cli, ClassConditionalSamplesCarryTheirLabels) {
   EXPECT_EQ(read_npz(path("rr.npz"), "arr_0").shape, (std::vector<int64_t>{5, 8, 8, 3}));
   EXPECT_EQ(read_png_header(path("rr.png")).channels, 3);
 
-  r = difftrain_cli("sample --checkpoint " + ckpt + " --num 4 --steps 3 --class 2 --out " + path("c2"));
+  r = difftrain_cli("sample --checkpoint " + ckpt + " --num 4 --steps 3 --class 2 --out " +
+                    path("c2"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(difftrain::h5::File::open(path("c2.h5")).read<int64_t>("labels"),
             (std::vector<int64_t>{2, 2, 2, 2}));
@@ -209,7 +223,7 @@ TEST_F(Cli, ClassConditionalSamplesCarryTheirLabels) {
   EXPECT_NE(r.output.find("--class 3 is outside [0, 3)"), std::string::npos) << r.output;
 }
 
-TEST_F(Cli, EvalWritesTheReport) {
+TEST_F(SampleEvalCli, EvalWritesTheReport) {
   const ProcessResult r = difftrain_cli("eval --run " + run_ + " --data " + heldout_ +
                                         " --num 3 --batch 2 --out " + path("bpd.json"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -246,18 +260,18 @@ TEST_F(Cli, EvalWritesTheReport) {
                           " --num 3 --batch 3 --out " + path("bpd3"))
                 .exit_code,
             0);
-  EXPECT_NEAR(read_json(path("bpd3.json"))["total_bpd"].get<double>(),
-              j["total_bpd"].get<double>(), 1e-5);
+  EXPECT_NEAR(read_json(path("bpd3.json"))["total_bpd"].get<double>(), j["total_bpd"].get<double>(),
+              1e-5);
 }
 
-TEST_F(Cli, EvalDefaultReportGoesToTheRunDirectory) {
+TEST_F(SampleEvalCli, EvalDefaultReportGoesToTheRunDirectory) {
   const ProcessResult r = difftrain_cli("eval --run " + run_ + " --data " + heldout_ + " --num 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(fs::exists(run_ + "/eval/bpd_step100.json")) << r.output;
   EXPECT_TRUE(read_json(run_ + "/eval/bpd_step100.json")["total_bpd_stderr"].is_null());
 }
 
-TEST_F(Cli, TwoRanksGiveWhatOneRankGives) {
+TEST_F(SampleEvalCli, TwoRanksGiveWhatOneRankGives) {
   const std::string sample = " --num 5 --respacing 6 --sampler ddim --eta 1 --batch 2 --out ";
   ASSERT_EQ(difftrain_cli("sample --run " + run_ + sample + path("one")).exit_code, 0);
   ProcessResult r = difftrain_mpi(2, "sample --run " + run_ + sample + path("two"));
@@ -282,27 +296,29 @@ void expect_bad_input(const ProcessResult& r, const std::string& culprit,
                       const std::string& message) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find(culprit), std::string::npos) << "not named: " << r.output;
-  EXPECT_NE(r.output.find(message), std::string::npos) << "expected '" << message << "' in "
-                                                       << r.output;
+  EXPECT_NE(r.output.find(message), std::string::npos)
+      << "expected '" << message << "' in " << r.output;
   int errors = 0;
-  for (std::size_t p = r.output.find("error"); p != std::string::npos; p = r.output.find("error", p + 1))
+  for (std::size_t p = r.output.find("error"); p != std::string::npos;
+       p = r.output.find("error", p + 1))
     ++errors;
   EXPECT_EQ(errors, 1) << r.output;
   EXPECT_EQ(r.output.find("Abort"), std::string::npos) << r.output;
 }
 
-TEST_F(Cli, MissingRunDirectory) {
+TEST_F(SampleEvalCli, MissingRunDirectory) {
   const std::string missing = path("no_such_run");
   expect_bad_input(difftrain_cli("sample --run " + missing + " --num 1 --out " + path("x")),
                    missing, "no such run directory");
   expect_bad_input(difftrain_cli("eval --run " + missing + " --data " + heldout_), missing,
                    "no such run directory");
   fs::create_directories(path("empty_run"));
-  expect_bad_input(difftrain_cli("sample --run " + path("empty_run") + " --num 1 --out " + path("x")),
-                   path("empty_run"), "no valid checkpoint");
+  expect_bad_input(
+      difftrain_cli("sample --run " + path("empty_run") + " --num 1 --out " + path("x")),
+      path("empty_run"), "no valid checkpoint");
 }
 
-TEST_F(Cli, CheckpointOfAnotherConfig) {
+TEST_F(SampleEvalCli, CheckpointOfAnotherConfig) {
   // Weights of a 64-channel model under a config that says 32 channels.
   const std::string ckpt = path("other.pt");
   difftrain::testing::write_tiny_checkpoint(
@@ -314,7 +330,7 @@ TEST_F(Cli, CheckpointOfAnotherConfig) {
                    "has shape");
 }
 
-TEST_F(Cli, HeldOutSetOfAnotherShape) {
+TEST_F(SampleEvalCli, HeldOutSetOfAnotherShape) {
   const std::string big = difftrain::testing::write_tiny_set(path("big"), 2, 16, 16, 1, 0);
   expect_bad_input(difftrain_cli("eval --run " + run_ + " --data " + big), big,
                    "images are 1x16x16 (CxHxW) but the model");
@@ -325,9 +341,19 @@ TEST_F(Cli, HeldOutSetOfAnotherShape) {
                    "cannot open the manifest");
 }
 
-TEST_F(Cli, BadSamplingOptions) {
-  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --respacing ddim11 --out " + path("x")),
-                   "ddim11", "no integer stride gives exactly 11 steps");
+TEST_F(SampleEvalCli, UnwritableOutput) {
+  // /proc refuses new files even to root, whom permission bits do not stop.
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 1 --out /proc/s"), "/proc/s",
+                   "cannot write to the directory /proc");
+  expect_bad_input(
+      difftrain_cli("eval --run " + run_ + " --data " + heldout_ + " --out /proc/bpd.json"),
+      "/proc/bpd.json", "cannot write to the directory /proc");
+}
+
+TEST_F(SampleEvalCli, BadSamplingOptions) {
+  expect_bad_input(
+      difftrain_cli("sample --run " + run_ + " --num 2 --respacing ddim11 --out " + path("x")),
+      "ddim11", "no integer stride gives exactly 11 steps");
   expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --class 1 --out " + path("x")),
                    checkpoint_, "unconditional");
   expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --eta 0.5 --out " + path("x")),

@@ -20,14 +20,15 @@ using namespace difftrain::diffusion;
 constexpr double kMu = 0.3, kS = 0.1;  // |x_0 prediction| stays far below the clamp at 1
 constexpr double kLearnedV = 0.2;      // the variance head's constant output (learned_range)
 
-double at_(const at::Tensor& table, long i) { return table[i].item<double>(); }
+double at_(const at::Tensor& table, long i) {
+  return table[i].item<double>();
+}
 
 // The Bayes-optimal eps predictor for data N(kMu, kS^2), as a network of the base diffusion.
 ModelFn optimal_eps_model(const GaussianDiffusion& base) {
   return [base](const at::Tensor& x, const at::Tensor& t) {
     const at::Tensor ab = base.alphas_cumprod.index_select(0, t).view({-1, 1, 1, 1});
-    const at::Tensor eps =
-        at::sqrt(1 - ab) * (x - at::sqrt(ab) * kMu) / (ab * kS * kS + 1 - ab);
+    const at::Tensor eps = at::sqrt(1 - ab) * (x - at::sqrt(ab) * kMu) / (ab * kS * kS + 1 - ab);
     if (!is_learned(base.model_var_type)) return eps.to(x.scalar_type());
     return at::cat({eps, at::full_like(eps, kLearnedV)}, 1).to(x.scalar_type());
   };
@@ -152,9 +153,8 @@ TEST(Sampling, DdimEtaOneMatchesItsClosedForm) {
 // A network whose x_0 prediction is far outside [-1, 1]: the last step returns the clamped
 // prediction, so every sample lies in [-1, 1].
 TEST(Sampling, SamplesAreClampedPredictionsAtTheEnd) {
-  const GaussianDiffusion d = make_gaussian_diffusion(BetaSchedule::linear, 50,
-                                                      ModelMeanType::epsilon,
-                                                      ModelVarType::fixed_large);
+  const GaussianDiffusion d = make_gaussian_diffusion(
+      BetaSchedule::linear, 50, ModelMeanType::epsilon, ModelVarType::fixed_large);
   const ModelFn wild = [](const at::Tensor& x, const at::Tensor&) { return -10 * x - 3; };
   const auto noise = generator_noise(at::make_generator<at::CPUGeneratorImpl>(1));
   for (const bool ddim : {false, true}) {
@@ -167,9 +167,8 @@ TEST(Sampling, SamplesAreClampedPredictionsAtTheEnd) {
 
 // With per-sample generators a sample depends on its own seed only, not on its batch.
 TEST(Sampling, PerSampleNoiseMakesSamplesIndependentOfTheBatch) {
-  const GaussianDiffusion d = make_gaussian_diffusion(BetaSchedule::linear, 30,
-                                                      ModelMeanType::epsilon,
-                                                      ModelVarType::fixed_small);
+  const GaussianDiffusion d = make_gaussian_diffusion(
+      BetaSchedule::linear, 30, ModelMeanType::epsilon, ModelVarType::fixed_small);
   const ModelFn model = optimal_eps_model(d);
   const auto generators = [](int64_t first, int64_t n) {
     std::vector<at::Generator> g;
@@ -179,18 +178,20 @@ TEST(Sampling, PerSampleNoiseMakesSamplesIndependentOfTheBatch) {
   };
   SampleOptions o;
   o.eta = 0.5;
-  const at::Tensor all = ddim_sample_loop(d, model, {5, 1, 2, 2}, per_sample_noise(generators(0, 5)), o);
-  const at::Tensor head = ddim_sample_loop(d, model, {2, 1, 2, 2}, per_sample_noise(generators(0, 2)), o);
-  const at::Tensor tail = ddim_sample_loop(d, model, {3, 1, 2, 2}, per_sample_noise(generators(2, 3)), o);
+  const at::Tensor all =
+      ddim_sample_loop(d, model, {5, 1, 2, 2}, per_sample_noise(generators(0, 5)), o);
+  const at::Tensor head =
+      ddim_sample_loop(d, model, {2, 1, 2, 2}, per_sample_noise(generators(0, 2)), o);
+  const at::Tensor tail =
+      ddim_sample_loop(d, model, {3, 1, 2, 2}, per_sample_noise(generators(2, 3)), o);
   EXPECT_TRUE(at::allclose(all, at::cat({head, tail}), 1e-6, 1e-6));
   EXPECT_THROW(p_sample_loop(d, model, {4, 1, 2, 2}, per_sample_noise(generators(0, 5))),
                std::invalid_argument);
 }
 
 TEST(Sampling, ReportsEveryStep) {
-  const GaussianDiffusion d = make_gaussian_diffusion(BetaSchedule::cosine, 12,
-                                                      ModelMeanType::epsilon,
-                                                      ModelVarType::fixed_small);
+  const GaussianDiffusion d = make_gaussian_diffusion(
+      BetaSchedule::cosine, 12, ModelMeanType::epsilon, ModelVarType::fixed_small);
   std::vector<long> steps;
   SampleOptions o;
   o.on_step = [&](long i) { steps.push_back(i); };

@@ -56,7 +56,8 @@ inline std::string write_tiny_set(const std::string& dir, int64_t num, int64_t h
 inline std::string tiny_config_yaml(const std::string& manifest, int64_t pad_to = 8,
                                     bool class_conditional = false, int64_t model_channels = 32) {
   return "seed: 0\ndevice: cpu\n"
-         "data:\n  train: " + manifest + "\n  pad_to: " + std::to_string(pad_to) +
+         "data:\n  train: " +
+         manifest + "\n  pad_to: " + std::to_string(pad_to) +
          "\n  class_conditional: " + (class_conditional ? "true" : "false") +
          "\nmodel:\n  model_channels: " + std::to_string(model_channels) +
          "\n  channel_mult: [1, 2]\n  num_res_blocks: 1\n  attention_resolutions: [4]\n"

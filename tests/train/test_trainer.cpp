@@ -8,8 +8,8 @@
 #include <fstream>
 #include <thread>
 
-#include "data/test_files.hpp"
 #include "data/manifest.hpp"
+#include "data/test_files.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "dist/communicator.hpp"
 #include "model/unet.hpp"
@@ -31,14 +31,19 @@ namespace {
 std::string tiny_config(const std::string& manifest, const std::string& run_dir,
                         const std::string& extra = "") {
   return "seed: 3\ndevice: cpu\n"
-         "data: {train: " + manifest + ", pad_to: 16}\n"
+         "data: {train: " +
+         manifest +
+         ", pad_to: 16}\n"
          "model: {model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1,"
          " attention_resolutions: [8], dropout: 0.0}\n"
          "diffusion: {schedule: cosine, steps: 50, loss: hybrid}\n"
          "training: {batch_size: 8, lr: 0.001, max_steps: 6, checkpoint_every: 3,"
          " ema_rates: [0.9, 0.99], threads: 1}\n"
-         "logging: {run_dir: " + run_dir + ", log_every: 2, timestep_stats_every: 3,"
-         " timestep_buckets: 5}\n" + extra;
+         "logging: {run_dir: " +
+         run_dir +
+         ", log_every: 2, timestep_stats_every: 3,"
+         " timestep_buckets: 5}\n" +
+         extra;
 }
 
 struct Fixture : ::testing::Test {
@@ -46,8 +51,8 @@ struct Fixture : ::testing::Test {
   std::string manifest;
   void SetUp() override {
     at::set_num_threads(1);
-    manifest = difftrain::testing::write_synthetic_set(dir / "data", {40, 24}, 14, 14, 1, 10)
-                   .manifest;
+    manifest =
+        difftrain::testing::write_synthetic_set(dir / "data", {40, 24}, 14, 14, 1, 10).manifest;
   }
   tr::Config config(const std::string& run, const std::vector<std::string>& overrides = {},
                     const std::string& extra = "") {
@@ -87,7 +92,8 @@ std::map<std::string, at::Tensor> checkpoint_tensors(const tr::Config& c, const 
   tr::TrainStateRefs s{*net, optimizer, emas, sampler, scaler, step, epoch, batch};
   tr::load_checkpoint(path, s);
   std::map<std::string, at::Tensor> out;
-  for (const auto& p : net->named_parameters()) out["model/" + p.key()] = p.value().clone();
+  for (const auto& p : net->named_parameters())
+    out["model/" + p.key()] = p.value().clone();
   for (std::size_t i = 0; i < emas.size(); ++i)
     for (std::size_t j = 0; j < emas[i].params.size(); ++j)
       out["ema/" + std::to_string(i) + "/" + std::to_string(j)] = emas[i].params[j];
@@ -112,7 +118,8 @@ TEST_F(Fixture, ExactResumeIsBitIdentical) {
   const auto a = checkpoint_tensors(config("straight"), straight.last_checkpoint);
   const auto b = checkpoint_tensors(config("resumed"), second.last_checkpoint);
   ASSERT_EQ(a.size(), b.size());
-  for (const auto& [key, t] : a) EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+  for (const auto& [key, t] : a)
+    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
 }
 
 TEST(Training, MicrobatchesAverageToTheFullBatchGradient) {
@@ -123,20 +130,26 @@ TEST(Training, MicrobatchesAverageToTheFullBatchGradient) {
   // Non-zero output layers, so that every parameter gets a gradient.
   {
     torch::NoGradGuard no_grad;
-    for (auto& p : net->parameters()) p.add_(at::randn_like(p) * 0.01);
+    for (auto& p : net->parameters())
+      p.add_(at::randn_like(p) * 0.01);
   }
   const auto d = tr::make_diffusion(c);
-  const tr::StepInputs in{at::rand({8, 1, 16, 16}) * 2 - 1, at::arange(8, at::kLong) * 6,
-                          at::rand({8}) + 0.5, at::randn({8, 1, 16, 16}), {}};
+  const tr::StepInputs in{at::rand({8, 1, 16, 16}) * 2 - 1,
+                          at::arange(8, at::kLong) * 6,
+                          at::rand({8}) + 0.5,
+                          at::randn({8, 1, 16, 16}),
+                          {}};
   std::vector<std::vector<at::Tensor>> grads;
   for (int64_t micro : {0, 2, 4}) {
-    for (auto& p : net->parameters()) p.mutable_grad() = at::Tensor();
+    for (auto& p : net->parameters())
+      p.mutable_grad() = at::Tensor();
     tr::StepSettings s;
     s.microbatch = micro;
     s.timestep_scale = tr::timestep_scale(c);
     tr::forward_backward(*net, d, tr::make_loss_spec(c), in, s, nullptr);
     grads.emplace_back();
-    for (auto& p : net->parameters()) grads.back().push_back(p.grad().clone());
+    for (auto& p : net->parameters())
+      grads.back().push_back(p.grad().clone());
   }
   for (std::size_t i = 0; i < grads[0].size(); ++i) {
     EXPECT_GT(grads[0][i].abs().max().item<float>(), 0.0f) << "parameter " << i;
@@ -155,11 +168,12 @@ void expect_ranks_match_one_rank(Fixture& f, int ranks, const std::vector<std::s
   const auto one = f.train(f.config("one_rank", overrides));
   const std::string run = f.dir / ("ranks" + std::to_string(ranks));
   std::ofstream(f.dir / "ranks.yaml") << tiny_config(f.manifest, run);
-  std::string cmd = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 "
-                    "mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np " +
-                    std::to_string(ranks) + " " + DIFFTRAIN_BINARY + " train --config " +
-                    (f.dir / "ranks.yaml");
-  for (const auto& o : overrides) cmd += " --set " + o;
+  std::string cmd =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 "
+      "mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np " +
+      std::to_string(ranks) + " " + DIFFTRAIN_BINARY + " train --config " + (f.dir / "ranks.yaml");
+  for (const auto& o : overrides)
+    cmd += " --set " + o;
   const auto r = difftrain::testing::run(cmd);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto a = checkpoint_tensors(f.config("one_rank", overrides), one.last_checkpoint);
@@ -173,7 +187,9 @@ void expect_ranks_match_one_rank(Fixture& f, int ranks, const std::vector<std::s
   }
 }
 
-TEST_F(Fixture, TwoRanksMatchOneRank) { expect_ranks_match_one_rank(*this, 2, {}); }
+TEST_F(Fixture, TwoRanksMatchOneRank) {
+  expect_ranks_match_one_rank(*this, 2, {});
+}
 TEST_F(Fixture, ThreeRanksWithMicrobatchesMatchOneRank) {
   expect_ranks_match_one_rank(*this, 3, {"training.microbatch=2"});
 }
@@ -218,7 +234,8 @@ TEST_F(Fixture, ClassConditionalModelLearnsItsLabelEmbedding) {
   torch::manual_seed(c.seed);  // the initial weights, as the trainer draws them
   const auto manifest = difftrain::data::read_manifest(c.data.train);
   difftrain::model::UNet init(tr::unet_config(c, tr::data_shape(c, &manifest)));
-  EXPECT_FALSE(at::equal(t.at("model/label_emb.weight"), init->named_parameters()["label_emb.weight"]));
+  EXPECT_FALSE(
+      at::equal(t.at("model/label_emb.weight"), init->named_parameters()["label_emb.weight"]));
 }
 
 TEST_F(Fixture, NonFiniteLossSkipsTheStepThenStops) {
@@ -278,9 +295,15 @@ void expect_loss_drops(const std::string& loss, const std::string& var_type) {
   EXPECT_LT(last, 0.6 * first) << loss << ": " << first << " -> " << last;
 }
 
-TEST(Training, HybridLossDrops) { expect_loss_drops("hybrid", "learned_range"); }
-TEST(Training, SimpleLossDrops) { expect_loss_drops("simple", "fixed_large"); }
-TEST(Training, VlbLossDrops) { expect_loss_drops("vlb", "learned_range"); }
+TEST(Training, HybridLossDrops) {
+  expect_loss_drops("hybrid", "learned_range");
+}
+TEST(Training, SimpleLossDrops) {
+  expect_loss_drops("simple", "fixed_large");
+}
+TEST(Training, VlbLossDrops) {
+  expect_loss_drops("vlb", "learned_range");
+}
 
 TEST(Ema, FollowsTheFormulaWithWarmup) {
   at::Tensor p = at::zeros({3});
@@ -289,7 +312,8 @@ TEST(Ema, FollowsTheFormulaWithWarmup) {
   for (int n = 0; n < 5; ++n) {
     p.fill_(n + 1.0);
     tr::update_emas(emas, {p}, n, /*warmup=*/true);
-    const double r0 = std::min(0.9999, (1.0 + n) / (10.0 + n)), r1 = std::min(0.5, (1.0 + n) / (10.0 + n));
+    const double r0 = std::min(0.9999, (1.0 + n) / (10.0 + n)),
+                 r1 = std::min(0.5, (1.0 + n) / (10.0 + n));
     e0 = r0 * e0 + (1 - r0) * (n + 1.0);
     e1 = r1 * e1 + (1 - r1) * (n + 1.0);
   }
@@ -305,7 +329,7 @@ TEST(LossScaler, SkipsOnInfAndRecovers) {
   EXPECT_TRUE(at::allclose(g, at::full({4}, 2.0)));  // unscaled
   g[1] = INFINITY;
   EXPECT_FALSE(tr::unscale_and_update(s, {g}));  // skipped ...
-  EXPECT_EQ(s.scale.item<float>(), 512.0f);       // ... and the scale halved
+  EXPECT_EQ(s.scale.item<float>(), 512.0f);      // ... and the scale halved
   for (int i = 0; i < 3; ++i) {
     at::Tensor ok = at::ones({4});
     EXPECT_TRUE(tr::unscale_and_update(s, {ok}));
@@ -333,7 +357,8 @@ void expect_config_error(const std::vector<std::string>& overrides, const std::s
 }
 
 TEST(Config, ErrorsNameTheKey) {
-  expect_config_error({"training.lrr=0.1"}, "unknown key 'training.lrr' (did you mean 'training.lr'?)");
+  expect_config_error({"training.lrr=0.1"},
+                      "unknown key 'training.lrr' (did you mean 'training.lr'?)");
   expect_config_error({"trainig.lr=0.1"}, "unknown key 'trainig' (did you mean 'training'?)");
   expect_config_error({"training.lr=fast"}, "key 'training.lr' must be a number");
   expect_config_error({"training.lr=-0.1"}, "'training.lr' = -0.1 must be > 0");
@@ -343,7 +368,8 @@ TEST(Config, ErrorsNameTheKey) {
   expect_config_error({"model.attention_resolutions=[12]"}, "attention_resolutions");
   expect_config_error({"training.batch_size=9"}, "does not divide into 2 ranks", 2);
   expect_config_error({"training.microbatch=3"}, "does not divide the per-rank batch of 4", 2);
-  expect_config_error({"diffusion.model_var_type=fixed_small"}, "'hybrid' needs a learned variance");
+  expect_config_error({"diffusion.model_var_type=fixed_small"},
+                      "'hybrid' needs a learned variance");
   expect_config_error({"diffusion.model_var_type=learnd"}, "unknown model_var_type 'learnd'");
   expect_config_error({"training.precision=fp8"}, "'training.precision' = 'fp8' is not one of");
 }
