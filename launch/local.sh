@@ -19,7 +19,7 @@ BIN=${DIFFTRAIN_BIN:-$ROOT/build/difftrain}
 CORES=$(nproc)
 THREADS=$((CORES / N))
 ((THREADS >= 1)) || THREADS=1
-FLAGS=(-np "$N" -x OMP_NUM_THREADS="$THREADS" -x MKL_NUM_THREADS="$THREADS")
+FLAGS=(-np "$N" -x OMP_NUM_THREADS="$THREADS" -x MKL_NUM_THREADS="$THREADS" -x OMP_WAIT_POLICY=PASSIVE)
 if ((N > CORES)); then
   FLAGS+=(--oversubscribe --bind-to none --mca mpi_yield_when_idle 1)
 else

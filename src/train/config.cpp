@@ -161,7 +161,8 @@ class Reader {
     const YAML::Node n = std::as_const(f.node)[name];
     if (n.IsDefined() && !n.IsNull() && !n.IsMap())
       throw ConfigError(origin_ + ": section '" + name + "' must be a mapping of keys");
-    stack_.push_back({n.IsMap() ? n : YAML::Node(YAML::NodeType::Map), f.prefix + name + ".", {}});
+    const bool present = n.IsDefined() && n.IsMap();  // a missing section takes the defaults
+    stack_.push_back({present ? n : YAML::Node(YAML::NodeType::Map), f.prefix + name + ".", {}});
     body();
     check_unknown_keys();
     stack_.pop_back();

@@ -356,6 +356,13 @@ void expect_config_error(const std::vector<std::string>& overrides, const std::s
   }
 }
 
+TEST(Config, MissingSectionsTakeTheDefaults) {
+  const auto c = tr::parse_config("data: {train: x.json}\n");
+  EXPECT_EQ(c.training.batch_size, 128);
+  EXPECT_EQ(c.logging.run_dir, "runs/default");
+  EXPECT_EQ(tr::parse_config(tr::to_yaml(c)).data.train, "x.json");
+}
+
 TEST(Config, ErrorsNameTheKey) {
   expect_config_error({"training.lrr=0.1"},
                       "unknown key 'training.lrr' (did you mean 'training.lr'?)");
