@@ -45,6 +45,12 @@ mpirun "${mpirun_flags[@]}" build/difftrain eval --run "$RUN" --data data/fashio
   --num 16 --out "$RUN/eval.json"
 
 echo
+# The trainer's held-out estimate (logging.bpd_every): the untrained model at step 0, then the latest.
+awk -F'"bpd_estimate":' 'NF > 1 { split($2, v, /[,}]/); match($0, /"step":[0-9]+/);
+    step = substr($0, RSTART + 7, RLENGTH - 7); if (first == "") { first = v[1]; s0 = step }
+    last = v[1]; s1 = step }
+  END { if (first != "") printf "[quickstart] held-out bits/dim estimate while training: %.3f at step %s -> %.3f at step %s\n", first, s0, last, s1 }' \
+  "$RUN/metrics.jsonl"
 echo "[quickstart] done:"
 echo "  samples:     $RUN/samples.png (also .h5, .npz)"
 echo "  bits/dim:    $RUN/eval.json (per-t plot: $RUN/eval.png)"

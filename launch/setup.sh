@@ -23,7 +23,7 @@ APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git
   python3 python3-venv python3-pip
   openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
   libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
-  libgtest-dev libpng-dev libjpeg-dev dataset-fashion-mnist zlib1g-dev libstb-dev hdf5-plugin-lzf liblzf1 libzip-dev)
+  libgtest-dev libpng-dev libjpeg-dev dataset-fashion-mnist zlib1g-dev libstb-dev hdf5-plugin-lzf liblzf1 libzip-dev iproute2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cstdio>
 #include <memory>
 
 #include "cli/commands.hpp"
@@ -21,14 +22,17 @@ struct Options {
   std::string resume;
   std::string fault;
   int fault_rank = -1;
+  bool print_config = false;
 };
 
-int run(const Options& o) {
-  dist::World world;
-  if (world.rank() != 0) spdlog::set_level(spdlog::level::warn);
+int train_on(dist::World& world, const Options& o) {
   train::Config config = train::load_config(o.config, o.overrides);
   train::validate(config);
   train::validate_for_world(config, world.size());
+  if (o.print_config) {
+    if (world.rank() == 0) std::fputs(train::to_yaml(config).c_str(), stdout);
+    return kOk;
+  }
   if (world.rank() == 0) spdlog::info("resolved config:\n{}", train::to_yaml(config));
 
   const auto timeout = dist::watchdog_timeout_from_env(
@@ -56,6 +60,22 @@ int run(const Options& o) {
   return kOk;
 }
 
+int run(const Options& o) {
+  dist::World world;
+  if (world.rank() != 0) spdlog::set_level(spdlog::level::warn);
+  try {
+    return train_on(world, o);
+  } catch (const std::exception& e) {
+    // Alone, exit with the message. In a job, the other ranks may be waiting in a collective for
+    // this one: abort them all, naming the reason (every rank of a bad config says it).
+    if (world.size() == 1) {
+      spdlog::error("{}", e.what());
+      return kBadInput;
+    }
+    dist::abort_world(e.what(), kBadInput);
+  }
+}
+
 }  // namespace
 
 void add_train_command(CLI::App& app, int& exit_code) {
@@ -67,6 +87,8 @@ void add_train_command(CLI::App& app, int& exit_code) {
   cmd->add_option(
       "--resume", o->resume,
       "'auto' (newest valid checkpoint of the run directory, if any) or a checkpoint file");
+  cmd->add_flag("--print-config", o->print_config,
+                "Print the resolved config (defaults, --set overrides) as YAML and exit");
   cmd->add_option("--fault", o->fault, "Debug: hang@STEP, exit@STEP or nan@STEP");
   cmd->add_option("--fault-rank", o->fault_rank,
                   "Debug: the rank --fault applies to (default all)");

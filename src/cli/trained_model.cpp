@@ -62,10 +62,12 @@ train::DataShape model_shape(TrainedModel& m, const data::Manifest* fallback) {
   if (m.train_manifest) return train::data_shape(c, &*m.train_manifest);
   const std::string prefix = m.checkpoint + ": cannot size the model: its config's data.train ('" +
                              c.data.train + "') cannot be read (" + why_not + ")";
+  // Checkpoints store the resolved shape (model.image_size, in_channels, num_classes).
+  const bool sized = c.model.image_size > 0 && c.model.in_channels > 0 &&
+                     (!c.data.class_conditional || c.model.num_classes > 0);
+  if (sized) return train::data_shape(c, nullptr);
   if (c.data.class_conditional && !fallback)
     throw std::invalid_argument(prefix + " and the model is class-conditional");
-  if (c.model.image_size > 0 && c.model.in_channels > 0 && !c.data.class_conditional)
-    return train::data_shape(c, nullptr);
   if (fallback) {
     spdlog::warn("{}; sizing the model from {}", prefix, fallback->path);
     return train::data_shape(c, fallback);
@@ -102,7 +104,10 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& lo
   const train::CheckpointInfo info = train::read_checkpoint_info(m.checkpoint);
   m.step = info.step;
   const std::string origin = m.checkpoint + " (stored config)";
-  m.config = train::parse_config(info.config_yaml, {}, origin);  // its errors name the origin
+  std::vector<std::string> unknown_keys;  // from another version of difftrain
+  m.config = train::parse_stored_config(info.config_yaml, origin, unknown_keys);
+  for (const auto& key : unknown_keys)
+    spdlog::warn("{}: ignoring the key '{}', unknown to this version of difftrain", origin, key);
   try {
     train::validate(m.config);
   } catch (const train::ConfigError& e) {

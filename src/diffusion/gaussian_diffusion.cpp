@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "diffusion/distributions.hpp"
+#include "diffusion/weighting.hpp"
 
 namespace difftrain::diffusion {
 namespace {
@@ -60,8 +61,27 @@ at::Tensor predict_xstart_from_xprev(const GaussianDiffusion& d, const at::Tenso
 
 at::Tensor predict_eps_from_xstart(const GaussianDiffusion& d, const at::Tensor& x_t,
                                    const at::Tensor& t, const at::Tensor& pred_xstart) {
-  return (extract(d.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart) /
-         extract(d.sqrt_recipm1_alphas_cumprod, t, x_t);
+  // Not (sqrt(1/abar) x_t - x_0) / sqrt(1/abar - 1), which is inf/inf where abar_t = 0.
+  return (x_t - extract(d.sqrt_alphas_cumprod, t, x_t) * pred_xstart) /
+         extract(d.sqrt_one_minus_alphas_cumprod, t, x_t);
+}
+
+at::Tensor v_target(const GaussianDiffusion& d, const at::Tensor& x_start, const at::Tensor& t,
+                    const at::Tensor& noise) {
+  return extract(d.sqrt_alphas_cumprod, t, x_start) * noise -
+         extract(d.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start;
+}
+
+at::Tensor predict_xstart_from_v(const GaussianDiffusion& d, const at::Tensor& x_t,
+                                 const at::Tensor& t, const at::Tensor& v) {
+  return extract(d.sqrt_alphas_cumprod, t, x_t) * x_t -
+         extract(d.sqrt_one_minus_alphas_cumprod, t, x_t) * v;
+}
+
+at::Tensor predict_eps_from_v(const GaussianDiffusion& d, const at::Tensor& x_t,
+                              const at::Tensor& t, const at::Tensor& v) {
+  return extract(d.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t +
+         extract(d.sqrt_alphas_cumprod, t, x_t) * v;
 }
 
 void check_model_output(const GaussianDiffusion& d, const at::Tensor& model_output,
@@ -134,6 +154,11 @@ ModelPrediction p_mean_variance(const GaussianDiffusion& d, const at::Tensor& mo
       p.mean = q_posterior_mean_variance(d, p.pred_xstart, x_t, t).mean;
       break;
     }
+    case ModelMeanType::v: {
+      p.pred_xstart = process_xstart(predict_xstart_from_v(d, x_t, t, mean_head));
+      p.mean = q_posterior_mean_variance(d, p.pred_xstart, x_t, t).mean;
+      break;
+    }
   }
   return p;
 }
@@ -158,7 +183,7 @@ TrainingTerms training_terms(const GaussianDiffusion& d, const LossSpec& loss,
   check_model_output(d, model_output, x_t);
   const int64_t C = x_t.size(1);
   const at::Tensor zeros = at::zeros({x_start.size(0)}, x_start.options());
-  TrainingTerms terms{zeros, zeros, zeros, zeros};
+  TrainingTerms terms{zeros, zeros, zeros, zeros, zeros};
 
   if (loss.vb) {
     at::Tensor vb_output = model_output;
@@ -179,10 +204,16 @@ TrainingTerms training_terms(const GaussianDiffusion& d, const LossSpec& loss,
       case ModelMeanType::previous_x:
         target = q_posterior_mean_variance(d, x_start, x_t, t).mean;
         break;
+      case ModelMeanType::v:
+        target = v_target(d, x_start, t, noise);
+        break;
     }
     terms.mse = mean_flat((target - model_output.slice(1, 0, C)).square());
+    terms.weighted_mse = loss.weighting == SimpleWeighting::none
+                             ? terms.mse
+                             : extract(simple_term_weights(d, loss), t, terms.mse) * terms.mse;
   }
-  terms.loss = terms.mse + terms.vb;
+  terms.loss = terms.weighted_mse + terms.vb;
   return terms;
 }
 

@@ -24,10 +24,11 @@ struct ModelPrediction {
 };
 
 struct TrainingTerms {
-  at::Tensor mse;      // [N] L_simple, zeros when the loss has no mse term
-  at::Tensor vb;       // [N] L_t as it enters the loss (scale included), zeros when absent
-  at::Tensor loss;     // [N] mse + vb
-  at::Tensor vb_bits;  // [N] L_t in bits/dim before scaling, zeros when absent
+  at::Tensor mse;           // [N] L_simple, zeros when the loss has no mse term
+  at::Tensor vb;            // [N] L_t as it enters the loss (scale included), zeros when absent
+  at::Tensor loss;          // [N] weighted_mse + vb
+  at::Tensor vb_bits;       // [N] L_t in bits/dim before scaling, zeros when absent
+  at::Tensor weighted_mse;  // [N] w(t) * mse (weighting.hpp); = mse with weighting none
 };
 
 // table[t] reshaped to broadcast against `like` ([N, 1, 1, ...]), in like's dtype and device.
@@ -45,8 +46,18 @@ at::Tensor predict_xstart_from_eps(const GaussianDiffusion& d, const at::Tensor&
                                    const at::Tensor& t, const at::Tensor& eps);
 at::Tensor predict_xstart_from_xprev(const GaussianDiffusion& d, const at::Tensor& x_t,
                                      const at::Tensor& t, const at::Tensor& xprev);
+// eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t): finite at a zero terminal SNR too.
 at::Tensor predict_eps_from_xstart(const GaussianDiffusion& d, const at::Tensor& x_t,
                                    const at::Tensor& t, const at::Tensor& pred_xstart);
+
+// v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, §4), and back:
+// x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v, eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v.
+at::Tensor v_target(const GaussianDiffusion& d, const at::Tensor& x_start, const at::Tensor& t,
+                    const at::Tensor& noise);
+at::Tensor predict_xstart_from_v(const GaussianDiffusion& d, const at::Tensor& x_t,
+                                 const at::Tensor& t, const at::Tensor& v);
+at::Tensor predict_eps_from_v(const GaussianDiffusion& d, const at::Tensor& x_t,
+                              const at::Tensor& t, const at::Tensor& v);
 
 // p(x_{t-1} | x_t) from the raw network output ([N, C] or [N, 2C] channels for learned
 // variances). clip_denoised clamps the x_0 prediction to [-1, 1] (sampling and evaluation only).
@@ -63,7 +74,9 @@ VbTerms vb_terms_bpd(const GaussianDiffusion& d, const at::Tensor& model_output,
                      bool clip_denoised);
 
 // Per-sample training terms. With an mse loss and a learned variance the VLB term sees the mean
-// head stop-gradiented, so it trains the variance head only (Nichol & Dhariwal §3.1).
+// head stop-gradiented, so it trains the variance head only (Nichol & Dhariwal §3.1); it is the
+// same KL whatever the target, through the posterior mean the target implies. The mse term is
+// weighted by loss.weighting (weighting.hpp), the VLB term never.
 TrainingTerms training_terms(const GaussianDiffusion& d, const LossSpec& loss,
                              const at::Tensor& model_output, const at::Tensor& x_start,
                              const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& noise);

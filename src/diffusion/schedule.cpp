@@ -1,5 +1,6 @@
 #include "diffusion/schedule.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -25,6 +26,17 @@ double cosine_alpha_bar(double u) {
   return c * c;
 }
 
+// Chen 2023, "On the importance of noise scheduling for diffusion models", Algorithm 1 (sigmoid
+// schedule, start = -3, end = 3, tau = 1): abar(u) = (v_end - sigmoid((u (end - start) + start) /
+// tau)) / (v_end - v_start), clipped to [1e-9, 1].
+double sigmoid_alpha_bar(double u) {
+  constexpr double start = -3.0, end = 3.0, tau = 1.0;
+  const auto sigmoid = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
+  const double v_start = sigmoid(start / tau), v_end = sigmoid(end / tau);
+  const double abar = (v_end - sigmoid((u * (end - start) + start) / tau)) / (v_end - v_start);
+  return std::clamp(abar, 1e-9, 1.0);
+}
+
 }  // namespace
 
 at::Tensor get_named_beta_schedule(BetaSchedule schedule, long T) {
@@ -35,12 +47,24 @@ at::Tensor get_named_beta_schedule(BetaSchedule schedule, long T) {
     return at::linspace(scale * 1e-4, scale * 0.02, T, f64);
   }
   // betas_for_alpha_bar, with betas capped at 0.999 to avoid a singularity at t = T-1.
+  const auto alpha_bar = schedule == BetaSchedule::cosine ? cosine_alpha_bar : sigmoid_alpha_bar;
   std::vector<double> betas(T);
   for (long i = 0; i < T; ++i) {
     const double t1 = static_cast<double>(i) / T, t2 = static_cast<double>(i + 1) / T;
-    betas[i] = std::min(1.0 - cosine_alpha_bar(t2) / cosine_alpha_bar(t1), 0.999);
+    betas[i] = std::min(1.0 - alpha_bar(t2) / alpha_bar(t1), 0.999);
   }
   return at::tensor(betas, f64);
+}
+
+at::Tensor rescale_zero_terminal_snr(const at::Tensor& betas_in) {
+  const at::Tensor betas = betas_in.to(at::kDouble);
+  at::Tensor sqrt_abar = at::sqrt(at::cumprod(1.0 - betas, 0));
+  const at::Tensor first = sqrt_abar.slice(0, 0, 1).clone(), last = sqrt_abar.slice(0, -1).clone();
+  // Shift so the last is 0, then scale so the first is back to its value.
+  sqrt_abar = (sqrt_abar - last) * first / (first - last);
+  const at::Tensor abar = sqrt_abar.square();
+  const at::Tensor alphas = at::cat({abar.slice(0, 0, 1), abar.slice(0, 1) / abar.slice(0, 0, -1)});
+  return 1.0 - alphas;
 }
 
 GaussianDiffusion make_gaussian_diffusion(const at::Tensor& betas_in, ModelMeanType mean_type,

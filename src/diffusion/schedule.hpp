@@ -12,6 +12,11 @@ namespace difftrain::diffusion {
 // T >= 2 for every schedule, T > 20 for linear (its last beta is 20/T).
 at::Tensor get_named_beta_schedule(BetaSchedule schedule, long num_timesteps);
 
+// Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1:
+// shifts and scales sqrt(abar_t) so that sqrt(abar_0) is unchanged and sqrt(abar_{T-1}) = 0,
+// i.e. the last beta becomes 1 and the terminal SNR 0. float64 in, float64 out.
+at::Tensor rescale_zero_terminal_snr(const at::Tensor& betas);
+
 // Every table the forward process, the posterior and the model distribution need, indexed by
 // t = 0..T-1, float64, on one device. Built from any betas, so respaced schedules reuse it.
 struct GaussianDiffusion {

@@ -26,12 +26,15 @@ std::string name_of(E v, const std::array<std::pair<const char*, E>, N>& table) 
   return "?";
 }
 
-constexpr std::array<std::pair<const char*, BetaSchedule>, 2> kSchedules{
-    {{"linear", BetaSchedule::linear}, {"cosine", BetaSchedule::cosine}}};
-constexpr std::array<std::pair<const char*, ModelMeanType>, 3> kMeanTypes{
+constexpr std::array<std::pair<const char*, BetaSchedule>, 3> kSchedules{
+    {{"linear", BetaSchedule::linear},
+     {"cosine", BetaSchedule::cosine},
+     {"sigmoid", BetaSchedule::sigmoid}}};
+constexpr std::array<std::pair<const char*, ModelMeanType>, 4> kMeanTypes{
     {{"epsilon", ModelMeanType::epsilon},
      {"start_x", ModelMeanType::start_x},
-     {"previous_x", ModelMeanType::previous_x}}};
+     {"previous_x", ModelMeanType::previous_x},
+     {"v", ModelMeanType::v}}};
 constexpr std::array<std::pair<const char*, ModelVarType>, 4> kVarTypes{
     {{"fixed_small", ModelVarType::fixed_small},
      {"fixed_large", ModelVarType::fixed_large},
@@ -42,6 +45,11 @@ constexpr std::array<std::pair<const char*, LossType>, 4> kLossTypes{
      {"rescaled_mse", LossType::rescaled_mse},
      {"kl", LossType::kl},
      {"rescaled_kl", LossType::rescaled_kl}}};
+constexpr std::array<std::pair<const char*, SimpleWeighting>, 4> kWeightings{
+    {{"none", SimpleWeighting::none},
+     {"min_snr", SimpleWeighting::min_snr},
+     {"snr", SimpleWeighting::snr},
+     {"sigmoid", SimpleWeighting::sigmoid}}};
 
 }  // namespace
 
@@ -57,6 +65,9 @@ ModelVarType parse_model_var_type(std::string_view n) {
 LossType parse_loss_type(std::string_view n) {
   return parse("loss_type", n, kLossTypes);
 }
+SimpleWeighting parse_simple_weighting(std::string_view n) {
+  return parse("weighting", n, kWeightings);
+}
 
 std::string to_string(BetaSchedule v) {
   return name_of(v, kSchedules);
@@ -70,24 +81,39 @@ std::string to_string(ModelVarType v) {
 std::string to_string(LossType v) {
   return name_of(v, kLossTypes);
 }
+std::string to_string(SimpleWeighting v) {
+  return name_of(v, kWeightings);
+}
 
 LossSpec loss_spec(LossType type, ModelVarType var_type, long num_timesteps) {
   const double T = static_cast<double>(num_timesteps);
+  LossSpec spec;
   switch (type) {
     case LossType::mse:
-      return {true, is_learned(var_type), 1.0};
+      spec.vb = is_learned(var_type);
+      return spec;
     case LossType::rescaled_mse:
-      return {true, is_learned(var_type), T / 1000.0};
+      spec.vb = is_learned(var_type);
+      spec.vb_scale = T / 1000.0;
+      return spec;
     case LossType::kl:
-      return {false, true, 1.0};
+      spec.mse = false;
+      spec.vb = true;
+      return spec;
     case LossType::rescaled_kl:
-      return {false, true, T};
+      spec.mse = false;
+      spec.vb = true;
+      spec.vb_scale = T;
+      return spec;
   }
   throw std::logic_error("unreachable loss type");
 }
 
 LossSpec hybrid_loss_spec(double vlb_weight, long num_timesteps) {
-  return {true, true, vlb_weight * static_cast<double>(num_timesteps)};
+  LossSpec spec;
+  spec.vb = true;
+  spec.vb_scale = vlb_weight * static_cast<double>(num_timesteps);
+  return spec;
 }
 
 }  // namespace difftrain::diffusion

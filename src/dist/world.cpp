@@ -17,6 +17,10 @@ World::World() {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
+    // Open MPI's non-blocking all-reduce (libnbc, which carries the gradient buckets) picks a
+    // binomial algorithm by default: half the bus bandwidth of the blocking MPI_Allreduce on large
+    // buffers. The ring gets all of it (bench/bench_scaling.sh). A user's own setting wins.
+    setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1", /*overwrite=*/0);
     int provided = MPI_THREAD_SINGLE;
     if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
       throw std::runtime_error("MPI_Init_thread failed");

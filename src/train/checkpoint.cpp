@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -110,6 +111,32 @@ std::string ema_key(std::size_t rate_index, std::size_t param_index) {
   return "ema/" + std::to_string(rate_index) + "/" + std::to_string(param_index);
 }
 
+// Missing tensors fail when read; this catches the others: a checkpoint of a larger model (more
+// blocks, another attention layout) must not load silently into the first layers of this one.
+void check_no_unexpected_tensors(torch::serialize::InputArchive& a, const std::string& path,
+                                 const torch::nn::Module& model) {
+  std::set<std::string> expected;
+  for (const auto& [name, t] : named_state(model))
+    expected.insert("model/" + name);
+  const std::size_t num_params = model.parameters().size();
+  std::vector<std::string> unexpected;
+  for (const std::string& key : a.keys()) {
+    const bool model_key = key.rfind("model/", 0) == 0 && !expected.count(key);
+    const auto slash = key.rfind('/');
+    const bool ema_key = key.rfind("ema/", 0) == 0 && key.substr(slash + 1) != "rate" &&
+                         std::stoull(key.substr(slash + 1)) >= num_params;
+    if (model_key || ema_key) unexpected.push_back(key);
+  }
+  if (unexpected.empty()) return;
+  std::string names;
+  for (std::size_t i = 0; i < std::min<std::size_t>(3, unexpected.size()); ++i)
+    names += (i ? ", " : "") + unexpected[i];
+  throw CheckpointError(path + ": holds " + std::to_string(unexpected.size()) +
+                        " tensor(s) the model built from the config does not have (" + names +
+                        (unexpected.size() > 3 ? ", ..." : "") +
+                        "): a checkpoint of another architecture");
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, const TrainStateRefs& s,
@@ -159,6 +186,7 @@ void save_checkpoint(const std::string& path, const TrainStateRefs& s,
 
 std::string load_checkpoint(const std::string& path, TrainStateRefs& s) {
   auto a = open_archive(path);
+  check_no_unexpected_tensors(a, path, s.model);
   for (const auto& [name, t] : named_state(s.model))
     copy_checked(path, name, t, read_tensor(a, path, "model/" + name));
   const int64_t ema_count = read_int(a, path, "ema_count");
@@ -209,6 +237,7 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
 void load_model_weights(const std::string& path, torch::nn::Module& model,
                         std::optional<double> ema_rate) {
   auto a = open_archive(path);
+  check_no_unexpected_tensors(a, path, model);
   const auto state = named_state(model);
   if (!ema_rate) {
     for (const auto& [name, t] : state)

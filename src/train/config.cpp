@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -10,6 +11,7 @@
 #include <utility>
 
 #include "diffusion/schedule.hpp"
+#include "diffusion/weighting.hpp"
 
 namespace difftrain::train {
 namespace {
@@ -34,6 +36,7 @@ void visit(V& v, Config& c) {
   v.section("model", [&] {
     v.key("image_size", c.model.image_size);
     v.key("in_channels", c.model.in_channels);
+    v.key("num_classes", c.model.num_classes);
     v.key("model_channels", c.model.model_channels);
     v.key("channel_mult", c.model.channel_mult);
     v.key("num_res_blocks", c.model.num_res_blocks);
@@ -48,11 +51,18 @@ void visit(V& v, Config& c) {
   v.section("diffusion", [&] {
     v.key("schedule", c.diffusion.schedule);
     v.key("steps", c.diffusion.steps);
+    v.key("zero_terminal_snr", c.diffusion.zero_terminal_snr);
     v.key("model_mean_type", c.diffusion.model_mean_type);
     v.key("model_var_type", c.diffusion.model_var_type);
     v.key("loss", c.diffusion.loss);
     v.key("vlb_weight", c.diffusion.vlb_weight);
+    v.key("weighting", c.diffusion.weighting);
+    v.key("min_snr_gamma", c.diffusion.min_snr_gamma);
+    v.key("sigmoid_bias", c.diffusion.sigmoid_bias);
     v.key("timestep_sampler", c.diffusion.timestep_sampler);
+    v.key("stratified_timesteps", c.diffusion.stratified_timesteps);
+    v.key("logit_normal_mean", c.diffusion.logit_normal_mean);
+    v.key("logit_normal_std", c.diffusion.logit_normal_std);
     v.key("rescale_timesteps", c.diffusion.rescale_timesteps);
   });
   v.section("training", [&] {
@@ -76,12 +86,17 @@ void visit(V& v, Config& c) {
     v.key("keep_checkpoints", c.training.keep_checkpoints);
     v.key("threads", c.training.threads);
     v.key("watchdog_timeout", c.training.watchdog_timeout);
+    v.key("check_replicas_every", c.training.check_replicas_every);
+    v.key("bucket_mb", c.training.bucket_mb);
   });
   v.section("logging", [&] {
     v.key("run_dir", c.logging.run_dir);
     v.key("log_every", c.logging.log_every);
     v.key("timestep_stats_every", c.logging.timestep_stats_every);
     v.key("timestep_buckets", c.logging.timestep_buckets);
+    v.key("bpd_every", c.logging.bpd_every);
+    v.key("bpd_batch", c.logging.bpd_batch);
+    v.key("bpd_timesteps", c.logging.bpd_timesteps);
   });
 }
 
@@ -137,7 +152,10 @@ const char* type_name() {
 // other key in a section is reported with the closest valid one.
 class Reader {
  public:
-  Reader(const YAML::Node& root, std::string origin) : origin_(std::move(origin)) {
+  // With `unknown_keys`, keys nobody knows are collected there instead of being errors.
+  Reader(const YAML::Node& root, std::string origin,
+         std::vector<std::string>* unknown_keys = nullptr)
+      : origin_(std::move(origin)), unknown_keys_(unknown_keys) {
     stack_.push_back({root, "", {}});
   }
 
@@ -172,8 +190,10 @@ class Reader {
     const Frame& f = stack_.back();
     for (const auto& kv : f.node) {
       const std::string k = kv.first.as<std::string>();
-      if (std::find(f.known.begin(), f.known.end(), k) == f.known.end())
+      if (std::find(f.known.begin(), f.known.end(), k) != f.known.end()) continue;
+      if (!unknown_keys_)
         throw ConfigError(origin_ + ": " + unknown_key_message(f.prefix, k, f.known));
+      unknown_keys_->push_back(f.prefix + k);
     }
   }
 
@@ -184,6 +204,7 @@ class Reader {
     std::vector<std::string> known;
   };
   std::string origin_;
+  std::vector<std::string>* unknown_keys_;
   std::vector<Frame> stack_;
 };
 
@@ -232,10 +253,11 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
   root[section][key] = value;
 }
 
-Config read(const YAML::Node& root, const std::string& origin) {
+Config read(const YAML::Node& root, const std::string& origin,
+            std::vector<std::string>* unknown_keys = nullptr) {
   if (!root.IsMap()) throw ConfigError(origin + ": the config must be a YAML mapping of sections");
   Config c;
-  Reader reader(root, origin);
+  Reader reader(root, origin, unknown_keys);
   visit(reader, c);
   reader.check_unknown_keys();
   return c;
@@ -265,10 +287,7 @@ auto parse_key(const std::string& key, const std::string& value, Parse parse) {
   }
 }
 
-}  // namespace
-
-Config parse_config(const std::string& yaml, const std::vector<std::string>& overrides,
-                    const std::string& origin) {
+YAML::Node load_yaml(const std::string& yaml, const std::string& origin) {
   YAML::Node root;
   try {
     root = YAML::Load(yaml);
@@ -276,10 +295,21 @@ Config parse_config(const std::string& yaml, const std::vector<std::string>& ove
     throw ConfigError(origin + ": not valid YAML: " + e.msg + " (line " +
                       std::to_string(e.mark.line + 1) + ")");
   }
-  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  return root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root;
+}
+}  // namespace
+
+Config parse_config(const std::string& yaml, const std::vector<std::string>& overrides,
+                    const std::string& origin) {
+  YAML::Node root = load_yaml(yaml, origin);
   for (const auto& o : overrides)
     apply_override(root, o);
   return read(root, origin);
+}
+
+Config parse_stored_config(const std::string& yaml, const std::string& origin,
+                           std::vector<std::string>& unknown_keys) {
+  return read(load_yaml(yaml, origin), origin, &unknown_keys);
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -312,6 +342,7 @@ void validate(const Config& c) {
   const auto& m = c.model;
   check(m.image_size >= 0, "model.image_size", m.image_size, "must be >= 0 (0 = from the data)");
   check(m.in_channels >= 0, "model.in_channels", m.in_channels, "must be >= 0 (0 = from the data)");
+  check(m.num_classes >= 0, "model.num_classes", m.num_classes, "must be >= 0 (0 = from the data)");
   check(m.model_channels > 0, "model.model_channels", m.model_channels, "must be > 0");
   check(!m.channel_mult.empty(), "model.channel_mult", "[]", "must list at least one level");
   for (int64_t mult : m.channel_mult) {
@@ -328,7 +359,8 @@ void validate(const Config& c) {
 
   const auto& d = c.diffusion;
   const auto schedule = parse_key("diffusion.schedule", d.schedule, diffusion::parse_beta_schedule);
-  parse_key("diffusion.model_mean_type", d.model_mean_type, diffusion::parse_model_mean_type);
+  const auto mean_type =
+      parse_key("diffusion.model_mean_type", d.model_mean_type, diffusion::parse_model_mean_type);
   const auto var_type =
       parse_key("diffusion.model_var_type", d.model_var_type, diffusion::parse_model_var_type);
   try {
@@ -347,7 +379,38 @@ void validate(const Config& c) {
         "config key 'diffusion.loss' = 'simple' trains no variance: use a fixed "
         "diffusion.model_var_type (fixed_small, fixed_large) or the hybrid loss");
   check(d.vlb_weight > 0, "diffusion.vlb_weight", d.vlb_weight, "must be > 0");
-  check_one_of("diffusion.timestep_sampler", d.timestep_sampler, {"uniform", "loss-second-moment"});
+  const auto weighting =
+      parse_key("diffusion.weighting", d.weighting, diffusion::parse_simple_weighting);
+  check(d.min_snr_gamma > 0 && std::isfinite(d.min_snr_gamma), "diffusion.min_snr_gamma",
+        d.min_snr_gamma, "must be a finite number > 0");
+  check(std::isfinite(d.sigmoid_bias), "diffusion.sigmoid_bias", d.sigmoid_bias, "must be finite");
+  if (d.zero_terminal_snr && mean_type == diffusion::ModelMeanType::epsilon)
+    throw ConfigError(
+        "config key 'diffusion.zero_terminal_snr' = true is undefined with "
+        "diffusion.model_mean_type = 'epsilon': at t = T-1 abar = 0 and x_0 = (x_t - sqrt(1 - "
+        "abar) eps) / sqrt(abar) divides by zero; use model_mean_type 'v' (or 'start_x')");
+  if (weighting != diffusion::SimpleWeighting::none) {
+    if (mean_type == diffusion::ModelMeanType::previous_x)
+      throw ConfigError("config key 'diffusion.weighting' = '" + d.weighting +
+                        "' is undefined for diffusion.model_mean_type = 'previous_x' (the "
+                        "weightings are defined on the x_0 error); use 'none', or the epsilon, "
+                        "start_x or v target");
+    if (d.loss == "vlb" || d.loss == "vlb_unscaled")
+      throw ConfigError("config key 'diffusion.weighting' = '" + d.weighting +
+                        "' weights the mse term, which diffusion.loss = '" + d.loss +
+                        "' does not have; use 'none', or the hybrid or simple loss");
+  }
+  try {  // the diffusion library's own check, so that the two never disagree
+    diffusion::check_objective(mean_type, weighting, d.zero_terminal_snr, d.min_snr_gamma);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(std::string("config keys 'diffusion.*': ") + e.what());
+  }
+  check_one_of("diffusion.timestep_sampler", d.timestep_sampler,
+               {"uniform", "loss-second-moment", "logit_normal", "stratified"});
+  check(std::isfinite(d.logit_normal_mean), "diffusion.logit_normal_mean", d.logit_normal_mean,
+        "must be finite");
+  check(d.logit_normal_std > 0 && std::isfinite(d.logit_normal_std), "diffusion.logit_normal_std",
+        d.logit_normal_std, "must be a finite number > 0");
 
   const auto& t = c.training;
   check(t.batch_size >= 1, "training.batch_size", t.batch_size, "must be >= 1");
@@ -372,6 +435,9 @@ void validate(const Config& c) {
   check(t.threads >= 0, "training.threads", t.threads, "must be >= 0 (0 = LibTorch's default)");
   check(t.watchdog_timeout > 0, "training.watchdog_timeout", t.watchdog_timeout,
         "must be > 0 seconds");
+  check(t.bucket_mb > 0, "training.bucket_mb", t.bucket_mb, "must be > 0");
+  check(t.check_replicas_every >= 0, "training.check_replicas_every", t.check_replicas_every,
+        "must be >= 0 (0 = off)");
 
   const auto& l = c.logging;
   check(!l.run_dir.empty(), "logging.run_dir", "''", "must name a directory");
@@ -380,6 +446,14 @@ void validate(const Config& c) {
         "must be >= 0 (0 = off)");
   check(l.timestep_buckets >= 1 && l.timestep_buckets <= d.steps, "logging.timestep_buckets",
         l.timestep_buckets, "must be in [1, diffusion.steps]");
+  check(l.bpd_every >= 0, "logging.bpd_every", l.bpd_every, "must be >= 0 (0 = off)");
+  if (l.bpd_every > 0 && c.data.validation.empty())
+    throw ConfigError(
+        "config key 'logging.bpd_every' = " + std::to_string(l.bpd_every) +
+        " estimates bits/dim on held-out images: set data.validation to their manifest.json");
+  check(l.bpd_batch >= 1, "logging.bpd_batch", l.bpd_batch, "must be >= 1");
+  check(l.bpd_timesteps >= 1 && l.bpd_timesteps <= d.steps, "logging.bpd_timesteps",
+        l.bpd_timesteps, "must be in [1, diffusion.steps]");
 }
 
 void validate_for_world(const Config& c, int world_size) {
@@ -393,6 +467,10 @@ void validate_for_world(const Config& c, int world_size) {
                       " does not divide the per-rank batch of " + std::to_string(per_rank) +
                       " (training.batch_size " + std::to_string(B) + " / " +
                       std::to_string(world_size) + " ranks)");
+  const int64_t bpd_batch = c.logging.bpd_batch;
+  if (c.logging.bpd_every > 0 && bpd_batch % world_size != 0)
+    throw ConfigError("config key 'logging.bpd_batch' = " + std::to_string(bpd_batch) +
+                      " does not divide into " + std::to_string(world_size) + " ranks");
 }
 
 }  // namespace difftrain::train

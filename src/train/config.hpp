@@ -27,6 +27,7 @@ struct DataConfig {
 struct ModelConfig {
   int64_t image_size = 0;   // 0 = from the data (after data.pad_to); else must match it
   int64_t in_channels = 0;  // 0 = from the data manifest; else must match it
+  int64_t num_classes = 0;  // with data.class_conditional: 0 = from the data; else must match it
   int64_t model_channels = 128;
   std::vector<int64_t> channel_mult{1, 2, 2, 2};
   int64_t num_res_blocks = 3;
@@ -40,14 +41,22 @@ struct ModelConfig {
 };
 
 struct DiffusionConfig {
-  std::string schedule = "cosine";  // linear | cosine
+  std::string schedule = "cosine";  // linear | cosine | sigmoid
   int64_t steps = 4000;
-  std::string model_mean_type = "epsilon";
+  bool zero_terminal_snr = false;           // rescale the schedule so abar_{T-1} = 0 (Lin et al.)
+  std::string model_mean_type = "epsilon";  // epsilon | start_x | previous_x | v
   std::string model_var_type = "learned_range";
-  std::string loss = "hybrid";               // hybrid | simple | vlb | vlb_unscaled
-  double vlb_weight = 0.001;                 // lambda of the hybrid loss
-  std::string timestep_sampler = "uniform";  // uniform | loss-second-moment
-  bool rescale_timesteps = true;             // the network sees t * 1000 / T
+  std::string loss = "hybrid";     // hybrid | simple | vlb | vlb_unscaled
+  double vlb_weight = 0.001;       // lambda of the hybrid loss
+  std::string weighting = "none";  // w(t) on the mse term: none | min_snr | snr | sigmoid
+  double min_snr_gamma = 5.0;
+  double sigmoid_bias = 0.0;
+  // uniform | loss-second-moment | logit_normal | stratified (= uniform, stratified)
+  std::string timestep_sampler = "uniform";
+  bool stratified_timesteps = false;  // stratify the global batch's draws of any density
+  double logit_normal_mean = 0.0;
+  double logit_normal_std = 1.0;
+  bool rescale_timesteps = true;  // the network sees t * 1000 / T
 };
 
 struct TrainingConfig {
@@ -71,6 +80,10 @@ struct TrainingConfig {
   int64_t keep_checkpoints = 3;
   int64_t threads = 0;            // torch intra-op threads per rank; 0 = LibTorch's default
   double watchdog_timeout = 600;  // seconds a collective may take before the job is aborted
+  // Every N steps (0 = off) check that every rank holds the same parameters, optimizer, EMA and
+  // timestep-sampler state (an exact fingerprint; a debugging aid, it copies the state to host).
+  int64_t check_replicas_every = 0;
+  double bucket_mb = 25;  // gradient all-reduce bucket size (the first bucket is 1 MB)
 };
 
 struct LoggingConfig {
@@ -78,6 +91,11 @@ struct LoggingConfig {
   int64_t log_every = 50;
   int64_t timestep_stats_every = 500;
   int64_t timestep_buckets = 10;
+  // Every bpd_every steps (0 = off): an unbiased stratified estimate of bits/dim on a fixed batch
+  // of bpd_batch images from data.validation, with bpd_timesteps network calls per image.
+  int64_t bpd_every = 0;
+  int64_t bpd_batch = 64;
+  int64_t bpd_timesteps = 16;
 };
 
 struct Config {
@@ -97,6 +115,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 Config parse_config(const std::string& yaml, const std::vector<std::string>& overrides = {},
                     const std::string& origin = "<string>");
 std::string to_yaml(const Config& config);
+// A checkpoint's stored config, perhaps written by another version of difftrain: keys this version
+// does not know are listed in `unknown_keys` instead of being errors.
+Config parse_stored_config(const std::string& yaml, const std::string& origin,
+                           std::vector<std::string>& unknown_keys);
 
 // Value ranges and combinations that need no data: throws ConfigError naming the key.
 void validate(const Config& config);

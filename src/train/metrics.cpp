@@ -31,12 +31,13 @@ Metrics::Metrics(const c10::Device& device, long num_timesteps, int64_t timestep
     : num_timesteps_(num_timesteps), buckets_(timestep_buckets) {
   const auto f64 = at::TensorOptions(device).dtype(at::kDouble);
   sums_ = at::zeros({kSlots}, f64);
-  per_t_ = at::zeros({buckets_, 5}, f64);
+  per_t_ = at::zeros({buckets_, 6}, f64);
 }
 
 void Metrics::add_samples(const at::Tensor& t, const at::Tensor& loss, const at::Tensor& mse,
-                          const at::Tensor& vb) {
+                          const at::Tensor& weighted_mse, const at::Tensor& vb) {
   const at::Tensor l = loss.to(at::kDouble), m = mse.to(at::kDouble), v = vb.to(at::kDouble);
+  const at::Tensor wm = weighted_mse.to(at::kDouble);
   sums_.narrow(0, kLoss, 1).add_(l.sum());
   sums_.narrow(0, kMse, 1).add_(m.sum());
   sums_.narrow(0, kVb, 1).add_(v.sum());
@@ -45,7 +46,7 @@ void Metrics::add_samples(const at::Tensor& t, const at::Tensor& loss, const at:
   sums_.narrow(0, kQuartileLoss, 4).index_add_(0, q, l);
   sums_.narrow(0, kQuartileCount, 4).index_add_(0, q, at::ones_like(l));
   const at::Tensor bucket = (t * buckets_).div(num_timesteps_, "floor");
-  per_t_.index_add_(0, bucket, at::stack({at::ones_like(l), l, l.square(), m, v}, 1));
+  per_t_.index_add_(0, bucket, at::stack({at::ones_like(l), l, l.square(), m, wm, v}, 1));
 }
 
 void Metrics::add_step(const at::Tensor& grad_norm, bool applied) {
@@ -89,7 +90,8 @@ nlohmann::json Metrics::timestep_stats_and_reset(dist::Communicator& comm) {
                        {"loss_mean", mean(1)},
                        {"loss_second_moment", mean(2)},
                        {"mse_mean", mean(3)},
-                       {"vb_mean", mean(4)}});
+                       {"weighted_mse_mean", mean(4)},
+                       {"vb_mean", mean(5)}});
   }
   return {{"timestep_buckets", buckets}};
 }

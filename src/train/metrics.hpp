@@ -26,21 +26,28 @@ class Metrics {
  public:
   Metrics(const c10::Device& device, long num_timesteps, int64_t timestep_buckets);
 
-  // Per-sample unweighted terms of this rank's (micro)batch.
+  // Per-sample terms of this rank's (micro)batch, without the importance weights: loss =
+  // weighted_mse + vb, weighted_mse = w(t) * mse (diffusion.weighting).
   void add_samples(const at::Tensor& t, const at::Tensor& loss, const at::Tensor& mse,
-                   const at::Tensor& vb);
+                   const at::Tensor& weighted_mse, const at::Tensor& vb);
+  // The reference loss (weighting none): weighted_mse = mse.
+  void add_samples(const at::Tensor& t, const at::Tensor& loss, const at::Tensor& mse,
+                   const at::Tensor& vb) {
+    add_samples(t, loss, mse, mse, vb);
+  }
   void add_step(const at::Tensor& grad_norm, bool applied);
 
   // Sums over every rank since the last call (one all-reduce), then starts again.
   MetricsSummary reduce_and_reset(dist::Communicator& comm);
-  // Per t-bucket count, mean and second moment of the loss, and the means of mse and vb.
+  // Per t-bucket count, mean and second moment of the loss, and the means of each term: mse,
+  // weighted mse and vb, so that one sees what a weighting does where.
   nlohmann::json timestep_stats_and_reset(dist::Communicator& comm);
 
  private:
   long num_timesteps_;
   int64_t buckets_;
   at::Tensor sums_;   // [kSlots] float64, see metrics.cpp
-  at::Tensor per_t_;  // [buckets, 5] float64: count, loss, loss^2, mse, vb
+  at::Tensor per_t_;  // [buckets, 6] float64: count, loss, loss^2, mse, weighted mse, vb
 };
 
 nlohmann::json summary_json(const MetricsSummary& s);

@@ -1,8 +1,10 @@
 #include "train/setup.hpp"
 
+#include <stdexcept>
 #include <string>
 
 #include "data/manifest.hpp"
+#include "diffusion/weighting.hpp"
 
 namespace difftrain::train {
 
@@ -15,6 +17,13 @@ DataShape data_shape(const Config& c, const data::Manifest* manifest) {
           "manifest.json, to size the model");
     s.image_size = c.model.image_size;
     s.channels = c.model.in_channels;
+    if (c.data.class_conditional) {
+      if (c.model.num_classes < 1)
+        throw ConfigError(
+            "set model.num_classes, or point data.train at a manifest.json with labels, to size "
+            "the class-conditional model");
+      s.num_classes = c.model.num_classes;
+    }
     return s;
   }
   const auto& m = *manifest;
@@ -42,6 +51,10 @@ DataShape data_shape(const Config& c, const data::Manifest* manifest) {
       throw ConfigError("config key 'data.class_conditional' is true but " + m.path +
                         " has no labels");
     s.num_classes = m.num_classes;
+    if (c.model.num_classes != 0 && c.model.num_classes != s.num_classes)
+      throw ConfigError("config key 'model.num_classes' = " + std::to_string(c.model.num_classes) +
+                        " but the data (" + m.path + ") has " + std::to_string(s.num_classes) +
+                        " classes");
   }
   return s;
 }
@@ -71,20 +84,47 @@ model::UNetConfig unet_config(const Config& c, const DataShape& shape) {
 }
 
 diffusion::GaussianDiffusion make_diffusion(const Config& c) {
+  const auto mean_type = diffusion::parse_model_mean_type(c.diffusion.model_mean_type);
+  try {
+    diffusion::check_objective(mean_type, diffusion::parse_simple_weighting(c.diffusion.weighting),
+                               c.diffusion.zero_terminal_snr, c.diffusion.min_snr_gamma);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(std::string("config keys 'diffusion.*': ") + e.what());
+  }
+  at::Tensor betas = diffusion::get_named_beta_schedule(
+      diffusion::parse_beta_schedule(c.diffusion.schedule), c.diffusion.steps);
+  if (c.diffusion.zero_terminal_snr) betas = diffusion::rescale_zero_terminal_snr(betas);
   return diffusion::make_gaussian_diffusion(
-      diffusion::parse_beta_schedule(c.diffusion.schedule), c.diffusion.steps,
-      diffusion::parse_model_mean_type(c.diffusion.model_mean_type),
-      diffusion::parse_model_var_type(c.diffusion.model_var_type));
+      betas, mean_type, diffusion::parse_model_var_type(c.diffusion.model_var_type));
 }
 
 diffusion::LossSpec make_loss_spec(const Config& c) {
   const auto var_type = diffusion::parse_model_var_type(c.diffusion.model_var_type);
   const long T = c.diffusion.steps;
   const std::string& loss = c.diffusion.loss;
-  if (loss == "hybrid") return diffusion::hybrid_loss_spec(c.diffusion.vlb_weight, T);
-  if (loss == "simple") return diffusion::loss_spec(diffusion::LossType::mse, var_type, T);
-  if (loss == "vlb") return diffusion::loss_spec(diffusion::LossType::rescaled_kl, var_type, T);
-  return diffusion::loss_spec(diffusion::LossType::kl, var_type, T);  // vlb_unscaled
+  diffusion::LossSpec spec;
+  if (loss == "hybrid")
+    spec = diffusion::hybrid_loss_spec(c.diffusion.vlb_weight, T);
+  else if (loss == "simple")
+    spec = diffusion::loss_spec(diffusion::LossType::mse, var_type, T);
+  else if (loss == "vlb")
+    spec = diffusion::loss_spec(diffusion::LossType::rescaled_kl, var_type, T);
+  else
+    spec = diffusion::loss_spec(diffusion::LossType::kl, var_type, T);  // vlb_unscaled
+  spec.weighting = diffusion::parse_simple_weighting(c.diffusion.weighting);
+  spec.min_snr_gamma = c.diffusion.min_snr_gamma;
+  spec.sigmoid_bias = c.diffusion.sigmoid_bias;
+  return spec;
+}
+
+diffusion::TimestepSampler make_timestep_sampler(const Config& c, long num_timesteps,
+                                                 const c10::Device& device) {
+  diffusion::TimestepSamplerOptions o;
+  o.kind = diffusion::parse_timestep_sampler(c.diffusion.timestep_sampler);
+  o.stratified = c.diffusion.stratified_timesteps;
+  o.logit_normal_mean = c.diffusion.logit_normal_mean;
+  o.logit_normal_std = c.diffusion.logit_normal_std;
+  return diffusion::make_timestep_sampler(o, num_timesteps, device);
 }
 
 double timestep_scale(const Config& c) {

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "diffusion/schedule.hpp"
+#include "diffusion/timestep_sampler.hpp"
 #include "model/unet_config.hpp"
 #include "train/config.hpp"
 
@@ -27,8 +28,14 @@ struct DataShape {
 DataShape data_shape(const Config& config, const data::Manifest* manifest);
 
 model::UNetConfig unet_config(const Config& config, const DataShape& shape);
+// The schedule (rescaled to a zero terminal SNR with diffusion.zero_terminal_snr) and the
+// target; throws ConfigError for an undefined objective (validate() rejects those first).
 diffusion::GaussianDiffusion make_diffusion(const Config& config);
+// Which terms, the factor on L_t and the weighting of the mse term.
 diffusion::LossSpec make_loss_spec(const Config& config);
+// diffusion.timestep_sampler with its options (stratification, logit-normal mean and std).
+diffusion::TimestepSampler make_timestep_sampler(const Config& config, long num_timesteps,
+                                                 const c10::Device& device);
 
 // The timestep the network sees: t * 1000 / T with diffusion.rescale_timesteps (Improved DDPM),
 // else t.

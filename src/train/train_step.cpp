@@ -44,6 +44,7 @@ StepTerms forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffus
   out.loss = at::empty({b}, f64);
   out.mse = at::empty({b}, f64);
   out.vb = at::empty({b}, f64);
+  out.weighted_mse = at::empty({b}, f64);
   for (int64_t m0 = 0; m0 < b; m0 += micro) {
     if (reducer) reducer->set_sync(m0 + micro >= b);
     const at::Tensor x0 = in.x_start.narrow(0, m0, micro), t = in.t.narrow(0, m0, micro),
@@ -58,13 +59,16 @@ StepTerms forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffus
     auto terms = diffusion::training_terms(diffusion, loss_spec, model_output.to(at::kFloat), x0,
                                            x_t, t, eps);
     if (nan) terms.loss = terms.loss * NAN;
-    // Dividing by the rank's batch (not the microbatch) makes the microbatches average.
+    // The importance weight 1/(T p(t)) multiplies the whole per-sample loss (the weighting w(t)
+    // is inside terms.loss already). Dividing by the rank's batch (not the microbatch) makes the
+    // microbatches average.
     at::Tensor loss = (terms.loss * in.weights.narrow(0, m0, micro)).sum() / static_cast<double>(b);
     if (s.loss_scale.defined()) loss = loss * s.loss_scale;
     loss.backward();
     out.loss.narrow(0, m0, micro).copy_(terms.loss.detach());
     out.mse.narrow(0, m0, micro).copy_(terms.mse.detach());
     out.vb.narrow(0, m0, micro).copy_(terms.vb.detach());
+    out.weighted_mse.narrow(0, m0, micro).copy_(terms.weighted_mse.detach());
   }
   return out;
 }

@@ -28,8 +28,9 @@ struct StepInputs {
   at::Tensor labels;   // [b] int64, or undefined
 };
 
-struct StepTerms {  // per sample, unweighted, detached
+struct StepTerms {  // per sample, without the importance weights, detached
   at::Tensor loss, mse, vb;
+  at::Tensor weighted_mse;  // w(t) * mse, the simple term as it enters loss (= mse for none)
 };
 
 struct StepSettings {

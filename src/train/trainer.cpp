@@ -23,8 +23,10 @@
 #include "model/unet.hpp"
 #include "train/checkpoint.hpp"
 #include "train/ema.hpp"
+#include "train/heldout_bpd.hpp"
 #include "train/loss_scaler.hpp"
 #include "train/metrics.hpp"
+#include "train/replica_check.hpp"
 #include "train/setup.hpp"
 #include "train/step_rng.hpp"
 #include "train/train_step.hpp"
@@ -78,8 +80,11 @@ Fault parse_fault(const TrainOptions& o, int rank) {
   if (o.fault.empty() || (o.fault_rank >= 0 && o.fault_rank != rank)) return {};
   const auto at = o.fault.find('@');
   Fault f{o.fault.substr(0, at), at == std::string::npos ? -1 : std::stoll(o.fault.substr(at + 1))};
-  if ((f.kind != "hang" && f.kind != "exit" && f.kind != "nan") || f.step < 0)
-    throw ConfigError("--fault '" + o.fault + "' must be hang@STEP, exit@STEP or nan@STEP");
+  const bool known = f.kind == "hang" || f.kind == "exit" || f.kind == "kill" || f.kind == "nan" ||
+                     f.kind == "diverge";
+  if (!known || f.step < 0)
+    throw ConfigError("--fault '" + o.fault +
+                      "' must be hang@STEP, exit@STEP, kill@STEP, nan@STEP or diverge@STEP");
   return f;
 }
 
@@ -112,6 +117,23 @@ std::string join_ints(const at::Tensor& values) {
   return s;
 }
 
+// What must be identical on every rank after a step.
+std::vector<at::Tensor> replicated_state(const TrainStateRefs& s) {
+  std::vector<at::Tensor> state = s.model.parameters();
+  for (const at::Tensor& p : s.model.parameters()) {
+    const auto it = s.optimizer.state().find(p.unsafeGetTensorImpl());
+    if (it == s.optimizer.state().end()) continue;
+    const auto& adam = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+    state.push_back(adam.exp_avg());
+    state.push_back(adam.exp_avg_sq());
+  }
+  for (const Ema& ema : s.emas)
+    state.insert(state.end(), ema.params.begin(), ema.params.end());
+  state.push_back(s.sampler.loss_history);
+  state.push_back(s.sampler.loss_counts);
+  return state;
+}
+
 struct Run {
   std::string dir;
   std::ofstream metrics;           // rank 0 only
@@ -127,7 +149,6 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   validate_for_world(config, world);
   const Fault fault = parse_fault(options, rank);
   const auto& tc = config.training;
-  const std::string config_yaml = to_yaml(config);
 
   if (tc.threads > 0) at::set_num_threads(static_cast<int>(tc.threads));
   if (config.deterministic) at::globalContext().setDeterministicAlgorithms(true, false);
@@ -136,6 +157,13 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   // What the data says about the model: image size after padding, channels, classes.
   const data::Manifest manifest = data::read_manifest(config.data.train);
   const DataShape shape = data_shape(config, &manifest);
+  // The run's config as resolved: with the shape the data gave the model, so that its checkpoints
+  // load where the data is not (sample and eval on another machine).
+  Config resolved = config;
+  resolved.model.image_size = shape.image_size;
+  resolved.model.in_channels = shape.channels;
+  resolved.model.num_classes = shape.num_classes;
+  const std::string config_yaml = to_yaml(resolved);
 
   torch::manual_seed(config.seed);  // the initial weights; rank 0's are broadcast below
   model::UNet net(unet_config(config, shape));
@@ -146,8 +174,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   const diffusion::GaussianDiffusion diffusion = to_device(make_diffusion(config), device);
   const diffusion::LossSpec loss_spec = make_loss_spec(config);
   const long T = diffusion.num_timesteps;
-  diffusion::TimestepSampler sampler = diffusion::make_timestep_sampler(
-      diffusion::parse_timestep_sampler(config.diffusion.timestep_sampler), T, device);
+  diffusion::TimestepSampler sampler = make_timestep_sampler(config, T, device);
 
   torch::optim::AdamW optimizer(params,
                                 torch::optim::AdamWOptions(tc.lr).weight_decay(tc.weight_decay));
@@ -207,6 +234,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   if (world > 1) {
     dist::GradReducerOptions ro;
     ro.watchdog = cluster.watchdog;
+    ro.bucket_bytes = static_cast<std::size_t>(tc.bucket_mb * (1 << 20));
     reducer = std::make_unique<dist::GradReducer>(params, comm, ro);
   }
 
@@ -219,6 +247,28 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   settings.autocast_dtype = tc.precision == "bf16" ? at::kBFloat16 : at::kHalf;
   if (scaler.enabled) settings.loss_scale = scaler.scale;  // updated in place by the scaler
   Metrics metrics(device, T, config.logging.timestep_buckets);
+  const int64_t bpd_every = config.logging.bpd_every;
+  const HeldOutBatch held_out =
+      bpd_every > 0 ? read_heldout_batch(config, shape, rank, world, device) : HeldOutBatch{};
+  const auto log_heldout_bpd = [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    const HeldOutBpd e = estimate_heldout_bpd(*net, diffusion, config, held_out, comm);
+    if (rank != 0) return;
+    nlohmann::json line;
+    line["step"] = step;
+    line["bpd_estimate"] = e.bpd;
+    line["bpd_standard_error"] = e.standard_error;
+    line["bpd_prior"] = e.prior_bpd;
+    line["bpd_images"] = e.images;
+    line["bpd_timesteps"] = e.timesteps;
+    line["bpd_seconds"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    run.metrics << line.dump() << "\n" << std::flush;
+    spdlog::info("step {}: held-out bits/dim {:.3f} +- {:.3f} ({} images, {} timesteps, {:.1f} s)",
+                 step, e.bpd, e.standard_error, e.images, e.timesteps,
+                 line["bpd_seconds"].get<double>());
+  };
+  if (bpd_every > 0 && step == 0) log_heldout_bpd();  // the untrained model, for comparison
   SignalGuard signals;
   const auto t_start = std::chrono::steady_clock::now();
   auto t_last_log = t_start;
@@ -262,6 +312,11 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (cluster.watchdog) cluster.watchdog->set_step(step);
     if (fault.step == step) {
       if (fault.kind == "exit") std::_Exit(3);
+      if (fault.kind == "kill") raise(SIGKILL);
+      if (fault.kind == "diverge") {
+        torch::NoGradGuard no_grad;
+        params.front().add_(1e-3);
+      }
       if (fault.kind == "hang")
         for (;;)
           std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -290,12 +345,12 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     const StepTerms terms = forward_backward(
         *net, diffusion, loss_spec, {batch.images, t, weights, noise, batch.labels}, settings,
         reducer.get(), fault.kind == "nan" && fault.step == step);
-    metrics.add_samples(t, terms.loss, terms.mse, terms.vb);
+    metrics.add_samples(t, terms.loss, terms.mse, terms.weighted_mse, terms.vb);
     const at::Tensor& step_losses = terms.loss;
     if (reducer) reducer->finish();
 
     // Every rank records the whole global batch, in global order, so samplers stay identical.
-    if (sampler.kind != diffusion::TimestepSamplerKind::uniform)
+    if (diffusion::records_losses(sampler))
       diffusion::record_losses(sampler, world > 1 ? comm.all_gather(t) : t,
                                world > 1 ? comm.all_gather(step_losses) : step_losses);
 
@@ -358,6 +413,18 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
         run.timestep_metrics << stats.dump() << "\n" << std::flush;
       }
     }
+    if (world > 1 && tc.check_replicas_every > 0 && step % tc.check_replicas_every == 0) {
+      const std::vector<int> diverged = diverged_ranks(replicated_state(state), comm);
+      std::string ranks;
+      for (int r : diverged)
+        ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+      if (!diverged.empty())
+        throw std::runtime_error(fmt::format(
+            "replica check after step {}: the parameters, optimizer, EMA or timestep-sampler "
+            "state of rank(s) {} differ from rank 0's",
+            step, ranks));
+    }
+    if (bpd_every > 0 && step % bpd_every == 0) log_heldout_bpd();
     if (step % tc.checkpoint_every == 0) save("periodic");
   }
   if (result.last_checkpoint != checkpoint_path(run.dir, step))

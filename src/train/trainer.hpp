@@ -19,8 +19,9 @@ struct TrainOptions {
   // "" starts fresh, "auto" continues from the newest valid checkpoint of the run directory (or
   // starts fresh when it has none), anything else names a checkpoint file.
   std::string resume;
-  // Debug faults for failure tests: "hang@STEP" (this rank stops responding at STEP),
-  // "exit@STEP" (this rank exits at STEP without a word), "nan@STEP" (the loss of STEP is NaN).
+  // Debug faults for failure tests, at the start of step STEP: "hang@STEP" (this rank stops
+  // responding), "exit@STEP" (exits without a word), "kill@STEP" (SIGKILLs itself), "nan@STEP"
+  // (the loss is NaN), "diverge@STEP" (perturbs this rank's parameters: replicas differ).
   std::string fault;
   int fault_rank = -1;  // the rank the fault applies to; -1 = every rank
 };

@@ -16,7 +16,9 @@ struct Tables {
       coef1, coef2;
 };
 
-inline Tables tables(BetaSchedule schedule, long T) {
+// zero_terminal_snr: Lin et al. 2024, Algorithm 1 (sqrt(abar) shifted to end at 0, scaled to keep
+// its first value).
+inline Tables tables(BetaSchedule schedule, long T, bool zero_terminal_snr = false) {
   Tables r;
   r.T = T;
   r.betas.resize(T);
@@ -24,10 +26,30 @@ inline Tables tables(BetaSchedule schedule, long T) {
     const double k = 1000.0 / T, lo = k * 1e-4, hi = k * 0.02;
     for (long i = 0; i < T; ++i)
       r.betas[i] = lo + (hi - lo) * i / (T - 1);
-  } else {
+  } else if (schedule == BetaSchedule::cosine) {
     auto f = [](double u) { return std::pow(std::cos((u + 0.008) / 1.008 * M_PI / 2), 2); };
     for (long i = 0; i < T; ++i)
       r.betas[i] = std::min(1 - f(double(i + 1) / T) / f(double(i) / T), 0.999);
+  } else {  // sigmoid, Chen 2023 Algorithm 1 with start -3, end 3, tau 1
+    auto sig = [](double x) { return 1 / (1 + std::exp(-x)); };
+    auto f = [&](double u) {
+      return std::clamp((sig(3.0) - sig(6 * u - 3)) / (sig(3.0) - sig(-3.0)), 1e-9, 1.0);
+    };
+    for (long i = 0; i < T; ++i)
+      r.betas[i] = std::min(1 - f(double(i + 1) / T) / f(double(i) / T), 0.999);
+  }
+  if (zero_terminal_snr) {
+    std::vector<double> s(T);
+    double cum = 1.0;
+    for (long t = 0; t < T; ++t)
+      s[t] = std::sqrt(cum *= 1 - r.betas[t]);
+    const double first = s[0], last = s[T - 1];
+    double prev = 1.0;
+    for (long t = 0; t < T; ++t) {
+      const double abar = std::pow((s[t] - last) * first / (first - last), 2);
+      r.betas[t] = 1 - abar / prev;
+      prev = abar;
+    }
   }
   double cum = 1.0;
   for (long t = 0; t < T; ++t) {
@@ -93,6 +115,11 @@ inline Terms training_terms(const Tables& tb, ModelMeanType mean_type, ModelVarT
       case ModelMeanType::previous_x:
         p_mean = m;
         target = q_mean;
+        break;
+      case ModelMeanType::v:  // v = sqrt(abar) eps - sqrt(1 - abar) x0
+        pred_x0 = std::sqrt(abar) * xt - std::sqrt(1 - abar) * m;
+        p_mean = c0 * pred_x0 + ct * xt;
+        target = std::sqrt(abar) * noise[i] - std::sqrt(1 - abar) * x0[i];
         break;
     }
     kl_sum += 0.5 * (-1 + p_logvar - q_logvar + std::exp(q_logvar - p_logvar) +

@@ -13,7 +13,9 @@ namespace dd = difftrain::diffusion;
 
 namespace {
 
-at::Generator generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+at::Generator generator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
 
 dd::TimestepSampler importance(long T) {
   return dd::make_timestep_sampler(dd::TimestepSamplerKind::loss_second_moment, T, at::kCPU);
@@ -44,8 +46,7 @@ TEST(TimestepSampler, ProbabilitiesFollowSecondMoments) {
   auto s = importance(3);
   // t = 0 sees losses 1 and 3 alternately: E[L^2] = 5.
   for (int i = 0; i < 10; ++i)
-    dd::record_losses(s, torch::tensor({0L, 1L, 2L}),
-                      torch::tensor({i % 2 ? 1.0 : 3.0, 2.0, 0.5}));
+    dd::record_losses(s, torch::tensor({0L, 1L, 2L}), torch::tensor({i % 2 ? 1.0 : 3.0, 2.0, 0.5}));
   const double a = std::sqrt(5.0), b = 2.0, c = 0.5, sum = a + b + c;
   const at::Tensor want =
       torch::tensor({a / sum, b / sum, c / sum}, at::kDouble) * 0.999 + 0.001 / 3;
@@ -84,7 +85,8 @@ TEST(TimestepSampler, ReweightedEstimateIsUnbiased) {
   auto s = importance(T);
   // A fixed loss table, strongly non-uniform in t; its uniform mean is the target.
   const at::Tensor table = at::exp(-at::arange(T, at::kDouble) / 10.0) * 5 + 0.01;
-  for (int i = 0; i < 10; ++i) dd::record_losses(s, at::arange(T, at::kLong), table);
+  for (int i = 0; i < 10; ++i)
+    dd::record_losses(s, at::arange(T, at::kLong), table);
   const auto d = dd::draw_timesteps(s, 400000, generator(7));
   const at::Tensor weighted = d.weights * table.index_select(0, d.t);
   const double estimate = weighted.mean().item<double>();

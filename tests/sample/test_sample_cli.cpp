@@ -330,6 +330,34 @@ TEST_F(SampleEvalCli, CheckpointOfAnotherConfig) {
                    "has shape");
 }
 
+TEST_F(SampleEvalCli, CheckpointOfALargerModelIsRefused) {
+  // Two res blocks per level in the weights, one in the stored config: every tensor the smaller
+  // model needs is there with its shape, so only the extra ones give it away.
+  std::string two_blocks = difftrain::testing::tiny_config_yaml(train_);
+  two_blocks.replace(two_blocks.find("num_res_blocks: 1"), 17, "num_res_blocks: 2");
+  const std::string ckpt = path("larger.pt");
+  difftrain::testing::write_tiny_checkpoint(ckpt, two_blocks,
+                                            difftrain::testing::tiny_config_yaml(train_));
+  expect_bad_input(difftrain_cli("sample --checkpoint " + ckpt + " --num 1 --out " + path("x")),
+                   ckpt, "another architecture");
+  expect_bad_input(
+      difftrain_cli("sample --checkpoint " + ckpt + " --ema none --num 1 --out " + path("x")), ckpt,
+      "another architecture");
+}
+
+TEST_F(SampleEvalCli, StoredConfigFromANewerVersionLoadsWithAWarning) {
+  const std::string yaml = difftrain::testing::tiny_config_yaml(train_);
+  const std::string ckpt = path("newer.pt");
+  difftrain::testing::write_tiny_checkpoint(ckpt, yaml,
+                                            yaml + "  a_future_key: 3\nfuture_section: {x: 1}\n");
+  const ProcessResult r =
+      difftrain_cli("sample --checkpoint " + ckpt + " --num 1 --steps 2 --out " + path("x"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("ignoring the key 'logging.a_future_key'"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("ignoring the key 'future_section'"), std::string::npos) << r.output;
+}
+
 TEST_F(SampleEvalCli, HeldOutSetOfAnotherShape) {
   const std::string big = difftrain::testing::write_tiny_set(path("big"), 2, 16, 16, 1, 0);
   expect_bad_input(difftrain_cli("eval --run " + run_ + " --data " + big), big,

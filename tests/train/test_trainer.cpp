@@ -3,21 +3,28 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "data/manifest.hpp"
 #include "data/test_files.hpp"
+#include "diffusion/bound.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
+#include "diffusion/respace.hpp"
 #include "dist/communicator.hpp"
 #include "model/unet.hpp"
 #include "train/checkpoint.hpp"
 #include "train/config.hpp"
 #include "train/ema.hpp"
+#include "train/heldout_bpd.hpp"
 #include "train/loss_scaler.hpp"
 #include "train/setup.hpp"
+#include "train/step_rng.hpp"
 #include "train/train_step.hpp"
 #include "train/trainer.hpp"
 
@@ -161,30 +168,52 @@ TEST(Training, MicrobatchesAverageToTheFullBatchGradient) {
 // `mpirun -np W difftrain train` ends with the parameters of one rank with the same global batch.
 // The sums over ranks associate differently from the 1-rank sums, and Adam turns a rounding
 // difference of a near-zero gradient into up to lr of update: hence atol of lr / 10.
-void expect_ranks_match_one_rank(Fixture& f, int ranks, const std::vector<std::string>& extra) {
-  std::vector<std::string> overrides{"training.max_steps=5", "training.batch_size=12",
-                                     "training.lr=0.0001"};
-  overrides.insert(overrides.end(), extra.begin(), extra.end());
-  const auto one = f.train(f.config("one_rank", overrides));
-  const std::string run = f.dir / ("ranks" + std::to_string(ranks));
-  std::ofstream(f.dir / "ranks.yaml") << tiny_config(f.manifest, run);
+// `mpirun -np ranks difftrain train` of the fixture's config in run directory f.dir / run.
+difftrain::testing::RunResult mpi_train(Fixture& f, int ranks, const std::string& run,
+                                        const std::vector<std::string>& overrides,
+                                        const std::string& args = "") {
+  const std::string yaml = f.dir / (run + ".yaml");
+  std::ofstream(yaml) << tiny_config(f.manifest, f.dir / run);
   std::string cmd =
       "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 "
       "mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np " +
-      std::to_string(ranks) + " " + DIFFTRAIN_BINARY + " train --config " + (f.dir / "ranks.yaml");
+      std::to_string(ranks) + " " + DIFFTRAIN_BINARY + " train --config " + yaml + " " + args;
   for (const auto& o : overrides)
     cmd += " --set " + o;
-  const auto r = difftrain::testing::run(cmd);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  const auto a = checkpoint_tensors(f.config("one_rank", overrides), one.last_checkpoint);
-  const auto b = checkpoint_tensors(f.config("one_rank", overrides), tr::checkpoint_path(run, 5));
+  return difftrain::testing::run(cmd);
+}
+
+// Parameters (and the data cursor) of two checkpoints: equal within the tolerance of W ranks
+// against 1 rank, or bitwise.
+void expect_same_model(const tr::Config& c, const std::string& a_path, const std::string& b_path,
+                       bool bitwise) {
+  const auto a = checkpoint_tensors(c, a_path);
+  const auto b = checkpoint_tensors(c, b_path);
   for (const auto& [key, t] : a) {
+    if (bitwise) {
+      EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+      continue;
+    }
     if (key.rfind("model/", 0) == 0 || key == "cursor") {
       EXPECT_TRUE(at::allclose(t, b.at(key), 1e-4, 1e-5))
           << key << ": max difference " << (t - b.at(key)).abs().max().item<double>() << " of "
           << t.abs().max().item<double>();
     }
   }
+}
+
+const std::vector<std::string> kMpiOverrides{"training.max_steps=5", "training.batch_size=12",
+                                             "training.lr=0.0001"};
+
+void expect_ranks_match_one_rank(Fixture& f, int ranks, const std::vector<std::string>& extra) {
+  std::vector<std::string> overrides = kMpiOverrides;
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  const auto one = f.train(f.config("one_rank", overrides));
+  const std::string run = "ranks" + std::to_string(ranks);
+  const auto r = mpi_train(f, ranks, run, overrides);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_same_model(f.config("one_rank", overrides), one.last_checkpoint,
+                    tr::checkpoint_path(f.dir / run, 5), false);
 }
 
 TEST_F(Fixture, TwoRanksMatchOneRank) {
@@ -195,6 +224,128 @@ TEST_F(Fixture, ThreeRanksWithMicrobatchesMatchOneRank) {
 }
 TEST_F(Fixture, ImportanceSamplerRunsOnTwoRanksAsOnOne) {
   expect_ranks_match_one_rank(*this, 2, {"diffusion.timestep_sampler=loss-second-moment"});
+}
+
+// Failures under mpirun: the job ends non-zero well within the time a test allows (no rank waits
+// forever), the last checkpoint is valid, and --resume auto continues from it.
+struct Timed {
+  difftrain::testing::RunResult result;
+  double seconds;
+};
+Timed timed_mpi_train(Fixture& f, int ranks, const std::string& run,
+                      const std::vector<std::string>& overrides, const std::string& args) {
+  const auto start = std::chrono::steady_clock::now();
+  auto r = mpi_train(f, ranks, run, overrides, args);
+  return {r, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()};
+}
+
+std::vector<std::string> failure_overrides() {
+  auto o = kMpiOverrides;
+  o.push_back("training.max_steps=6");
+  o.push_back("training.watchdog_timeout=3");
+  return o;
+}
+
+TEST_F(Fixture, KilledRankEndsTheJobAndTwoRanksResumeExactly) {
+  const auto o = failure_overrides();
+  ASSERT_EQ(mpi_train(*this, 2, "whole", o).exit_code, 0);
+  const Timed killed = timed_mpi_train(*this, 2, "killed", o, "--fault kill@4 --fault-rank 1");
+  EXPECT_NE(killed.result.exit_code, 0) << killed.result.output;
+  EXPECT_LT(killed.seconds, 60) << killed.result.output;
+  EXPECT_TRUE(killed.result.output.find("signal 9") != std::string::npos ||
+              killed.result.output.find("Killed") != std::string::npos)
+      << killed.result.output;
+  EXPECT_EQ(tr::latest_valid_checkpoint(dir / "killed"), tr::checkpoint_path(dir / "killed", 3));
+
+  const auto resumed = mpi_train(*this, 2, "killed", o, "--resume auto");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+  expect_same_model(config("whole", o), tr::checkpoint_path(dir / "whole", 6),
+                    tr::checkpoint_path(dir / "killed", 6), /*bitwise=*/true);
+}
+
+TEST_F(Fixture, HungRankIsNamedByTheWatchdogAndOneRankResumes) {
+  const auto o = failure_overrides();
+  const Timed hung = timed_mpi_train(*this, 2, "hung", o, "--fault hang@4 --fault-rank 1");
+  EXPECT_NE(hung.result.exit_code, 0) << hung.result.output;
+  EXPECT_LT(hung.seconds, 60) << hung.result.output;
+  EXPECT_NE(hung.result.output.find("watchdog: all_reduce"), std::string::npos)
+      << hung.result.output;
+  EXPECT_NE(hung.result.output.find("at step 4 has not completed"), std::string::npos)
+      << hung.result.output;
+
+  // The 2-rank checkpoint of step 3 continues on 1 rank with the same global batches: the end
+  // matches a 1-rank run throughout, within the tolerance of 2 ranks against 1.
+  const auto resumed = train(config("hung", o), resume_auto());
+  EXPECT_EQ(resumed.step, 6);
+  const auto one = train(config("one", o));
+  expect_same_model(config("one", o), one.last_checkpoint, resumed.last_checkpoint, false);
+}
+
+TEST_F(Fixture, ReplicaCheckPassesWithImportanceSamplingAndCatchesADivergedRank) {
+  auto o = kMpiOverrides;
+  o.push_back("diffusion.timestep_sampler=loss-second-moment");
+  o.push_back("training.check_replicas_every=1");
+  const auto same = mpi_train(*this, 2, "same", o);
+  EXPECT_EQ(same.exit_code, 0) << same.output;
+  const auto diverged = mpi_train(*this, 2, "diverged", o, "--fault diverge@2 --fault-rank 1");
+  EXPECT_NE(diverged.exit_code, 0) << diverged.output;
+  EXPECT_NE(diverged.output.find("replica check after step 3"), std::string::npos)
+      << diverged.output;
+  EXPECT_NE(diverged.output.find("rank(s) 1 differ"), std::string::npos) << diverged.output;
+}
+
+// Two "nodes": ranks in separate network namespaces joined by veth, TCP only, launched through
+// an rsh agent (launch/netns_mpirun.sh). Skipped only where namespaces cannot be made.
+TEST_F(Fixture, TwoNodesOverTcpMatchOneRank) {
+  const std::string yaml = dir / "nodes.yaml";
+  std::ofstream(yaml) << tiny_config(manifest, dir / "nodes");
+  std::string cmd = std::string(DIFFTRAIN_SOURCE_DIR) + "/launch/netns_mpirun.sh " +
+                    DIFFTRAIN_BINARY + " train --config " + yaml;
+  for (const auto& o : kMpiOverrides)
+    cmd += " --set " + o;
+  const auto r = difftrain::testing::run(cmd);
+  if (r.exit_code == 77 && r.output.rfind("SKIP:", 0) == 0) GTEST_SKIP() << r.output;
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 ranks"), std::string::npos) << r.output;
+  const auto one = train(config("one", kMpiOverrides));
+  expect_same_model(config("one", kMpiOverrides), one.last_checkpoint,
+                    tr::checkpoint_path(dir / "nodes", 5), false);
+}
+
+// launch/scaling.sh as a user runs it: a table row per rank count, and two PNG plots.
+TEST_F(Fixture, ScalingScriptWritesTheTableAndPlots) {
+  const std::string yaml = dir / "scaling.yaml";
+  std::ofstream(yaml) << tiny_config(manifest, dir / "unused");
+  const auto r = difftrain::testing::run(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 DIFFTRAIN_BIN=" +
+      std::string(DIFFTRAIN_BINARY) + " " + DIFFTRAIN_SOURCE_DIR +
+      "/launch/scaling.sh --steps 4 --out " + (dir / "scaling") + " " + yaml + " 1 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream csv(dir / "scaling/scaling.csv");
+  std::vector<std::vector<std::string>> rows;
+  for (std::string line; std::getline(csv, line);) {
+    rows.emplace_back();
+    std::stringstream s(line);
+    for (std::string cell; std::getline(s, cell, ',');)
+      rows.back().push_back(cell);
+  }
+  ASSERT_EQ(rows.size(), 3u) << r.output;
+  EXPECT_EQ(rows[0][0], "ranks");
+  EXPECT_EQ(rows[1][0], "1");
+  EXPECT_EQ(rows[1][1], "8");  // weak scaling: the config's batch per rank
+  EXPECT_EQ(rows[2][0], "2");
+  EXPECT_EQ(rows[2][1], "16");
+  EXPECT_DOUBLE_EQ(std::stod(rows[1][6]), 1.0);  // 1 rank is its own ideal
+  EXPECT_GT(std::stod(rows[2][2]), 0.0);
+  for (const char* png : {"scaling/scaling.png", "scaling/scaling_efficiency.png"}) {
+    std::ifstream f(dir / png, std::ios::binary);
+    char magic[4] = {};
+    f.read(magic, 4);
+    EXPECT_EQ(std::string(magic + 1, 3), "PNG") << png;
+  }
+  EXPECT_NE(difftrain::testing::read_text(dir / "scaling/scaling.md").find("| 2 | 16 |"),
+            std::string::npos);
 }
 
 TEST_F(Fixture, CorruptLatestCheckpointFallsBackToThePrevious) {
@@ -255,7 +406,12 @@ TEST_F(Fixture, WritesResolvedConfigAndMetrics) {
   const auto r = train(config("files"));
   const auto resolved = tr::parse_config(difftrain::testing::read_text(dir / "files/config.yaml"));
   EXPECT_EQ(resolved.training.max_steps, 6);
-  EXPECT_EQ(tr::to_yaml(resolved), tr::to_yaml(config("files")));
+  // Resolved: the shape the data gave the model is filled in.
+  EXPECT_EQ(resolved.model.image_size, 16);
+  EXPECT_EQ(resolved.model.in_channels, 1);
+  auto as_given = resolved;
+  as_given.model.image_size = as_given.model.in_channels = 0;
+  EXPECT_EQ(tr::to_yaml(as_given), tr::to_yaml(config("files")));
   std::ifstream metrics(dir / "files/metrics.jsonl");
   int lines = 0;
   for (std::string line; std::getline(metrics, line);) {
@@ -265,6 +421,59 @@ TEST_F(Fixture, WritesResolvedConfigAndMetrics) {
   }
   EXPECT_EQ(lines, 3);  // steps 2, 4, 6
   EXPECT_TRUE(fs::exists(dir / "files/timestep_metrics.jsonl"));
+}
+
+// With logging.bpd_timesteps = T the stratified estimate evaluates every timestep once: the logged
+// value at step 0 must then be the full bound of the initial model on the fixed held-out batch.
+TEST_F(Fixture, LogsHeldOutBitsPerDimThatIsTheFullBoundWhenEveryTimestepIsUsed) {
+  const auto c = config("bpd", {"data.validation=" + manifest, "logging.bpd_every=3",
+                                "logging.bpd_batch=6", "logging.bpd_timesteps=50"});
+  train(c);
+  std::vector<nlohmann::json> records;
+  std::ifstream metrics(dir / "bpd/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);)
+    if (auto j = nlohmann::json::parse(line); j.contains("bpd_estimate")) records.push_back(j);
+  ASSERT_EQ(records.size(), 3u) << "steps 0, 3, 6";
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    EXPECT_EQ(records[i]["step"], 3 * static_cast<int64_t>(i));
+    EXPECT_EQ(records[i]["bpd_images"], 6);
+    EXPECT_GT(records[i]["bpd_standard_error"].get<double>(), 0);
+  }
+
+  const auto data = difftrain::data::read_manifest(c.data.train);
+  const auto shape = tr::data_shape(c, &data);
+  torch::manual_seed(c.seed);  // the trainer's initial weights
+  difftrain::model::UNet net(tr::unet_config(c, shape));
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const auto batch = tr::read_heldout_batch(c, shape, 0, 1, at::kCPU);
+  const auto d = tr::make_diffusion(c);
+  const auto model = difftrain::diffusion::scaled_timestep_model(
+      [&](const at::Tensor& x, const at::Tensor& t) { return net->forward(x, t, {}); },
+      tr::timestep_scale(c));
+  const auto noise = [&](long t) {
+    return at::randn(batch.images.sizes(),
+                     tr::cpu_generator(tr::step_seed(c.seed, t, tr::RngStream::evaluation, 1)));
+  };
+  const double full = difftrain::diffusion::calc_bpd_loop(d, model, batch.images, true, noise)
+                          .total_bpd.mean()
+                          .item<double>();
+  EXPECT_NEAR(records[0]["bpd_estimate"].get<double>(), full, 1e-5 * full);
+  EXPECT_GT(full, 1.0);
+}
+
+TEST_F(Fixture, HeldOutBatchOfAnotherShapeIsAConfigError) {
+  const std::string other =
+      difftrain::testing::write_synthetic_set(dir / "rgb", {8}, 14, 14, 3, 10).manifest;
+  const auto c =
+      config("shape", {"data.validation=" + other, "logging.bpd_every=3", "logging.bpd_batch=4"});
+  try {
+    train(c);
+    FAIL() << "expected a ConfigError";
+  } catch (const tr::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("data.validation"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("3-channel"), std::string::npos) << e.what();
+  }
 }
 
 // On a fixed batch with fixed t and noise, each objective falls by a clear margin.

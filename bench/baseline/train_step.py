@@ -1,0 +1,279 @@
+"""The PyTorch eager baseline of bench_train_step: the same UNet, hybrid loss, AdamW and EMA step
+from the same initial weights and batch (exported by `bench_train_step --export FILE`), timed the
+same way (repeats x steps after warm-up, per-phase means per repeat, min/median/max over repeats).
+
+  python bench/baseline/train_step.py --export FILE --variant plain|tuned [--threads 1]
+      [--precision fp32|bf16] [--steps 5] [--repeats 3] [--warmup 1] [--out FILE] [--flops]
+
+plain: the way improved-diffusion's TrainLoop runs it: zero_grad in place, the QKVAttention
+       einsums, torch.optim.AdamW with its defaults (the per-parameter loop on CPU), the gradient
+       norm logged with one .item() per parameter, EMA by mul_/add_ per parameter.
+tuned: channels_last, F.scaled_dot_product_attention, AdamW(fused=True), zero_grad to None,
+       torch._foreach_norm with one host sync, EMA by torch._foreach_lerp_.
+
+Before timing it checks that the first step's losses and gradient norm (dropout off) match the
+C++ ones stored in the export: the same computation. --flops counts the forward FLOPs per image
+(convolutions, linears, attention matmuls; 2 FLOPs per multiply-add) and exits.
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch as th
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gaussian_diffusion import GaussianDiffusion  # noqa: E402
+from unet import QKVAttention, UNetModel  # noqa: E402
+
+
+def load_export(path):
+    import torch.jit._pickle  # noqa: F401  (restore_type_tag, named by the C++ pickler)
+
+    with th.serialization.safe_globals([th.jit._pickle.restore_type_tag]):
+        d = th.load(path)
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    return dict(d), meta
+
+
+def build_model(meta, tuned):
+    m = meta["model"]
+    return UNetModel(in_channels=m["in_channels"], model_channels=m["model_channels"],
+                     out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
+                     attention_resolutions=m["attention_resolutions"],
+                     image_size=m["image_size"], dropout=m["dropout"],
+                     channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
+                     num_classes=m["num_classes"] or None, num_heads=m["num_heads"],
+                     num_head_channels=m["num_head_channels"],
+                     use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned)
+
+
+def summary(values):
+    v = sorted(values)
+    n = len(v)
+    if n == 0:
+        return None
+    median = v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+    return {"min": v[0], "median": median, "max": v[-1], "values": values}
+
+
+def count_forward_flops(model, meta):
+    """Forward FLOPs of one image: 2 x multiply-adds of every conv, linear and attention matmul."""
+    m = meta["model"]
+    total = [0]
+
+    def conv_hook(mod, inp, out):
+        k = 1
+        for s in mod.kernel_size:
+            k *= s
+        total[0] += 2 * out.numel() * (mod.in_channels // mod.groups) * k
+
+    def linear_hook(mod, inp, out):
+        total[0] += 2 * out.numel() * mod.in_features
+
+    def attn_hook(mod, inp, out):
+        qkv = inp[0]  # [B*H, 3d, T]
+        bh, d3, t = qkv.shape
+        total[0] += 2 * 2 * bh * t * t * (d3 // 3)  # q k^T and weights v
+
+    hooks = []
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            hooks.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.Linear):
+            hooks.append(mod.register_forward_hook(linear_hook))
+        elif isinstance(mod, QKVAttention):
+            hooks.append(mod.register_forward_hook(attn_hook))
+    x = th.zeros(1, m["in_channels"], m["image_size"], m["image_size"])
+    y = th.zeros(1, dtype=th.long) if m["num_classes"] else None
+    with th.no_grad():
+        model.eval()
+        model(x, th.zeros(1), **({"y": y} if y is not None else {}))
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--export", required=True)
+    ap.add_argument("--variant", choices=["plain", "tuned"], default="plain")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--out")
+    ap.add_argument("--flops", action="store_true")
+    args = ap.parse_args()
+    th.set_num_threads(args.threads)
+
+    d, meta = load_export(args.export)
+    tuned = args.variant == "tuned"
+    model = build_model(meta, tuned)
+    state = {k[len("state/"):]: v for k, v in d.items() if k.startswith("state/")}
+    model.load_state_dict(state, strict=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == meta["parameters"], (n_params, meta["parameters"])
+    if args.flops:
+        flops = count_forward_flops(model, meta)
+        print(json.dumps({"forward_flops_per_image": flops, "parameters": n_params}))
+        return
+
+    diffusion = GaussianDiffusion(d["diffusion/betas"], rescale_timesteps=True)
+    assert abs(meta["timestep_scale"] - 1000.0 / diffusion.num_timesteps) < 1e-12, \
+        "the baseline implements rescale_timesteps = true"
+    assert abs(meta["vb_scale"] - diffusion.num_timesteps / 1000.0) < 1e-9, \
+        "the baseline implements the hybrid loss with vlb_weight 0.001 (RESCALED_MSE)"
+    x, t0, noise0 = d["batch/x"], d["batch/t"], d["batch/noise"]
+    labels = d.get("batch/labels")
+    kwargs = {"y": labels} if labels is not None else {}
+    B = x.shape[0]
+    T = diffusion.num_timesteps
+    autocast = args.precision == "bf16"
+    if tuned:
+        model = model.to(memory_format=th.channels_last)
+        x = x.contiguous(memory_format=th.channels_last)
+    params = list(model.parameters())
+
+    def losses(x_start, t, noise):
+        x_t = diffusion.q_sample(x_start, t, noise)
+        with th.autocast("cpu", dtype=th.bfloat16, enabled=autocast):
+            out = model(x_t, diffusion.scale_timesteps(t), **kwargs)
+        return diffusion.losses_from_output(out, x_start, x_t, t, noise)
+
+    # The same computation: first-step losses and gradient norm against the C++ ones.
+    model.eval()
+    terms = losses(x, t0, noise0)
+    terms["loss"].mean().backward()
+    gnorm = th.stack(th._foreach_norm([p.grad for p in params])).float().norm().item()
+    model.train()
+    for p in params:
+        p.grad = None
+
+    def rel(a, b):
+        return abs(a - b) / max(abs(b), 1e-30)
+
+    cpp = meta["check"]
+    tol = 1e-4 if args.precision == "fp32" else 3e-2
+    check = {
+        "precision": args.precision,
+        "cpp_precision": cpp["precision"],
+        "loss_mean": terms["loss"].mean().item(), "cpp_loss_mean": cpp["loss_mean"],
+        "mse_mean": terms["mse"].mean().item(), "cpp_mse_mean": cpp["mse_mean"],
+        "vb_mean": terms["vb"].mean().item(), "cpp_vb_mean": cpp["vb_mean"],
+        "grad_norm": gnorm, "cpp_grad_norm": cpp["grad_norm"],
+        "per_sample_loss_max_rel_diff": (
+            ((terms["loss"].double() - d["check/loss"]).abs()
+             / d["check/loss"].abs().clamp(min=1e-30)).max().item()),
+    }
+    check["loss_rel_diff"] = rel(check["loss_mean"], cpp["loss_mean"])
+    check["grad_norm_rel_diff"] = rel(gnorm, cpp["grad_norm"])
+    check["tolerance"] = tol
+    check["same_precision_as_export"] = args.precision == cpp["precision"]
+    check["ok"] = (not check["same_precision_as_export"]) or (
+        check["loss_rel_diff"] < tol and check["grad_norm_rel_diff"] < max(tol, 1e-3))
+
+    if tuned:
+        opt = th.optim.AdamW(params, lr=meta["lr"], weight_decay=meta["weight_decay"], fused=True)
+    else:  # improved-diffusion: AdamW(master_params, lr, weight_decay), default implementation
+        opt = th.optim.AdamW(params, lr=meta["lr"], weight_decay=meta["weight_decay"])
+    rates = meta["ema_rates"]
+    emas = [[p.detach().clone() for p in params] for _ in rates]
+
+    def now():
+        return time.perf_counter() * 1000.0
+
+    rate, r = [], {k: [] for k in ["step", "data", "sampler", "forward", "backward",
+                                   "optimizer", "ema"]}
+    for rep in range(-1, args.repeats):
+        count = args.warmup if rep < 0 else args.steps
+        ph = {k: [] for k in r}
+        for _ in range(count):
+            start = now()
+            noise = th.randn_like(x)
+            a = now()
+            ph["data"].append(a - start)
+            t = th.randint(0, T, (B,))  # UniformSampler: uniform t, weights 1
+            weights = th.ones(B)
+            b = now()
+            ph["sampler"].append(b - a)
+            if tuned:
+                opt.zero_grad(set_to_none=True)
+            else:  # improved-diffusion's zero_grad(model_params)
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.detach_()
+                        p.grad.zero_()
+            terms = losses(x, t, noise)
+            loss = (terms["loss"] * weights).mean()
+            c = now()
+            ph["forward"].append(c - b)
+            loss.backward()
+            e = now()
+            ph["backward"].append(e - c)
+            if tuned:
+                norm = th.stack(th._foreach_norm([p.grad for p in params])).norm().item()
+            else:  # TrainLoop._log_grad_norm
+                sqsum = 0.0
+                for p in params:
+                    sqsum += (p.grad ** 2).sum().item()
+                norm = sqsum ** 0.5
+            if norm == norm:
+                opt.step()
+            f = now()
+            ph["optimizer"].append(f - e)
+            with th.no_grad():
+                for rate_, ema in zip(rates, emas):
+                    if tuned:
+                        th._foreach_lerp_(ema, params, 1 - rate_)
+                    else:  # improved-diffusion's update_ema
+                        for targ, src in zip(ema, params):
+                            targ.detach().mul_(rate_).add_(src, alpha=1 - rate_)
+            g = now()
+            ph["ema"].append(g - f)
+            ph["step"].append(g - start)
+        if rep < 0:
+            continue
+        rate.append(1000.0 * B * args.steps / sum(ph["step"]))
+        for k in r:
+            r[k].append(sum(ph[k]) / len(ph[k]))
+
+    result = {
+        "benchmark": "train_step",
+        "implementation": "pytorch_" + args.variant,
+        "torch": th.__version__,
+        "parameters": n_params,
+        "batch": B,
+        "threads": args.threads,
+        "precision": args.precision,
+        "steps_per_repeat": args.steps,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "images_per_s": summary(rate),
+        "step_ms": summary(r["step"]),
+        "breakdown_ms": {
+            "data": summary(r["data"]), "sampler": summary(r["sampler"]),
+            "forward": summary(r["forward"]), "backward": summary(r["backward"]),
+            "forward_backward": summary([a + b for a, b in zip(r["forward"], r["backward"])]),
+            "all_reduce": None, "optimizer": summary(r["optimizer"]), "ema": summary(r["ema"]),
+        },
+        "check": check,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    if not check["ok"]:
+        print("check FAILED: the baseline does not compute what difftrain computes", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

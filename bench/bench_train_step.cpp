@@ -1,0 +1,323 @@
+// Training-step throughput of difftrain's UNet, hybrid loss, AdamW and EMA on one rank, with a
+// breakdown by phase. Needs no data: the batch is random, in [-1, 1] (the loader is measured by
+// bench_loader). Not a test: the numbers go to JSON (bench/run.sh collects them).
+//
+//   build/bench_train_step --config configs/fashion_mnist.yaml --set model.image_size=32
+//       --set model.in_channels=1 [--batch 8] [--threads 1] [--precision fp32|bf16]
+//       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE]
+//
+// --export FILE writes the initial weights (the C++ state dict), the fixed batch, the betas and
+// the first step's per-sample losses and gradient norm (with dropout off) as a pickled
+// Dict[str, Tensor] that Python's torch.load reads, and FILE.json with the model config: the
+// PyTorch baseline (bench/baseline/train_step.py) starts from exactly these and checks the loss.
+//
+// Phases per step: data (the step's noise, as the trainer draws it; the images are a fixed
+// batch), sampler (timestep draw, loss recording), forward_backward (train/train_step.cpp, the
+// trainer's function), optimizer (gradient norm with its one host sync, AdamW), EMA. The split of
+// forward_backward into forward and backward comes from a separate forward-only phase (the same
+// forward with autograd recording, graph discarded): backward = forward_backward - forward.
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "diffusion/gaussian_diffusion.hpp"
+#include "diffusion/timestep_sampler.hpp"
+#include "model/parameter_count.hpp"
+#include "model/unet.hpp"
+#include "train/config.hpp"
+#include "train/ema.hpp"
+#include "train/metrics.hpp"
+#include "train/setup.hpp"
+#include "train/train_step.hpp"
+
+namespace {
+
+using namespace difftrain;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::ordered_json;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// min / median / max of a list (the median of an even count is the mean of the middle two).
+json summary(std::vector<double> v) {
+  if (v.empty()) return nullptr;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  const double median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  return json{{"min", v.front()}, {"median", median}, {"max", v.back()}, {"values", v}};
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v)
+    s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+struct AutocastGuard {
+  bool previous;
+  explicit AutocastGuard(bool enabled, at::ScalarType dtype)
+      : previous(at::autocast::is_autocast_enabled(c10::DeviceType::CPU)) {
+    at::autocast::set_autocast_enabled(c10::DeviceType::CPU, enabled);
+    if (enabled) at::autocast::set_autocast_dtype(c10::DeviceType::CPU, dtype);
+  }
+  ~AutocastGuard() {
+    at::autocast::set_autocast_enabled(c10::DeviceType::CPU, previous);
+    at::autocast::clear_cache();
+  }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+};
+
+at::Tensor grad_norm(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
+}
+
+json model_json(const model::UNetConfig& c, const train::Config& config) {
+  return json{{"image_size", c.image_size},
+              {"in_channels", c.in_channels},
+              {"model_channels", c.model_channels},
+              {"out_channels", c.out_channels},
+              {"num_res_blocks", c.num_res_blocks},
+              {"attention_resolutions", c.attention_resolutions},
+              {"dropout", c.dropout},
+              {"channel_mult", c.channel_mult},
+              {"conv_resample", c.conv_resample},
+              {"num_classes", c.num_classes},
+              {"num_heads", c.num_heads},
+              {"num_head_channels", c.num_head_channels},
+              {"use_scale_shift_norm", c.use_scale_shift_norm},
+              {"channels_last", config.model.channels_last}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bench_train_step: training-step throughput and breakdown (one rank, CPU)"};
+  std::string config_path, export_path, out;
+  std::vector<std::string> sets;
+  int64_t batch = 8, steps = 5, repeats = 3, warmup = 1;
+  int threads = 1;
+  std::string precision = "fp32";
+  app.add_option("--config", config_path, "Config YAML")->required();
+  app.add_option("--set", sets, "Override section.key=value (repeatable)");
+  app.add_option("--batch", batch, "Batch size")->default_val(batch);
+  app.add_option("--threads", threads, "Intra-op threads")->default_val(threads);
+  app.add_option("--precision", precision, "fp32 | bf16 (autocast)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->default_val(precision);
+  app.add_option("--steps", steps, "Timed steps per repeat")->default_val(steps);
+  app.add_option("--repeats", repeats, "Repeats (min/median/max over these)")->default_val(repeats);
+  app.add_option("--warmup", warmup, "Untimed steps first")->default_val(warmup);
+  app.add_option("--export", export_path, "Write weights + batch + first-step losses here");
+  app.add_option("--out", out, "JSON results file (also printed)");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
+
+  try {
+    at::set_num_threads(threads);
+    const train::Config config = train::load_config(config_path, sets);
+    const train::DataShape shape = train::data_shape(config, nullptr);
+    const model::UNetConfig unet_config = train::unet_config(config, shape);
+    torch::manual_seed(config.seed);
+    model::UNet net(unet_config);
+    if (config.model.channels_last) net->to(at::MemoryFormat::ChannelsLast);
+    const std::vector<at::Tensor> params = net->parameters();
+    const diffusion::GaussianDiffusion diffusion = train::make_diffusion(config);
+    const diffusion::LossSpec loss_spec = train::make_loss_spec(config);
+    const long T = diffusion.num_timesteps;
+    diffusion::TimestepSampler sampler = train::make_timestep_sampler(config, T, c10::kCPU);
+    const auto& tc = config.training;
+    torch::optim::AdamW optimizer(params,
+                                  torch::optim::AdamWOptions(tc.lr).weight_decay(tc.weight_decay));
+    std::vector<train::Ema> emas = train::make_emas(tc.ema_rates, params);
+
+    const int64_t C = shape.channels, H = shape.image_size;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
+    const at::Tensor x = at::rand({batch, C, H, H}, gen) * 2 - 1;
+    const at::Tensor t0 = diffusion::draw_timesteps(sampler, batch, gen).t;
+    const at::Tensor noise0 = at::randn({batch, C, H, H}, gen);
+    const at::Tensor labels = shape.num_classes > 0
+                                  ? at::randint(shape.num_classes, {batch}, gen, at::kLong)
+                                  : at::Tensor();
+    const at::Tensor ones = at::ones({batch}, at::kDouble);
+
+    train::StepSettings settings;
+    settings.timestep_scale = train::timestep_scale(config);
+    settings.autocast = precision == "bf16";
+    settings.autocast_dtype = at::kBFloat16;
+
+    // The first step's losses and gradient norm on the fixed batch, dropout off: what the
+    // baseline must reproduce from the same weights.
+    net->eval();
+    const train::StepTerms check = train::forward_backward(
+        *net, diffusion, loss_spec, {x, t0, ones, noise0, labels}, settings, nullptr);
+    const double check_grad_norm = grad_norm(params).item<double>();
+    net->train();
+    optimizer.zero_grad();
+    json check_json{{"precision", precision},
+                    {"loss_mean", check.loss.mean().item<double>()},
+                    {"mse_mean", check.mse.mean().item<double>()},
+                    {"vb_mean", check.vb.mean().item<double>()},
+                    {"grad_norm", check_grad_norm}};
+
+    if (!export_path.empty()) {
+      c10::Dict<std::string, at::Tensor> d;
+      for (const auto& p : net->named_parameters())
+        d.insert("state/" + p.key(), p.value().detach().contiguous().clone());
+      for (const auto& b : net->named_buffers())
+        d.insert("state/" + b.key(), b.value().detach().contiguous().clone());
+      d.insert("batch/x", x);
+      d.insert("batch/t", t0);
+      d.insert("batch/noise", noise0);
+      if (labels.defined()) d.insert("batch/labels", labels);
+      d.insert("diffusion/betas", diffusion.betas);
+      d.insert("check/loss", check.loss);
+      d.insert("check/mse", check.mse);
+      d.insert("check/vb", check.vb);
+      d.insert("check/grad_norm", at::scalar_tensor(check_grad_norm, at::kDouble));
+      const std::vector<char> bytes = torch::pickle_save(d);
+      std::ofstream(export_path, std::ios::binary)
+          .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      json meta{{"config", config_path},
+                {"sets", sets},
+                {"model", model_json(unet_config, config)},
+                {"parameters", model::parameter_count(net)},
+                {"num_timesteps", T},
+                {"timestep_scale", settings.timestep_scale},
+                {"vb_scale", loss_spec.vb_scale},
+                {"lr", tc.lr},
+                {"weight_decay", tc.weight_decay},
+                {"ema_rates", tc.ema_rates},
+                {"ema_warmup", tc.ema_warmup},
+                {"check", check_json}};
+      std::ofstream(export_path + ".json") << meta.dump(2) << '\n';
+    }
+
+    // The timed steps: repeats x steps, after `warmup` untimed ones.
+    std::vector<double> step_ms, data_ms, sampler_ms, fb_ms, opt_ms, ema_ms;
+    std::vector<double> rate, r_step, r_data, r_sampler, r_fb, r_opt, r_ema;
+    int64_t n = 0;
+    for (int64_t r = -1; r < repeats; ++r) {
+      const int64_t count = r < 0 ? warmup : steps;
+      step_ms.clear(), data_ms.clear(), sampler_ms.clear(), fb_ms.clear(), opt_ms.clear(),
+          ema_ms.clear();
+      for (int64_t s = 0; s < count; ++s, ++n) {
+        const auto start = Clock::now();
+        auto phase = start;
+        const at::Tensor noise = at::randn({batch, C, H, H}, gen);
+        data_ms.push_back(ms_since(phase));
+        phase = Clock::now();
+        const diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, batch, gen);
+        sampler_ms.push_back(ms_since(phase));
+        phase = Clock::now();
+        optimizer.zero_grad();
+        const train::StepTerms terms =
+            train::forward_backward(*net, diffusion, loss_spec,
+                                    {x, draw.t, draw.weights, noise, labels}, settings, nullptr);
+        fb_ms.push_back(ms_since(phase));
+        phase = Clock::now();
+        if (diffusion::records_losses(sampler)) {
+          diffusion::record_losses(sampler, draw.t, terms.loss);
+          sampler_ms.back() += ms_since(phase);
+        }
+        phase = Clock::now();
+        const bool finite = std::isfinite(grad_norm(params).item<float>());
+        if (finite) optimizer.step();
+        opt_ms.push_back(ms_since(phase));
+        phase = Clock::now();
+        train::update_emas(emas, params, n, tc.ema_warmup);
+        ema_ms.push_back(ms_since(phase));
+        step_ms.push_back(ms_since(start));
+      }
+      if (r < 0) continue;
+      double total = 0;
+      for (double v : step_ms)
+        total += v;
+      rate.push_back(1000.0 * static_cast<double>(batch * steps) / total);
+      r_step.push_back(mean(step_ms));
+      r_data.push_back(mean(data_ms));
+      r_sampler.push_back(mean(sampler_ms));
+      r_fb.push_back(mean(fb_ms));
+      r_opt.push_back(mean(opt_ms));
+      r_ema.push_back(mean(ema_ms));
+    }
+
+    // Forward only (q_sample, network, loss terms, with autograd recording), the same count.
+    std::vector<double> r_fwd;
+    for (int64_t r = -1; r < repeats; ++r) {
+      const int64_t count = r < 0 ? warmup : steps;
+      std::vector<double> fwd;
+      for (int64_t s = 0; s < count; ++s) {
+        const at::Tensor noise = at::randn({batch, C, H, H}, gen);
+        const diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, batch, gen);
+        const auto start = Clock::now();
+        {
+          const at::Tensor x_t = diffusion::q_sample(diffusion, x, draw.t, noise);
+          at::Tensor out;
+          {
+            AutocastGuard autocast(settings.autocast, settings.autocast_dtype);
+            out = net->forward(x_t, draw.t.to(at::kFloat) * settings.timestep_scale, labels);
+          }
+          const auto terms = diffusion::training_terms(diffusion, loss_spec, out.to(at::kFloat), x,
+                                                       x_t, draw.t, noise);
+          const at::Tensor loss = (terms.loss * draw.weights).sum() / static_cast<double>(batch);
+          (void)loss.item<double>();
+        }
+        fwd.push_back(ms_since(start));
+      }
+      if (r >= 0) r_fwd.push_back(mean(fwd));
+    }
+    std::vector<double> r_bwd;
+    for (std::size_t i = 0; i < r_fb.size(); ++i)
+      r_bwd.push_back(std::max(0.0, r_fb[i] - r_fwd[i]));
+
+    json j;
+    j["benchmark"] = "train_step";
+    j["implementation"] = "difftrain";
+    j["config"] = config_path;
+    j["sets"] = sets;
+    j["model"] = model_json(unet_config, config);
+    j["parameters"] = model::parameter_count(net);
+    j["batch"] = batch;
+    j["threads"] = threads;
+    j["precision"] = precision;
+    j["steps_per_repeat"] = steps;
+    j["repeats"] = repeats;
+    j["warmup"] = warmup;
+    j["images_per_s"] = summary(rate);
+    j["step_ms"] = summary(r_step);
+    j["breakdown_ms"] = {{"data", summary(r_data)},           {"sampler", summary(r_sampler)},
+                         {"forward", summary(r_fwd)},         {"backward", summary(r_bwd)},
+                         {"forward_backward", summary(r_fb)}, {"all_reduce", nullptr},
+                         {"optimizer", summary(r_opt)},       {"ema", summary(r_ema)}};
+    j["notes"] =
+        "per-repeat means of each phase, min/median/max over repeats; all_reduce: one rank "
+        "(see scaling); backward = forward_backward - forward-only";
+    j["check"] = check_json;
+    j["rss_mb"] = train::resident_memory_mb();
+    const std::string text = j.dump(2);
+    fmt::print("{}\n", text);
+    if (!out.empty()) std::ofstream(out) << text << '\n';
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 2;
+  }
+  return 0;
+}

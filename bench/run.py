@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""Runs every benchmark and writes bench/results/latest.json (bench/run.sh calls this; stdlib
+only, so any python3 runs it; the PyTorch baseline runs in the venv's python).
+
+  bench/run.py [--quick] [--out bench/results/latest.json] [--python .venv/bin/python]
+
+Figures: loader throughput (build/bench_loader); training-step throughput and breakdown of
+difftrain against the PyTorch eager baseline, plain and tuned (build/bench_train_step,
+bench/baseline/train_step.py) for the demo model and the CIFAR-10 hybrid model, fp32 and bf16,
+1 and 2 threads, with the achieved FLOP/s against this CPU's peak; sampling throughput (DDIM-50,
+DDPM) and peak RSS over a demo training run (build/difftrain); bench/bench_scaling.sh's
+results when that script exists. Every timed figure has min / median / max over repeats.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "build")
+
+# (name, config, --set overrides so that the model needs no data)
+MODELS = [
+    ("fashion_mnist", "configs/fashion_mnist.yaml",
+     ["model.image_size=32", "model.in_channels=1"]),
+    ("cifar10_hybrid", "configs/cifar10_hybrid.yaml", []),
+]
+
+
+def log(msg):
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+def run(cmd, env, cwd=ROOT, timeout=None):
+    """Runs cmd; returns (returncode, stdout, stderr, wall seconds, peak RSS MiB of the process
+    and the descendants it waited for)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+        deadline = None if timeout is None else start + timeout
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline and time.monotonic() > deadline:
+                p.kill()
+                pid, status, usage = os.wait4(p.pid, 0)
+                break
+            time.sleep(0.05)
+        wall = time.monotonic() - start
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return (p.returncode, out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"), wall, usage.ru_maxrss / 1024.0)
+
+
+def check_run(cmd, env, what, **kw):
+    rc, out, err, wall, rss = run(cmd, env, **kw)
+    if rc != 0:
+        log(f"{what} FAILED (exit {rc}): {' '.join(cmd)}\n{err[-3000:]}")
+    return rc, out, err, wall, rss
+
+
+def summary(values):
+    v = sorted(values)
+    n = len(v)
+    if not n:
+        return None
+    median = v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+    return {"min": v[0], "median": median, "max": v[-1], "values": values}
+
+
+def read_cpuinfo():
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    first = text.split("\n\n")[0]
+    for line in first.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            info[k.strip()] = v.strip()
+    info["_mhz_all"] = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]
+    return info
+
+
+def machine_description():
+    ci = read_cpuinfo()
+    flags = set(ci.get("flags", "").split())
+    if "avx512f" in flags:
+        width, isa = 16, "avx512f"
+    elif "avx2" in flags and "fma" in flags:
+        width, isa = 8, "avx2+fma"
+    elif "avx" in flags:
+        width, isa = 8, "avx (no fma)"
+    else:
+        width, isa = 4, "sse"
+    fma = "fma" in flags or "avx512f" in flags
+    # Two vector FMA pipes per core (Zen 2+, Skylake+); without FMA, one add + one multiply.
+    flops_per_cycle = width * 2 * (2 if fma else 1)
+    mhz_all = ci.get("_mhz_all") or [0.0]
+    mhz = max(mhz_all)
+    mem_total = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_total = int(line.split()[1]) / 1024.0 / 1024.0
+    except OSError:
+        pass
+    gpu = "CPU-only"
+    if shutil.which("nvidia-smi"):
+        try:
+            r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+            if r.returncode == 0 and "GPU" in r.stdout:
+                gpu = r.stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return {
+        "cpu_model": ci.get("model name", platform.processor()),
+        "cores": os.cpu_count(),
+        "cpu_mhz": mhz,
+        "isa": isa,
+        "vector_width_fp32": width,
+        "fp32_flops_per_cycle_per_core": flops_per_cycle,
+        "fp32_peak_gflops_per_core": flops_per_cycle * mhz / 1000.0,
+        "peak_note": ("peak = threads x clock (cpu MHz from /proc/cpuinfo) x fp32 lanes x 2 "
+                      "(multiply-add) x 2 (FMA pipes per core, assumed)"),
+        "memory_gib": mem_total,
+        "kernel": platform.release(),
+        "gpu": gpu,
+        "cpu_only": gpu == "CPU-only",
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def versions(python):
+    v = {"python_baseline": None, "torch": None, "git_commit": None, "git_dirty": None,
+         "compiler": None}
+    try:
+        r = subprocess.run([python, "-c", "import sys, torch; print(sys.version.split()[0]); "
+                            "print(torch.__version__)"], capture_output=True, text=True)
+        lines = r.stdout.split()
+        v["python_baseline"], v["torch"] = lines[0], lines[1]
+        v["libtorch"] = lines[1] + " (the same wheel: difftrain links its LibTorch)"
+    except (OSError, IndexError):
+        pass
+    try:
+        v["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
+                                         capture_output=True, text=True).stdout.strip()
+        v["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT,
+                                             capture_output=True, text=True).stdout.strip())
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+            cache = f.read()
+        cxx = re.search(r"CMAKE_CXX_COMPILER:\w+=(.*)", cache).group(1)
+        bt = re.search(r"CMAKE_BUILD_TYPE:\w+=(.*)", cache)
+        first = subprocess.run([cxx, "--version"], capture_output=True,
+                               text=True).stdout.splitlines()[0]
+        v["compiler"] = first
+        v["build_type"] = bt.group(1) if bt else None
+    except (OSError, AttributeError, IndexError):
+        pass
+    return v
+
+
+def train_step_benchmarks(args, env, tmp, plan):
+    """plan: {model name: [(precision, threads, steps, repeats, warmup), ...]}"""
+    out = {}
+    for name, config, sets in MODELS:
+        if name not in plan:
+            continue
+        export = os.path.join(tmp, name + ".pt")
+        set_args = sum((["--set", s] for s in sets), [])
+        entry = {"config": config, "sets": sets, "runs": []}
+        exported = False
+        for precision, threads, steps, repeats, warmup in plan[name]:
+            common = ["--threads", str(threads), "--precision", precision, "--steps", str(steps),
+                      "--repeats", str(repeats), "--warmup", str(warmup)]
+            e = dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+            row = {"precision": precision, "threads": threads}
+            res_path = os.path.join(tmp, f"{name}_{precision}_{threads}_cpp.json")
+            cmd = [os.path.join(BUILD, "bench_train_step"), "--config", config] + set_args + \
+                common + ["--out", res_path]
+            if not exported:
+                cmd += ["--export", export]
+            log(f"train step {name} {precision} {threads} thread(s): difftrain")
+            rc, _, _, wall, rss = check_run(cmd, e, "bench_train_step")
+            if rc == 0:
+                with open(res_path) as f:
+                    row["difftrain"] = json.load(f)
+                row["difftrain"]["peak_rss_mb"] = rss
+                row["difftrain"]["wall_s"] = wall
+                exported = exported or precision == "fp32"
+            if not os.path.exists(export):
+                entry["runs"].append(row)
+                continue
+            if "parameters" not in entry:
+                with open(export + ".json") as f:
+                    meta = json.load(f)
+                entry["parameters"] = meta["parameters"]
+                entry["model"] = meta["model"]
+                rc, o, _, _, _ = check_run([args.python, "-W", "ignore",
+                                            "bench/baseline/train_step.py", "--export", export,
+                                            "--flops"], e, "flop count")
+                if rc == 0:
+                    entry["forward_flops_per_image"] = json.loads(o)["forward_flops_per_image"]
+                    entry["train_flops_per_image"] = 3 * entry["forward_flops_per_image"]
+                    entry["flops_note"] = ("convolutions, linears and attention matmuls, 2 FLOPs "
+                                           "per multiply-add; training = 3 x forward (backward "
+                                           "= 2 x forward)")
+            for variant in ["plain", "tuned"]:
+                log(f"train step {name} {precision} {threads} thread(s): pytorch {variant}")
+                res = os.path.join(tmp, f"{name}_{precision}_{threads}_{variant}.json")
+                rc, _, _, wall, rss = check_run(
+                    [args.python, "-W", "ignore", "bench/baseline/train_step.py", "--export",
+                     export, "--variant", variant, "--out", res] + common, e,
+                    f"baseline {variant}")
+                if os.path.exists(res):
+                    with open(res) as f:
+                        row["pytorch_" + variant] = json.load(f)
+                    row["pytorch_" + variant]["peak_rss_mb"] = rss
+                    row["pytorch_" + variant]["wall_s"] = wall
+            d = row.get("difftrain", {}).get("images_per_s")
+            for variant in ["plain", "tuned"]:
+                b = row.get("pytorch_" + variant, {}).get("images_per_s")
+                if d and b:
+                    row["ratio_vs_" + variant] = d["median"] / b["median"]
+            if d and "train_flops_per_image" in entry:
+                gflops = entry["train_flops_per_image"] * d["median"] / 1e9
+                peak = args.machine["fp32_peak_gflops_per_core"] * threads
+                row["achieved_gflops"] = gflops
+                row["peak_gflops"] = peak
+                row["fraction_of_peak"] = gflops / peak if peak else None
+                for variant in ["plain", "tuned"]:
+                    b = row.get("pytorch_" + variant, {}).get("images_per_s")
+                    if b and peak:
+                        row[f"fraction_of_peak_{variant}"] = \
+                            entry["train_flops_per_image"] * b["median"] / 1e9 / peak
+            entry["runs"].append(row)
+        checks = [r["pytorch_" + v]["check"] for r in entry["runs"] for v in ["plain", "tuned"]
+                  if "pytorch_" + v in r and r["pytorch_" + v]["check"]["same_precision_as_export"]]
+        entry["same_computation_check"] = {
+            "what": ("first step, same weights and batch, dropout off, fp32: C++ vs PyTorch "
+                     "loss and gradient norm"),
+            "ok": bool(checks) and all(c["ok"] for c in checks),
+            "max_loss_rel_diff": max((c["loss_rel_diff"] for c in checks), default=None),
+            "max_grad_norm_rel_diff": max((c["grad_norm_rel_diff"] for c in checks),
+                                          default=None),
+        }
+        out[name] = entry
+    return out
+
+
+def loader_benchmark(args, env, tmp):
+    log("loader")
+    path = os.path.join(tmp, "loader.json")
+    cmd = [os.path.join(BUILD, "bench_loader"), "--out", path, "--epochs",
+           "1" if args.quick else "2"]
+    if os.path.exists(os.path.join(ROOT, "data/fashion_mnist/train/manifest.json")):
+        cmd += ["--manifest", "data/fashion_mnist/train"]
+    results = []
+    for _ in range(args.loader_repeats):
+        rc, _, _, _, _ = check_run(cmd, dict(env, OMP_NUM_THREADS="1"), "bench_loader")
+        if rc == 0:
+            with open(path) as f:
+                results.append(json.load(f))
+    if not results:
+        return {"skipped": "bench_loader failed"}
+    j = results[0]
+    merged = []
+    for i, r in enumerate(j["results"]):
+        rates = [x["results"][i]["images_per_second"] for x in results]
+        cpu_rates = [x["results"][i]["images_per_cpu_second"] for x in results]
+        merged.append({"name": r["name"], "what": r["what"], "images_per_s": summary(rates),
+                       "images_per_cpu_s": summary(cpu_rates)})
+    j["results"] = merged
+    j["repeats"] = len(results)
+    return j
+
+
+def training_run(args, env, tmp, steps, log_every, threads):
+    """The demo config for `steps` steps: RSS per log line, peak RSS, and the final checkpoint."""
+    if not os.path.exists(os.path.join(ROOT, "data/fashion_mnist/train/manifest.json")):
+        return {"skipped": "no data/fashion_mnist/train (launch/quickstart.sh prepares it)"}, None
+    run_dir = os.path.join(tmp, "rss_run")
+    cmd = [os.path.join(BUILD, "difftrain"), "train", "--config", "configs/fashion_mnist.yaml",
+           "--set", f"training.max_steps={steps}", "--set", f"logging.log_every={log_every}",
+           "--set", f"logging.run_dir={run_dir}", "--set", "training.max_time=0",
+           "--set", f"training.checkpoint_every={10 * steps}", "--set",
+           f"training.threads={threads}", "--set", f"logging.timestep_stats_every={10 * steps}"]
+    log(f"training run: demo config, {steps} steps, {threads} threads (RSS)")
+    rc, _, _, wall, peak = check_run(cmd, dict(env, OMP_NUM_THREADS=str(threads)),
+                                     "difftrain train")
+    if rc != 0:
+        return {"skipped": "difftrain train failed"}, None
+    lines = []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            j = json.loads(line)
+            if "rss_mb" in j:
+                lines.append(j)
+    rss = [(j["step"], j["rss_mb"]) for j in lines]
+    # Growth after warm-up: the last reading minus the first one past a fifth of the run.
+    after = [r for s, r in rss if s >= steps // 5] or [r for _, r in rss]
+    growth = after[-1] - after[0] if after else None
+    steps_span = (rss[-1][0] - [s for s, _ in rss if s >= steps // 5][0]) if len(rss) > 1 else 0
+    result = {
+        "config": "configs/fashion_mnist.yaml",
+        "ranks": 1,
+        "threads": threads,
+        "steps": steps,
+        "log_every": log_every,
+        "wall_s": wall,
+        "peak_rss_mb_per_rank": peak,
+        "rss_mb": rss,
+        "rss_growth_mb_after_warmup": growth,
+        "rss_growth_mb_per_1000_steps": (1000.0 * growth / steps_span) if steps_span else None,
+        "flat": growth is not None and growth < 0.02 * max(after) + 16,
+        "flat_rule": "growth after the first fifth of the run < 2% of RSS + 16 MiB",
+        "images_per_s": summary([j["images_per_s"] for j in lines[1:]] or
+                                [j["images_per_s"] for j in lines]),
+    }
+    ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    return result, os.path.join(run_dir, "checkpoints", ckpts[-1]) if ckpts else None
+
+
+def sampling_benchmark(args, env, tmp, checkpoint, threads):
+    if not checkpoint:
+        return {"skipped": "no checkpoint (the training run did not run)"}
+    out = {"checkpoint": "demo config after the RSS run", "threads": threads, "runs": []}
+    for sampler, steps, num in args.sampling:
+        rates = []
+        for rep in range(args.sampling_repeats):
+            log(f"sampling {sampler}-{steps}, {num} images")
+            cmd = [os.path.join(BUILD, "difftrain"), "sample", "--checkpoint", checkpoint,
+                   "--num", str(num), "--batch", str(num), "--sampler", sampler,
+                   "--steps", str(steps), "--out", os.path.join(tmp, f"samples_{sampler}")]
+            rc, o, err, wall, rss = check_run(cmd, dict(env, OMP_NUM_THREADS=str(threads)),
+                                              "difftrain sample")
+            if rc != 0:
+                continue
+            m = re.search(r"(\d+) images in ([\d.]+) s", o + err)
+            seconds = float(m.group(2)) if m else wall
+            rates.append(num / seconds)
+        out["runs"].append({"sampler": sampler, "steps": steps, "images": num, "batch": num,
+                            "images_per_s": summary(rates),
+                            "network_evals_per_s": summary([r * steps for r in rates])})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
+    ap.add_argument("--python", default=os.path.join(ROOT, ".venv/bin/python"))
+    ap.add_argument("--only", help="comma-separated subset: loader,train_step,training,"
+                                   "sampling,scaling")
+    args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    want = (lambda k: only is None or k in only)
+    t_start = time.monotonic()
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as launch/local.sh; for every process alike
+    args.machine = machine_description()
+    result = {
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "machine": args.machine,
+        "versions": versions(args.python),
+        "environment": {"OMP_WAIT_POLICY": env["OMP_WAIT_POLICY"],
+                        "threads": "OMP_NUM_THREADS and at::set_num_threads / "
+                                   "torch.set_num_threads per measurement"},
+    }
+    # bf16 without native bf16 instructions (avx512_bf16 / amx_bf16) is emulated by oneDNN and
+    # runs ~25x slower than fp32 here: fewer steps, and the CIFAR-10 model only where it is native.
+    flags = set(read_cpuinfo().get("flags", "").split())
+    native_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    args.machine["native_bf16"] = native_bf16
+    if args.quick:
+        plan = {"fashion_mnist": [("fp32", 1, 2, 3, 1), ("fp32", 2, 2, 3, 1),
+                                  ("bf16", 2, 1, 2, 0)],
+                "cifar10_hybrid": [("fp32", 2, 1, 2, 0)]}
+        args.loader_repeats = 1
+        train_steps, log_every = 50, 5
+        args.sampling = [("ddim", 50, 8), ("ddpm", 1000, 2)]
+        args.sampling_repeats = 1
+    else:
+        bf16_steps = (5, 5, 2) if native_bf16 else (1, 3, 0)
+        plan = {"fashion_mnist": [("fp32", 1, 5, 5, 2), ("fp32", 2, 5, 5, 2),
+                                  ("bf16", 1) + bf16_steps, ("bf16", 2) + bf16_steps],
+                "cifar10_hybrid": [("fp32", 1, 1, 3, 0), ("fp32", 2, 1, 3, 0)] +
+                                  ([("bf16", 1, 1, 3, 0), ("bf16", 2, 1, 3, 0)]
+                                   if native_bf16 else [])}
+        args.loader_repeats = 3
+        train_steps, log_every = 1000, 50
+        args.sampling = [("ddim", 50, 16), ("ddpm", 1000, 4)]
+        args.sampling_repeats = 2
+    tmp = tempfile.mkdtemp(prefix="difftrain-bench-")
+    seconds = result["section_seconds"] = {}
+
+    def timed(name, fn, *a):
+        t0 = time.monotonic()
+        r = fn(*a)
+        seconds[name] = round(time.monotonic() - t0, 1)
+        return r
+
+    try:
+        if want("loader"):
+            result["loader"] = timed("loader", loader_benchmark, args, env, tmp)
+        if want("train_step"):
+            result["train_step"] = timed("train_step", train_step_benchmarks, args, env, tmp,
+                                           plan)
+        checkpoint = None
+        if want("training") or want("sampling"):
+            result["training_memory"], checkpoint = timed(
+                "training", training_run, args, env, tmp, train_steps, log_every, 2)
+        if want("sampling"):
+            result["sampling"] = timed("sampling", sampling_benchmark, args, env, tmp,
+                                       checkpoint, 2)
+        scaling = os.path.join(ROOT, "bench/bench_scaling.sh")
+        if want("scaling") and os.path.exists(scaling):
+            log("scaling (bench/bench_scaling.sh)")
+            t0 = time.time()
+            rc, _, _, wall, _ = check_run(["bash", scaling] + (["--quick"] if args.quick else []),
+                                          env, "bench_scaling.sh")
+            seconds["scaling"] = round(wall, 1)
+            path = os.path.join(ROOT, "bench/results/scaling.json")
+            if rc != 0 and not (os.path.exists(path) and os.path.getmtime(path) >= t0):
+                result["scaling"] = {"skipped": f"bench/bench_scaling.sh failed (exit {rc})"}
+            elif os.path.exists(path):
+                with open(path) as f:
+                    result["scaling"] = json.load(f)
+                if rc != 0:
+                    result["scaling"]["exit_code"] = rc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["machine"]["load_average_end"] = os.getloadavg()
+    result["total_seconds"] = time.monotonic() - t_start
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    os.replace(args.out + ".tmp", args.out)
+    log(f"wrote {args.out} ({result['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every benchmark, writes bench/results/latest.json and regenerates the performance section
+# of README.md from it:
+#   bench/run.sh [--quick] [--no-build] [--only loader,train_step,training,sampling,scaling]
+# --quick finishes in a few minutes on 2 cores, the full run in under 30 minutes. Run it on a
+# quiet machine: every figure is a min / median / max over repeats, but other load still shows.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+BUILD=1
+ARGS=()
+for a in "$@"; do
+  case "$a" in
+    --no-build) BUILD=0 ;;
+    *) ARGS+=("$a") ;;
+  esac
+done
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PYTHON" ] || { echo "$PYTHON not found: run launch/setup.sh first" >&2; exit 1; }
+if ((BUILD)); then
+  # The build lock shared with the other scripts of this tree.
+  TARGETS=(difftrain bench_train_step bench_loader)
+  grep -q "bench_grad_sync" bench/CMakeLists.txt && TARGETS+=(bench_grad_sync)
+  flock /tmp/difftrain-ninja.lock ninja -C build -j2 "${TARGETS[@]}"
+fi
+"$PYTHON" bench/run.py --python "$PYTHON" "${ARGS[@]}"
+"$PYTHON" bench/update_readme.py bench/results/latest.json README.md

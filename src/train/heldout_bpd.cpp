@@ -1,0 +1,91 @@
+#include "train/heldout_bpd.hpp"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "data/loader.hpp"
+#include "data/manifest.hpp"
+#include "diffusion/bpd_estimate.hpp"
+#include "diffusion/respace.hpp"
+#include "dist/communicator.hpp"
+#include "model/unet.hpp"
+#include "train/step_rng.hpp"
+
+namespace difftrain::train {
+
+HeldOutBatch read_heldout_batch(const Config& config, const DataShape& shape, int rank, int world,
+                                const c10::Device& device) {
+  const data::Manifest manifest = data::read_manifest(config.data.validation);
+  const DataShape held_out = data_shape(config, &manifest);
+  if (held_out.channels != shape.channels || held_out.image_size != shape.image_size)
+    throw ConfigError(
+        "config key 'data.validation': " + manifest.path + " has " +
+        std::to_string(held_out.channels) + "-channel " + std::to_string(held_out.image_size) +
+        " px images (after data.pad_to), the "
+        "training data " +
+        std::to_string(shape.channels) + "-channel " + std::to_string(shape.image_size) + " px");
+  if (manifest.num_samples() < config.logging.bpd_batch)
+    throw ConfigError(
+        "config key 'logging.bpd_batch' = " + std::to_string(config.logging.bpd_batch) + " but " +
+        manifest.path + " holds " + std::to_string(manifest.num_samples()) + " images");
+
+  data::LoaderOptions lo;
+  lo.manifest = config.data.validation;
+  lo.global_batch = config.logging.bpd_batch;
+  lo.rank = rank;
+  lo.world = world;
+  lo.seed = static_cast<uint64_t>(config.seed);
+  lo.labels = shape.num_classes > 0;
+  lo.prefetch = 1;
+  if (config.data.pad_to > 0) lo.pad_to = config.data.pad_to;
+  lo.device = device;
+  data::Loader loader(lo);
+  const data::Batch b = loader.next();
+  return {b.images, b.labels, config.logging.bpd_batch, b.row_offset};
+}
+
+HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
+                                const Config& config, const HeldOutBatch& batch,
+                                dist::Communicator& comm) {
+  const bool was_training = net.is_training();
+  net.eval();
+  torch::NoGradGuard no_grad;
+
+  const at::Tensor& x = batch.images;
+  const at::Tensor y = batch.labels;
+  const auto model = diffusion::scaled_timestep_model(
+      [&net, y](const at::Tensor& x_t, const at::Tensor& t) { return net.forward(x_t, t, y); },
+      timestep_scale(config));
+  const uint64_t seed = static_cast<uint64_t>(config.seed);
+  // eps at timestep t: drawn for the whole fixed batch, this rank takes its rows.
+  const auto noise = [&](long t) {
+    auto gen = cpu_generator(step_seed(seed, t, RngStream::evaluation, 1));
+    at::IntArrayRef s = x.sizes();
+    return at::randn({batch.global_size, s[1], s[2], s[3]}, gen)
+        .narrow(0, batch.row_offset, s[0])
+        .to(x.device(), x.scalar_type());
+  };
+  const diffusion::BpdEstimate e = diffusion::estimate_bpd(
+      diffusion, model, x, config.logging.bpd_timesteps,
+      cpu_generator(step_seed(seed, 0, RngStream::evaluation)), /*clip_denoised=*/true, noise);
+  net.train(was_training);
+
+  // Sums over images on every rank: sum, sum of squares, prior.
+  at::Tensor sums =
+      at::stack({e.total_bpd.sum(), e.total_bpd.square().sum(), e.prior_bpd.sum()}).to(at::kDouble);
+  comm.all_reduce(sums, dist::ReduceOp::sum);
+  sums = sums.cpu();
+  const auto* s = sums.data_ptr<double>();
+  const double n = static_cast<double>(batch.global_size);
+  HeldOutBpd r;
+  r.bpd = s[0] / n;
+  const double variance = std::max(0.0, s[1] / n - r.bpd * r.bpd) * n / std::max(1.0, n - 1);
+  r.standard_error = std::sqrt(variance / n);
+  r.prior_bpd = s[2] / n;
+  r.images = batch.global_size;
+  r.timesteps = config.logging.bpd_timesteps;
+  return r;
+}
+
+}  // namespace difftrain::train

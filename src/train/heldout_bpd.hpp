@@ -1,0 +1,49 @@
+// The bits/dim estimate the trainer logs every logging.bpd_every steps: a fixed batch of held-out
+// images (the first global batch of data.validation, split across ranks like training batches)
+// and the stratified estimator of diffusion/bpd_estimate.hpp. The timesteps and noise are drawn
+// from a fixed seed, so successive estimates differ only by the weights (common random numbers:
+// the trend is not buried in sampling noise), and they do not depend on the number of ranks.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "diffusion/schedule.hpp"
+#include "train/config.hpp"
+#include "train/setup.hpp"
+
+namespace difftrain::dist {
+class Communicator;
+}
+namespace difftrain::model {
+class UNetImpl;
+}
+
+namespace difftrain::train {
+
+struct HeldOutBatch {
+  at::Tensor images;  // [b, C, H, W] this rank's rows of the fixed batch, on the device
+  at::Tensor labels;  // [b] or undefined
+  int64_t global_size = 0, row_offset = 0;
+};
+
+// Reads logging.bpd_batch images of data.validation (throws data::Error naming the file when it
+// is unreadable, ConfigError when its images have another shape than the training data's).
+HeldOutBatch read_heldout_batch(const Config& config, const DataShape& shape, int rank, int world,
+                                const c10::Device& device);
+
+struct HeldOutBpd {
+  double bpd = 0;             // mean over the batch of the unbiased estimate of the full bound
+  double standard_error = 0;  // of that mean, over images
+  double prior_bpd = 0;
+  int64_t images = 0, timesteps = 0;
+};
+
+// Runs in eval mode without gradients (the module's training mode is restored), on the raw
+// weights; every rank gets the same result (one all-reduce).
+HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
+                                const Config& config, const HeldOutBatch& batch,
+                                dist::Communicator& comm);
+
+}  // namespace difftrain::train
