@@ -6,16 +6,18 @@
 //       --set model.in_channels=1 [--batch 8] [--threads 1] [--precision fp32|bf16]
 //       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE]
 //
-// --export FILE writes the initial weights (the C++ state dict), the fixed batch, the betas and
-// the first step's per-sample losses and gradient norm (with dropout off) as a pickled
-// Dict[str, Tensor] that Python's torch.load reads, and FILE.json with the model config: the
-// PyTorch baseline (bench/baseline/train_step.py) starts from exactly these and checks the loss.
+// --export FILE writes the initial weights (the C++ state dict; zero-initialised layers made
+// random, see main), the fixed batch, the betas and the first step's per-sample losses and
+// gradient norm (dropout off) as a pickled Dict[str, Tensor] that Python's torch.load reads, and
+// FILE.json with the model config: the PyTorch baseline (bench/baseline/train_step.py) starts
+// from exactly these and checks the losses and gradient norm.
 //
 // Phases per step: data (the step's noise, as the trainer draws it; the images are a fixed
-// batch), sampler (timestep draw, loss recording), forward_backward (train/train_step.cpp, the
-// trainer's function), optimizer (gradient norm with its one host sync, AdamW), EMA. The split of
-// forward_backward into forward and backward comes from a separate forward-only phase (the same
-// forward with autograd recording, graph discarded): backward = forward_backward - forward.
+// batch), sampler (timestep draw, loss recording), forward (q_sample, the network under autocast,
+// the loss terms), backward, optimizer (gradient norm with its one host sync, AdamW), EMA. Forward
+// and backward are timed apart by a copy of train/train_step.cpp's forward_backward for one
+// microbatch and no reducer; the first step checks that the copy computes exactly what
+// forward_backward computes (same losses, same gradient norm).
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
@@ -89,6 +91,38 @@ at::Tensor grad_norm(const std::vector<at::Tensor>& params) {
   return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
 }
 
+struct Timed {
+  train::StepTerms terms;
+  double forward_ms = 0, backward_ms = 0;
+};
+
+// train::forward_backward for microbatch = batch and no reducer, with the forward and backward
+// timed apart. Keep in step with src/train/train_step.cpp.
+Timed timed_forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffusion& d,
+                             const diffusion::LossSpec& spec, const train::StepInputs& in,
+                             const train::StepSettings& s) {
+  Timed r;
+  const int64_t b = in.x_start.size(0);
+  auto start = Clock::now();
+  const at::Tensor x_t = diffusion::q_sample(d, in.x_start, in.t, in.noise);
+  at::Tensor model_output;
+  {
+    AutocastGuard autocast(s.autocast, s.autocast_dtype);
+    model_output = net.forward(x_t, in.t.to(at::kFloat) * s.timestep_scale, in.labels);
+  }
+  auto terms = diffusion::training_terms(d, spec, model_output.to(at::kFloat), in.x_start, x_t,
+                                         in.t, in.noise);
+  const at::Tensor loss = (terms.loss * in.weights).sum() / static_cast<double>(b);
+  r.forward_ms = ms_since(start);
+  start = Clock::now();
+  loss.backward();
+  r.backward_ms = ms_since(start);
+  r.terms.loss = terms.loss.detach().to(at::kDouble);
+  r.terms.mse = terms.mse.detach().to(at::kDouble);
+  r.terms.vb = terms.vb.detach().to(at::kDouble);
+  return r;
+}
+
 json model_json(const model::UNetConfig& c, const train::Config& config) {
   return json{{"image_size", c.image_size},
               {"in_channels", c.in_channels},
@@ -139,6 +173,19 @@ int main(int argc, char** argv) {
     model::UNet net(unet_config);
     if (config.model.channels_last) net->to(at::MemoryFormat::ChannelsLast);
     const std::vector<at::Tensor> params = net->parameters();
+    // The zero-initialised layers (each block's last conv, proj_out, the output conv) would make
+    // the network's output 0 and every gradient but the output conv's 0: the first-step check
+    // against the baseline would then not see the network. They get small random values.
+    int64_t perturbed = 0;
+    {
+      torch::NoGradGuard no_grad;
+      auto pgen = at::make_generator<at::CPUGeneratorImpl>(99);
+      for (const auto& p : params)
+        if (p.abs().max().item<double>() == 0) {
+          p.copy_(at::randn(p.sizes(), pgen) * 0.02);
+          ++perturbed;
+        }
+    }
     const diffusion::GaussianDiffusion diffusion = train::make_diffusion(config);
     const diffusion::LossSpec loss_spec = train::make_loss_spec(config);
     const long T = diffusion.num_timesteps;
@@ -166,16 +213,36 @@ int main(int argc, char** argv) {
     // The first step's losses and gradient norm on the fixed batch, dropout off: what the
     // baseline must reproduce from the same weights.
     net->eval();
-    const train::StepTerms check = train::forward_backward(
-        *net, diffusion, loss_spec, {x, t0, ones, noise0, labels}, settings, nullptr);
+    const train::StepInputs check_inputs{x, t0, ones, noise0, labels};
+    const train::StepTerms check =
+        train::forward_backward(*net, diffusion, loss_spec, check_inputs, settings, nullptr);
     const double check_grad_norm = grad_norm(params).item<double>();
+    // The timed copy of forward_backward on the same inputs: it must compute the same thing
+    // (checked in fp32 runs; bf16 runs the same code).
+    double copy_grad_norm = check_grad_norm, copy_loss_diff = 0;
+    const bool check_copy = precision == "fp32";
+    if (check_copy) {
+      optimizer.zero_grad();
+      const Timed copy = timed_forward_backward(*net, diffusion, loss_spec, check_inputs, settings);
+      copy_grad_norm = grad_norm(params).item<double>();
+      copy_loss_diff = (copy.terms.loss - check.loss).abs().max().item<double>();
+    }
     net->train();
     optimizer.zero_grad();
-    json check_json{{"precision", precision},
-                    {"loss_mean", check.loss.mean().item<double>()},
-                    {"mse_mean", check.mse.mean().item<double>()},
-                    {"vb_mean", check.vb.mean().item<double>()},
-                    {"grad_norm", check_grad_norm}};
+    json check_json{
+        {"precision", precision},
+        {"loss_mean", check.loss.mean().item<double>()},
+        {"mse_mean", check.mse.mean().item<double>()},
+        {"vb_mean", check.vb.mean().item<double>()},
+        {"grad_norm", check_grad_norm},
+        {"timed_copy_loss_max_abs_diff", copy_loss_diff},
+        {"timed_copy_grad_norm", copy_grad_norm},
+        {"timed_copy_checked", check_copy},
+        {"timed_copy_matches", copy_loss_diff == 0 && copy_grad_norm == check_grad_norm}};
+    if (copy_loss_diff != 0 || copy_grad_norm != check_grad_norm)
+      spdlog::warn(
+          "the timed copy of forward_backward differs from it: loss by {}, grad norm {} vs {}",
+          copy_loss_diff, copy_grad_norm, check_grad_norm);
 
     if (!export_path.empty()) {
       c10::Dict<std::string, at::Tensor> d;
@@ -211,13 +278,13 @@ int main(int argc, char** argv) {
     }
 
     // The timed steps: repeats x steps, after `warmup` untimed ones.
-    std::vector<double> step_ms, data_ms, sampler_ms, fb_ms, opt_ms, ema_ms;
-    std::vector<double> rate, r_step, r_data, r_sampler, r_fb, r_opt, r_ema;
+    std::vector<double> step_ms, data_ms, sampler_ms, fwd_ms, bwd_ms, opt_ms, ema_ms;
+    std::vector<double> rate, r_step, r_data, r_sampler, r_fwd, r_bwd, r_fb, r_opt, r_ema;
     int64_t n = 0;
     for (int64_t r = -1; r < repeats; ++r) {
       const int64_t count = r < 0 ? warmup : steps;
-      step_ms.clear(), data_ms.clear(), sampler_ms.clear(), fb_ms.clear(), opt_ms.clear(),
-          ema_ms.clear();
+      for (auto* v : {&step_ms, &data_ms, &sampler_ms, &fwd_ms, &bwd_ms, &opt_ms, &ema_ms})
+        v->clear();
       for (int64_t s = 0; s < count; ++s, ++n) {
         const auto start = Clock::now();
         auto phase = start;
@@ -228,10 +295,11 @@ int main(int argc, char** argv) {
         sampler_ms.push_back(ms_since(phase));
         phase = Clock::now();
         optimizer.zero_grad();
-        const train::StepTerms terms =
-            train::forward_backward(*net, diffusion, loss_spec,
-                                    {x, draw.t, draw.weights, noise, labels}, settings, nullptr);
-        fb_ms.push_back(ms_since(phase));
+        const Timed fb = timed_forward_backward(*net, diffusion, loss_spec,
+                                                {x, draw.t, draw.weights, noise, labels}, settings);
+        fwd_ms.push_back(fb.forward_ms);
+        bwd_ms.push_back(fb.backward_ms);
+        const train::StepTerms& terms = fb.terms;
         phase = Clock::now();
         if (diffusion::records_losses(sampler)) {
           diffusion::record_losses(sampler, draw.t, terms.loss);
@@ -254,39 +322,12 @@ int main(int argc, char** argv) {
       r_step.push_back(mean(step_ms));
       r_data.push_back(mean(data_ms));
       r_sampler.push_back(mean(sampler_ms));
-      r_fb.push_back(mean(fb_ms));
+      r_fwd.push_back(mean(fwd_ms));
+      r_bwd.push_back(mean(bwd_ms));
+      r_fb.push_back(r_fwd.back() + r_bwd.back());
       r_opt.push_back(mean(opt_ms));
       r_ema.push_back(mean(ema_ms));
     }
-
-    // Forward only (q_sample, network, loss terms, with autograd recording), the same count.
-    std::vector<double> r_fwd;
-    for (int64_t r = -1; r < repeats; ++r) {
-      const int64_t count = r < 0 ? warmup : steps;
-      std::vector<double> fwd;
-      for (int64_t s = 0; s < count; ++s) {
-        const at::Tensor noise = at::randn({batch, C, H, H}, gen);
-        const diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, batch, gen);
-        const auto start = Clock::now();
-        {
-          const at::Tensor x_t = diffusion::q_sample(diffusion, x, draw.t, noise);
-          at::Tensor out;
-          {
-            AutocastGuard autocast(settings.autocast, settings.autocast_dtype);
-            out = net->forward(x_t, draw.t.to(at::kFloat) * settings.timestep_scale, labels);
-          }
-          const auto terms = diffusion::training_terms(diffusion, loss_spec, out.to(at::kFloat), x,
-                                                       x_t, draw.t, noise);
-          const at::Tensor loss = (terms.loss * draw.weights).sum() / static_cast<double>(batch);
-          (void)loss.item<double>();
-        }
-        fwd.push_back(ms_since(start));
-      }
-      if (r >= 0) r_fwd.push_back(mean(fwd));
-    }
-    std::vector<double> r_bwd;
-    for (std::size_t i = 0; i < r_fb.size(); ++i)
-      r_bwd.push_back(std::max(0.0, r_fb[i] - r_fwd[i]));
 
     json j;
     j["benchmark"] = "train_step";
@@ -295,6 +336,7 @@ int main(int argc, char** argv) {
     j["sets"] = sets;
     j["model"] = model_json(unet_config, config);
     j["parameters"] = model::parameter_count(net);
+    j["zero_init_tensors_randomised"] = perturbed;
     j["batch"] = batch;
     j["threads"] = threads;
     j["precision"] = precision;
@@ -309,7 +351,7 @@ int main(int argc, char** argv) {
                          {"optimizer", summary(r_opt)},       {"ema", summary(r_ema)}};
     j["notes"] =
         "per-repeat means of each phase, min/median/max over repeats; all_reduce: one rank "
-        "(see scaling); backward = forward_backward - forward-only";
+        "(see scaling); forward and backward timed by a copy of forward_backward (see check)";
     j["check"] = check_json;
     j["rss_mb"] = train::resident_memory_mb();
     const std::string text = j.dump(2);

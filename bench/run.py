@@ -204,6 +204,19 @@ def train_step_benchmarks(args, env, tmp, plan):
                 row["difftrain"]["peak_rss_mb"] = rss
                 row["difftrain"]["wall_s"] = wall
                 exported = exported or precision == "fp32"
+            if precision == "bf16" or args.channels_last_everywhere:
+                # bf16 convolutions without native bf16 take ATen's slow path, much faster in
+                # channels_last (as the tuned baseline runs): difftrain's model.channels_last.
+                log(f"train step {name} {precision} {threads} thread(s): difftrain channels_last")
+                res_cl = res_path.replace("_cpp.json", "_cpp_cl.json")
+                cmd_cl = [os.path.join(BUILD, "bench_train_step"), "--config", config] + \
+                    set_args + ["--set", "model.channels_last=true"] + common + ["--out", res_cl]
+                rc, _, _, wall, rss = check_run(cmd_cl, e, "bench_train_step (channels_last)")
+                if rc == 0:
+                    with open(res_cl) as f:
+                        row["difftrain_channels_last"] = json.load(f)
+                    row["difftrain_channels_last"]["peak_rss_mb"] = rss
+                    row["difftrain_channels_last"]["wall_s"] = wall
             if not os.path.exists(export):
                 entry["runs"].append(row)
                 continue
@@ -234,10 +247,13 @@ def train_step_benchmarks(args, env, tmp, plan):
                     row["pytorch_" + variant]["peak_rss_mb"] = rss
                     row["pytorch_" + variant]["wall_s"] = wall
             d = row.get("difftrain", {}).get("images_per_s")
+            dcl = row.get("difftrain_channels_last", {}).get("images_per_s")
             for variant in ["plain", "tuned"]:
                 b = row.get("pytorch_" + variant, {}).get("images_per_s")
                 if d and b:
                     row["ratio_vs_" + variant] = d["median"] / b["median"]
+                if dcl and b:
+                    row["channels_last_ratio_vs_" + variant] = dcl["median"] / b["median"]
             if d and "train_flops_per_image" in entry:
                 gflops = entry["train_flops_per_image"] * d["median"] / 1e9
                 peak = args.machine["fp32_peak_gflops_per_core"] * threads
@@ -252,6 +268,12 @@ def train_step_benchmarks(args, env, tmp, plan):
             entry["runs"].append(row)
         checks = [r["pytorch_" + v]["check"] for r in entry["runs"] for v in ["plain", "tuned"]
                   if "pytorch_" + v in r and r["pytorch_" + v]["check"]["same_precision_as_export"]]
+        copies = [r["difftrain"]["check"].get("timed_copy_matches") for r in entry["runs"]
+                  if r.get("difftrain", {}).get("check", {}).get("timed_copy_checked")]
+        entry["timed_copy_check"] = {
+            "what": "difftrain's timed copy of forward_backward gives the same losses and "
+                    "gradient norm as forward_backward (fp32 runs)",
+            "ok": bool(copies) and all(copies)}
         entry["same_computation_check"] = {
             "what": ("first step, same weights and batch, dropout off, fp32: C++ vs PyTorch "
                      "loss and gradient norm"),
@@ -366,6 +388,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/latest.json"))
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv/bin/python"))
+    ap.add_argument("--channels-last-everywhere", action="store_true",
+                    help="also time difftrain with model.channels_last for fp32")
     ap.add_argument("--only", help="comma-separated subset: loader,train_step,training,"
                                    "sampling,scaling")
     args = ap.parse_args()
@@ -394,8 +418,8 @@ def main():
                                   ("bf16", 2, 1, 2, 0)],
                 "cifar10_hybrid": [("fp32", 2, 1, 2, 0)]}
         args.loader_repeats = 1
-        train_steps, log_every = 50, 5
-        args.sampling = [("ddim", 50, 8), ("ddpm", 1000, 2)]
+        train_steps, log_every = 30, 3
+        args.sampling = [("ddim", 50, 8), ("ddpm", 1000, 1)]
         args.sampling_repeats = 1
     else:
         bf16_steps = (5, 5, 2) if native_bf16 else (1, 3, 0)
@@ -447,6 +471,14 @@ def main():
                     result["scaling"]["exit_code"] = rc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if only and os.path.exists(args.out):
+        # A partial run updates its sections of the existing results and keeps the others.
+        with open(args.out) as f:
+            previous = json.load(f)
+        previous.update({k: v for k, v in result.items() if k not in ("section_seconds",)})
+        previous.setdefault("section_seconds", {}).update(seconds)
+        previous["partial_update"] = sorted(only)
+        result = previous
     result["machine"]["load_average_end"] = os.getloadavg()
     result["total_seconds"] = time.monotonic() - t_start
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

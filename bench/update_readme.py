@@ -55,21 +55,25 @@ def section(r):
           "backward, gradient norm, AdamW, EMA), images/s. *PyTorch plain*: the same model, "
           "loss and step in eager PyTorch the way improved-diffusion's TrainLoop runs them; "
           "*tuned*: channels_last, `scaled_dot_product_attention`, fused AdamW, foreach "
-          "gradient norm and EMA. Ratio = difftrain / baseline (> 1: difftrain faster). "
+          "gradient norm and EMA. *difftrain CL*: difftrain with `model.channels_last: true` "
+          "(timed for bf16). Ratio = difftrain / baseline (> 1: difftrain faster). "
           "Peak = threads × clock × 8 fp32 lanes × 2 (FMA) × 2 FMA pipes (assumed).")
         w("")
-        w("| model | params | precision | threads | difftrain | PyTorch plain | PyTorch tuned "
-          "| vs plain | vs tuned | GFLOP/s | of peak |")
-        w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        w("| model | params | precision | threads | difftrain | difftrain CL | PyTorch plain "
+          "| PyTorch tuned | vs plain | vs tuned | CL vs tuned | GFLOP/s | of peak |")
+        w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          "| ---: |")
         for name, e in ts.items():
             for row in e.get("runs", []):
                 d = row.get("difftrain", {})
                 w(f"| {LABEL.get(name, name)} | {params(e.get('parameters'))} | "
                   f"{row['precision']} | {row['threads']} | "
                   f"{rng(d.get('images_per_s'))} | "
+                  f"{rng(row.get('difftrain_channels_last', {}).get('images_per_s'))} | "
                   f"{rng(row.get('pytorch_plain', {}).get('images_per_s'))} | "
                   f"{rng(row.get('pytorch_tuned', {}).get('images_per_s'))} | "
                   f"{num(row.get('ratio_vs_plain'))} | {num(row.get('ratio_vs_tuned'))} | "
+                  f"{num(row.get('channels_last_ratio_vs_tuned'))} | "
                   f"{num(row.get('achieved_gflops'), '{:.1f}')} | "
                   f"{num(100 * row['fraction_of_peak'] if row.get('fraction_of_peak') else None, '{:.0f}')} % |")
         w("")
@@ -81,8 +85,10 @@ def section(r):
                              f"GFLOP forward per image, {e['train_flops_per_image'] / 1e9:.2f} "
                              f"per training image (backward counted as 2 × forward)")
             if c:
-                notes.append(f"{LABEL.get(name, name)}: same parameter count and weights; the "
-                             f"first step's loss and gradient norm agree with PyTorch's "
+                notes.append(f"{LABEL.get(name, name)}: same parameter count and weights (the "
+                             f"zero-initialised layers set to small random values, so that the "
+                             f"whole network takes part); the first step's loss and gradient "
+                             f"norm (fp32, dropout off) agree with PyTorch's "
                              f"{'(check passed' if c.get('ok') else '(check FAILED'}, relative "
                              f"difference {num(c.get('max_loss_rel_diff'), '{:.1e}')} and "
                              f"{num(c.get('max_grad_norm_rel_diff'), '{:.1e}')})")
@@ -91,8 +97,9 @@ def section(r):
         w("")
         w("**Where a step's time goes** (ms per step, medians; difftrain / PyTorch plain / "
           "PyTorch tuned). Data: the step's noise (the images come ready; the loader is below). "
-          "difftrain's forward is timed in a separate forward-only pass and backward = "
-          "forward_backward − forward. All-reduce: none on one rank (see scaling).")
+          "Forward: q_sample, the UNet (under autocast for bf16) and the loss terms; difftrain's "
+          "are timed by a copy of `forward_backward` checked to compute the same losses and "
+          "gradients. All-reduce: none on one rank (see scaling).")
         w("")
         w("| model | precision | threads | data | sampler | forward | backward | optimizer | "
           "EMA | step |")

@@ -66,9 +66,13 @@ HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianD
         .narrow(0, batch.row_offset, s[0])
         .to(x.device(), x.scalar_type());
   };
-  const diffusion::BpdEstimate e = diffusion::estimate_bpd(
-      diffusion, model, x, config.logging.bpd_timesteps,
-      cpu_generator(step_seed(seed, 0, RngStream::evaluation)), /*clip_denoised=*/true, noise);
+  // The timesteps of the whole fixed batch, this rank's rows.
+  diffusion::StratifiedTimesteps timesteps = diffusion::stratified_timesteps(
+      diffusion.num_timesteps, config.logging.bpd_timesteps, batch.global_size,
+      cpu_generator(step_seed(seed, 0, RngStream::evaluation)));
+  timesteps.t = timesteps.t.narrow(0, batch.row_offset, x.size(0));
+  const diffusion::BpdEstimate e =
+      diffusion::estimate_bpd(diffusion, model, x, timesteps, /*clip_denoised=*/true, noise);
   net.train(was_training);
 
   // Sums over images on every rank: sum, sum of squares, prior.

@@ -1,8 +1,9 @@
 // The bits/dim estimate the trainer logs every logging.bpd_every steps: a fixed batch of held-out
 // images (the first global batch of data.validation, split across ranks like training batches)
-// and the stratified estimator of diffusion/bpd_estimate.hpp. The timesteps and noise are drawn
-// from a fixed seed, so successive estimates differ only by the weights (common random numbers:
-// the trend is not buried in sampling noise), and they do not depend on the number of ranks.
+// and the stratified estimator of diffusion/bpd_estimate.hpp (each image its own timestep per
+// stratum). The timesteps and noise are drawn from a fixed seed, so successive estimates differ
+// only by the weights (common random numbers: the trend is not buried in sampling noise), and
+// they do not depend on the number of ranks.
 #pragma once
 
 #include <ATen/core/Tensor.h>

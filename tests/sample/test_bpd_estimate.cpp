@@ -24,26 +24,35 @@ TEST(BpdEstimate, StrataCoverEveryTimestepOnce) {
   for (const long T : {2L, 7L, 50L, 1000L})
     for (const long k : {1L, 2L, 3L, 10L, 49L, 50L}) {
       if (k > T) continue;
-      const StratifiedTimesteps s = stratified_timesteps(T, k, g);
-      ASSERT_EQ(s.t.numel(), k);
+      const StratifiedTimesteps s = stratified_timesteps(T, k, 4, g);
+      ASSERT_EQ(s.t.sizes(), (std::vector<int64_t>{4, k}));
       EXPECT_DOUBLE_EQ(s.weights.sum().item<double>(), static_cast<double>(T));
-      const auto t = s.t.accessor<int64_t, 1>();
-      for (long j = 0; j < k; ++j) {
-        EXPECT_GE(t[j], 0);
-        EXPECT_LT(t[j], T);
-        if (j > 0) {
-          EXPECT_GT(t[j], t[j - 1]);
+      const auto t = s.t.accessor<int64_t, 2>();
+      for (int64_t i = 0; i < 4; ++i)
+        for (long j = 0; j < k; ++j) {
+          EXPECT_GE(t[i][j], 0);
+          EXPECT_LT(t[i][j], T);
+          if (j > 0) {
+            EXPECT_GT(t[i][j], t[i][j - 1]);
+          }
+          if (k >= 2 && j == 0) {
+            EXPECT_EQ(t[i][0], 0) << "the decoder term is always evaluated";
+          }
         }
-      }
-      if (k >= 2) {
-        EXPECT_EQ(t[0], 0) << "the decoder term is always evaluated";
-      }
       if (k == T) {
-        EXPECT_TRUE(at::equal(s.t, at::arange(T, at::kLong)));
+        EXPECT_TRUE(at::equal(s.t, at::arange(T, at::kLong).expand({4, T})));
       }
     }
-  EXPECT_THROW(stratified_timesteps(10, 0, g), std::invalid_argument);
-  EXPECT_THROW(stratified_timesteps(10, 11, g), std::invalid_argument);
+  EXPECT_THROW(stratified_timesteps(10, 0, 1, g), std::invalid_argument);
+  EXPECT_THROW(stratified_timesteps(10, 11, 1, g), std::invalid_argument);
+}
+
+TEST(BpdEstimate, ImagesDrawTheirOwnTimesteps) {
+  // Shared timesteps would make every image's estimate err the same way, invisibly to the
+  // standard error over images.
+  const StratifiedTimesteps s = stratified_timesteps(1000, 5, 64, generator(2));
+  for (long j = 1; j < 5; ++j)
+    EXPECT_GT(std::get<0>(at::_unique(s.t.select(1, j))).numel(), 32) << "stratum " << j;
 }
 
 // A deterministic stand-in network (eps and variance heads from x_t) and fixed noise per t, so
