@@ -184,7 +184,8 @@ def section(r):
                 pass
         for g in sc.get("grad_sync") or []:
             try:
-                w(f"- gradient sync, {g['config']}: {g['gradient_mb']:.1f} MB, reducer bus "
+                w(f"- gradient sync, {g['config']}: {g['gradient_mb']:.1f} MB in "
+                  f"{g.get('buckets', '?')} bucket(s) of up to {g.get('bucket_mb', 25):g} MB, reducer bus "
                   f"bandwidth {g['reducer_busbw_gbs']:.2f} GB/s vs raw MPI_Allreduce "
                   f"{g['raw_busbw_gbs']:.2f} ({100 * g['reducer_vs_raw_busbw']:.0f} %), "
                   f"{100 * g['allreduce_hidden_fraction']:.0f} % of the all-reduce hidden "

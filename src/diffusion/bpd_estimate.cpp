@@ -90,7 +90,8 @@ BpdEstimate estimate_bpd(const GaussianDiffusion& d, const ModelFn& model,
   // the stratum that holds t.
   std::map<long, at::Tensor> drawn;
   for (long j = 0; j < k; ++j) {
-    const at::Tensor eps = at::randn(x_start.sizes(), generator, at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor eps =
+        at::randn(x_start.sizes(), generator, at::TensorOptions().dtype(at::kFloat));
     const at::Tensor column = timesteps.t.select(1, j);
     for (int64_t i = 0; i < column.size(0); ++i)
       drawn.emplace(column[i].item<long>(), eps);  // strata are disjoint, so t names its stratum
