@@ -13,6 +13,7 @@
 #include "diffusion/sampling.hpp"
 #include "diffusion/timestep_sampler.hpp"
 #include "diffusion/weighting.hpp"
+#include "expect_reference.hpp"
 #include "reference.hpp"
 
 namespace dd = difftrain::diffusion;
@@ -239,27 +240,13 @@ TEST_P(NewObjectives, MatchScalarReference) {
   const long T = schedule == dd::BetaSchedule::linear ? 100 : 30;
   const auto d = make(schedule, T, zero_terminal, mean, var);
   const auto ref = dd::reference::tables(schedule, T, zero_terminal);
-  const int64_t C = 2, D = C * 15;
+  const int64_t C = 2;
   const Batch b = make_batch(T, C, dd::is_learned(var) ? 2 * C : C, 7);
   const auto spec = dd::loss_spec(loss_type, var, T);
   const auto terms = dd::training_terms(d, spec, b.model_output, b.x_start,
                                         dd::q_sample(d, b.x_start, b.t, b.noise), b.t, b.noise);
-  const at::Tensor out = b.model_output.contiguous();
-  const int64_t out_d = out.size(1) * 15;
-  for (int64_t n = 0; n < b.t.size(0); ++n) {
-    const double* o = out.data_ptr<double>() + n * out_d;
-    const auto want = dd::reference::training_terms(
-        ref, mean, var, loss_type, b.x_start.data_ptr<double>() + n * D,
-        b.noise.data_ptr<double>() + n * D, o, dd::is_learned(var) ? o + D : nullptr,
-        b.t[n].item<long>(), D);
-    SCOPED_TRACE("sample " + std::to_string(n) + ", t = " + std::to_string(b.t[n].item<long>()));
-    const auto close = [](double got, double exp) {
-      EXPECT_NEAR(got, exp, 1e-12 + 1e-9 * std::abs(exp));
-    };
-    close(terms.mse[n].item<double>(), want.mse);
-    close(terms.vb[n].item<double>(), want.vb);
-    close(terms.loss[n].item<double>(), want.loss);
-  }
+  dd::reference::expect_terms_match_reference(terms, ref, mean, var, loss_type, b.x_start, b.noise,
+                                              b.t, b.model_output);
 }
 
 // Every schedule x zero terminal SNR x target x variance, for an mse and a VLB loss, except the

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "diffusion/gaussian_diffusion.hpp"
+#include "expect_reference.hpp"
 #include "reference.hpp"
 
 namespace dd = difftrain::diffusion;
@@ -48,28 +49,13 @@ TEST_P(EveryCombination, MatchesScalarReference) {
   const long T = schedule == dd::BetaSchedule::linear ? 100 : 30;
   const auto d = dd::make_gaussian_diffusion(schedule, T, mean_type, var_type);
   const auto ref = dd::reference::tables(schedule, T);
-  const int64_t C = 2, H = 3, W = 5, D = C * H * W;
+  const int64_t C = 2, H = 3, W = 5;
   const Batch b = make_batch(d, C, H, W, 7);
   const auto spec = dd::loss_spec(loss_type, var_type, T);
   const auto terms =
       dd::training_terms(d, spec, b.model_output, b.x_start, x_t_of(d, b), b.t, b.noise);
-  const auto out = b.model_output.contiguous();
-  const int64_t out_d = out.size(1) * H * W;
-  for (int64_t n = 0; n < b.t.size(0); ++n) {
-    const double* o = out.data_ptr<double>() + n * out_d;
-    const auto want = dd::reference::training_terms(
-        ref, mean_type, var_type, loss_type, b.x_start.data_ptr<double>() + n * D,
-        b.noise.data_ptr<double>() + n * D, o, dd::is_learned(var_type) ? o + D : nullptr,
-        b.t[n].item<long>(), D);
-    SCOPED_TRACE("sample " + std::to_string(n) + ", t = " + std::to_string(b.t[n].item<long>()));
-    const auto close = [](double got, double exp) {
-      EXPECT_NEAR(got, exp, 1e-12 + 1e-9 * std::abs(exp));
-    };
-    close(terms.mse[n].item<double>(), want.mse);
-    close(terms.vb[n].item<double>(), want.vb);
-    close(terms.loss[n].item<double>(), want.loss);
-    close(terms.vb_bits[n].item<double>(), want.vb_bits);
-  }
+  dd::reference::expect_terms_match_reference(terms, ref, mean_type, var_type, loss_type, b.x_start,
+                                              b.noise, b.t, b.model_output);
 }
 
 INSTANTIATE_TEST_SUITE_P(
