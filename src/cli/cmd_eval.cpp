@@ -17,10 +17,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
-#include <optional>
 
 #include "cli/commands.hpp"
 #include "cli/line_plot.hpp"
+#include "cli/run_on_world.hpp"
 #include "cli/trained_model.hpp"
 #include "data/manifest.hpp"
 #include "data/sample_order.hpp"
@@ -247,29 +247,21 @@ void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary
   write_line_plot(p.out + ".png", x, {PlotSeries{s.vb}}, po);
 }
 
-int run(const Options& o) {
-  dist::World world;
-  if (world.rank() != 0) spdlog::set_level(spdlog::level::warn);
-  std::optional<Plan> plan;
-  try {
-    plan = prepare(o, world);
-  } catch (const std::exception& e) {
-    spdlog::error("{}", e.what());
-    return kBadInput;
-  }
-  const TrainedModel& m = plan->model;
-  const int64_t N = static_cast<int64_t>(plan->indices.size());
+int run(const Options& o, dist::World& world) {
+  const Plan plan = prepare(o, world);
+  const TrainedModel& m = plan.model;
+  const int64_t N = static_cast<int64_t>(plan.indices.size());
   spdlog::info("evaluating the bound on {} images of {} with {}, T = {}, {} rank(s), device {}", N,
-               plan->manifest.path, describe(m), m.diffusion.num_timesteps, world.size(),
+               plan.manifest.path, describe(m), m.diffusion.num_timesteps, world.size(),
                m.device.str());
 
   // Past this point a failure on one rank would leave the others waiting in the reduction: it
-  // ends the whole job (World's destructor aborts while an exception unwinds).
+  // ends the whole job (run_on_world aborts every rank).
   const std::unique_ptr<dist::Communicator> comm = dist::make_communicator(world, m.device);
   const data::RowRange mine = data::rank_rows(N, world.rank(), world.size());
   const auto t0 = std::chrono::steady_clock::now();
   at::Tensor sums =
-      evaluate_range(*plan, o, mine.begin, mine.size(), world.rank() == 0 && isatty(STDERR_FILENO))
+      evaluate_range(plan, o, mine.begin, mine.size(), world.rank() == 0 && isatty(STDERR_FILENO))
           .to(m.device);
   comm->all_reduce(sums, dist::ReduceOp::sum);
   const double seconds =
@@ -283,13 +275,13 @@ int run(const Options& o) {
   fmt::print("  sum L_t, t = 1..T-1  {:.6f}\n", s.terms_bpd);
   fmt::print("  decoder L_0          {:.6f}\n", s.decoder_bpd);
   try {
-    write_report(*plan, o, s, seconds, world.size());
+    write_report(plan, o, s, seconds, world.size());
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return kBadInput;
   }
   spdlog::info("{:.1f} s ({:.2f} images/s); wrote {}.json, .csv, .png", seconds, N / seconds,
-               plan->out);
+               plan.out);
   return kOk;
 }
 
@@ -307,7 +299,9 @@ void add_eval_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--out", o->out,
                   "Report path FILE.json (also FILE.csv, FILE.png); default: "
                   "<run>/eval/bpd_step<step>.json");
-  cmd->callback([o, &exit_code] { exit_code = run(*o); });
+  cmd->callback([o, &exit_code] {
+    exit_code = run_on_world([&](dist::World& world) { return run(*o, world); });
+  });
 }
 
 }  // namespace difftrain::cli

@@ -13,9 +13,9 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <optional>
 
 #include "cli/commands.hpp"
+#include "cli/run_on_world.hpp"
 #include "cli/trained_model.hpp"
 #include "data/npz.hpp"
 #include "data/png_grid.hpp"
@@ -257,42 +257,34 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
   data::write_npz(p.out + ".npz", arrays);
 }
 
-int run(const Options& o) {
-  dist::World world;
-  if (world.rank() != 0) spdlog::set_level(spdlog::level::warn);
-  std::optional<Plan> plan;
-  try {
-    plan = prepare(o, world);
-  } catch (const std::exception& e) {
-    spdlog::error("{}", e.what());
-    return kBadInput;
-  }
-  const TrainedModel& m = plan->model;
+int run(const Options& o, dist::World& world) {
+  const Plan plan = prepare(o, world);
+  const TrainedModel& m = plan.model;
   spdlog::info("sampling {} images from {} with {} ({}), {} rank(s), device {}", o.num, describe(m),
-               o.sampler, plan->schedule, world.size(), m.device.str());
+               o.sampler, plan.schedule, world.size(), m.device.str());
 
   // Past this point a failure on one rank would leave the others waiting in the gather: it
-  // ends the whole job (World's destructor aborts while an exception unwinds).
+  // ends the whole job (run_on_world aborts every rank).
   const std::unique_ptr<dist::Communicator> comm = dist::make_communicator(world, m.device);
   const data::RowRange mine = data::rank_rows(o.num, world.rank(), world.size());
   const bool progress = world.rank() == 0 && isatty(STDERR_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
-  const Samples local = sample_range(*plan, o, mine.begin, mine.size(), progress);
+  const Samples local = sample_range(plan, o, mine.begin, mine.size(), progress);
   const Samples all = gather(local, o.num, *comm, m.device);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (world.rank() != 0) return kOk;
 
   try {
-    write_outputs(*plan, o, all);
+    write_outputs(plan, o, all);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return kBadInput;
   }
-  const double evals = static_cast<double>(o.num) * plan->diffusion.num_timesteps;
+  const double evals = static_cast<double>(o.num) * plan.diffusion.num_timesteps;
   spdlog::info("{} images in {:.1f} s: {:.2f} images/s, {:.0f} image-steps/s", o.num, seconds,
                o.num / seconds, evals / seconds);
-  spdlog::info("wrote {0}.png, {0}.h5, {0}.npz", plan->out);
+  spdlog::info("wrote {0}.png, {0}.h5, {0}.npz", plan.out);
   return kOk;
 }
 
@@ -320,7 +312,9 @@ void add_sample_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--class", o->label,
                   "Class label for class-conditional models (default: every class in turn)");
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
-  cmd->callback([o, &exit_code] { exit_code = run(*o); });
+  cmd->callback([o, &exit_code] {
+    exit_code = run_on_world([&](dist::World& world) { return run(*o, world); });
+  });
 }
 
 }  // namespace difftrain::cli

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "cli/run_on_world.hpp"
 #include "dist/communicator.hpp"
 #include "dist/watchdog.hpp"
 #include "dist/world.hpp"
@@ -60,22 +61,6 @@ int train_on(dist::World& world, const Options& o) {
   return kOk;
 }
 
-int run(const Options& o) {
-  dist::World world;
-  if (world.rank() != 0) spdlog::set_level(spdlog::level::warn);
-  try {
-    return train_on(world, o);
-  } catch (const std::exception& e) {
-    // Alone, exit with the message. In a job, the other ranks may be waiting in a collective for
-    // this one: abort them all, naming the reason (every rank of a bad config says it).
-    if (world.size() == 1) {
-      spdlog::error("{}", e.what());
-      return kBadInput;
-    }
-    dist::abort_world(e.what(), kBadInput);
-  }
-}
-
 }  // namespace
 
 void add_train_command(CLI::App& app, int& exit_code) {
@@ -92,7 +77,9 @@ void add_train_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--fault", o->fault, "Debug: hang@STEP, exit@STEP or nan@STEP");
   cmd->add_option("--fault-rank", o->fault_rank,
                   "Debug: the rank --fault applies to (default all)");
-  cmd->callback([o, &exit_code] { exit_code = run(*o); });
+  cmd->callback([o, &exit_code] {
+    exit_code = run_on_world([&](dist::World& world) { return train_on(world, *o); });
+  });
 }
 
 }  // namespace difftrain::cli
