@@ -4,7 +4,7 @@
 //
 //   build/bench_train_step --config configs/fashion_mnist.yaml --set model.image_size=32
 //       --set model.in_channels=1 [--batch 8] [--threads 1] [--precision fp32|bf16]
-//       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE]
+//       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE] [--profile TRACE]
 //
 // --export FILE writes the initial weights (the C++ state dict; zero-initialised layers made
 // random, see main), the fixed batch, the betas and the first step's per-sample losses and
@@ -19,9 +19,10 @@
 // microbatch and no reducer; the first step checks that the copy computes exactly what
 // forward_backward computes (same losses, same gradient norm).
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -37,6 +38,8 @@
 #include "diffusion/timestep_sampler.hpp"
 #include "model/parameter_count.hpp"
 #include "model/unet.hpp"
+#include "train/adamw.hpp"
+#include "train/autocast_scope.hpp"
 #include "train/config.hpp"
 #include "train/ema.hpp"
 #include "train/metrics.hpp"
@@ -49,9 +52,17 @@ using namespace difftrain;
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::ordered_json;
 
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+// The wall clock, read on CUDA after the device has finished the work queued so far.
+struct StepClock {
+  c10::Device device;
+  Clock::time_point now() const {
+    if (device.is_cuda()) torch::cuda::synchronize();
+    return Clock::now();
+  }
+  double ms_since(Clock::time_point t0) const {
+    return std::chrono::duration<double, std::milli>(now() - t0).count();
+  }
+};
 
 // min / median / max of a list (the median of an even count is the mean of the middle two).
 json summary(std::vector<double> v) {
@@ -69,21 +80,6 @@ double mean(const std::vector<double>& v) {
   return v.empty() ? 0 : s / static_cast<double>(v.size());
 }
 
-struct AutocastGuard {
-  bool previous;
-  explicit AutocastGuard(bool enabled, at::ScalarType dtype)
-      : previous(at::autocast::is_autocast_enabled(c10::DeviceType::CPU)) {
-    at::autocast::set_autocast_enabled(c10::DeviceType::CPU, enabled);
-    if (enabled) at::autocast::set_autocast_dtype(c10::DeviceType::CPU, dtype);
-  }
-  ~AutocastGuard() {
-    at::autocast::set_autocast_enabled(c10::DeviceType::CPU, previous);
-    at::autocast::clear_cache();
-  }
-  AutocastGuard(const AutocastGuard&) = delete;
-  AutocastGuard& operator=(const AutocastGuard&) = delete;
-};
-
 at::Tensor grad_norm(const std::vector<at::Tensor>& params) {
   std::vector<at::Tensor> grads;
   for (const auto& p : params)
@@ -98,32 +94,32 @@ struct Timed {
 
 // train::forward_backward for microbatch = batch and no reducer, with the forward and backward
 // timed apart. Keep in step with src/train/train_step.cpp.
-Timed timed_forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffusion& d,
-                             const diffusion::LossSpec& spec, const train::StepInputs& in,
-                             const train::StepSettings& s) {
+Timed timed_forward_backward(const StepClock& clock, model::UNetImpl& net,
+                             const diffusion::GaussianDiffusion& d, const diffusion::LossSpec& spec,
+                             const train::StepInputs& in, const train::StepSettings& s) {
   Timed r;
   const int64_t b = in.x_start.size(0);
-  auto start = Clock::now();
+  auto start = clock.now();
   const at::Tensor x_t = diffusion::q_sample(d, in.x_start, in.t, in.noise);
   at::Tensor model_output;
   {
-    AutocastGuard autocast(s.autocast, s.autocast_dtype);
+    train::AutocastScope autocast(in.x_start.device().type(), s.autocast, s.autocast_dtype);
     model_output = net.forward(x_t, in.t.to(at::kFloat) * s.timestep_scale, in.labels);
   }
   auto terms = diffusion::training_terms(d, spec, model_output.to(at::kFloat), in.x_start, x_t,
                                          in.t, in.noise);
   const at::Tensor loss = (terms.loss * in.weights).sum() / static_cast<double>(b);
-  r.forward_ms = ms_since(start);
-  start = Clock::now();
+  r.forward_ms = clock.ms_since(start);
+  start = clock.now();
   loss.backward();
-  r.backward_ms = ms_since(start);
+  r.backward_ms = clock.ms_since(start);
   r.terms.loss = terms.loss.detach().to(at::kDouble);
   r.terms.mse = terms.mse.detach().to(at::kDouble);
   r.terms.vb = terms.vb.detach().to(at::kDouble);
   return r;
 }
 
-json model_json(const model::UNetConfig& c, const train::Config& config) {
+json model_json(const model::UNetConfig& c, bool channels_last) {
   return json{{"image_size", c.image_size},
               {"in_channels", c.in_channels},
               {"model_channels", c.model_channels},
@@ -137,18 +133,18 @@ json model_json(const model::UNetConfig& c, const train::Config& config) {
               {"num_heads", c.num_heads},
               {"num_head_channels", c.num_head_channels},
               {"use_scale_shift_norm", c.use_scale_shift_norm},
-              {"channels_last", config.model.channels_last}};
+              {"channels_last", channels_last}};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"bench_train_step: training-step throughput and breakdown (one rank, CPU)"};
-  std::string config_path, export_path, out;
+  std::string config_path, export_path, out, profile_path;
   std::vector<std::string> sets;
   int64_t batch = 8, steps = 5, repeats = 3, warmup = 1;
   int threads = 1;
-  std::string precision = "fp32";
+  std::string precision = "fp32", device_name = "cpu";
   app.add_option("--config", config_path, "Config YAML")->required();
   app.add_option("--set", sets, "Override section.key=value (repeatable)");
   app.add_option("--batch", batch, "Batch size")->default_val(batch);
@@ -161,17 +157,28 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "Untimed steps first")->default_val(warmup);
   app.add_option("--export", export_path, "Write weights + batch + first-step losses here");
   app.add_option("--out", out, "JSON results file (also printed)");
+  app.add_option("--device", device_name, "cpu | cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->default_val(device_name);
+  app.add_option("--profile", profile_path,
+                 "After the timed steps, profile one more step into this Chrome trace");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
 
   try {
     at::set_num_threads(threads);
+    if (device_name == "cuda" && !torch::cuda::is_available())
+      throw std::runtime_error("--device cuda: LibTorch finds no CUDA device");
+    const c10::Device device =
+        device_name == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+    const StepClock clock{device};
     const train::Config config = train::load_config(config_path, sets);
     const train::DataShape shape = train::data_shape(config, nullptr);
     const model::UNetConfig unet_config = train::unet_config(config, shape);
     torch::manual_seed(config.seed);
     model::UNet net(unet_config);
-    if (config.model.channels_last) net->to(at::MemoryFormat::ChannelsLast);
+    const bool channels_last = train::use_channels_last(config, precision);
+    if (channels_last) net->to(at::MemoryFormat::ChannelsLast);
     const std::vector<at::Tensor> params = net->parameters();
     // The zero-initialised layers (each block's last conv, proj_out, the output conv) would make
     // the network's output 0 and every gradient but the output conv's 0: the first-step check
@@ -186,24 +193,26 @@ int main(int argc, char** argv) {
           ++perturbed;
         }
     }
-    const diffusion::GaussianDiffusion diffusion = train::make_diffusion(config);
+    net->to(device);
+    const diffusion::GaussianDiffusion diffusion =
+        diffusion::to_device(train::make_diffusion(config), device);
     const diffusion::LossSpec loss_spec = train::make_loss_spec(config);
     const long T = diffusion.num_timesteps;
-    diffusion::TimestepSampler sampler = train::make_timestep_sampler(config, T, c10::kCPU);
+    diffusion::TimestepSampler sampler = train::make_timestep_sampler(config, T, device);
     const auto& tc = config.training;
-    torch::optim::AdamW optimizer(params,
-                                  torch::optim::AdamWOptions(tc.lr).weight_decay(tc.weight_decay));
+    train::AdamW optimizer = train::make_adamw(params, tc.lr, tc.weight_decay);
     std::vector<train::Ema> emas = train::make_emas(tc.ema_rates, params);
 
     const int64_t C = shape.channels, H = shape.image_size;
     auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
-    const at::Tensor x = at::rand({batch, C, H, H}, gen) * 2 - 1;
-    const at::Tensor t0 = diffusion::draw_timesteps(sampler, batch, gen).t;
-    const at::Tensor noise0 = at::randn({batch, C, H, H}, gen);
-    const at::Tensor labels = shape.num_classes > 0
-                                  ? at::randint(shape.num_classes, {batch}, gen, at::kLong)
-                                  : at::Tensor();
-    const at::Tensor ones = at::ones({batch}, at::kDouble);
+    // Drawn on the CPU (as the trainer draws them), then moved to the device.
+    const at::Tensor x = (at::rand({batch, C, H, H}, gen) * 2 - 1).to(device);
+    const at::Tensor t0 = diffusion::draw_timesteps(sampler, batch, gen).t.to(device);
+    const at::Tensor noise0 = at::randn({batch, C, H, H}, gen).to(device);
+    const at::Tensor labels =
+        shape.num_classes > 0 ? at::randint(shape.num_classes, {batch}, gen, at::kLong).to(device)
+                              : at::Tensor();
+    const at::Tensor ones = at::ones({batch}, at::TensorOptions(device).dtype(at::kDouble));
 
     train::StepSettings settings;
     settings.timestep_scale = train::timestep_scale(config);
@@ -222,13 +231,14 @@ int main(int argc, char** argv) {
     double copy_grad_norm = check_grad_norm, copy_loss_diff = 0;
     const bool check_copy = precision == "fp32";
     if (check_copy) {
-      optimizer.zero_grad();
-      const Timed copy = timed_forward_backward(*net, diffusion, loss_spec, check_inputs, settings);
+      optimizer.state->zero_grad();
+      const Timed copy =
+          timed_forward_backward(clock, *net, diffusion, loss_spec, check_inputs, settings);
       copy_grad_norm = grad_norm(params).item<double>();
       copy_loss_diff = (copy.terms.loss - check.loss).abs().max().item<double>();
     }
     net->train();
-    optimizer.zero_grad();
+    optimizer.state->zero_grad();
     json check_json{
         {"precision", precision},
         {"loss_mean", check.loss.mean().item<double>()},
@@ -247,24 +257,24 @@ int main(int argc, char** argv) {
     if (!export_path.empty()) {
       c10::Dict<std::string, at::Tensor> d;
       for (const auto& p : net->named_parameters())
-        d.insert("state/" + p.key(), p.value().detach().contiguous().clone());
+        d.insert("state/" + p.key(), p.value().detach().cpu().contiguous().clone());
       for (const auto& b : net->named_buffers())
-        d.insert("state/" + b.key(), b.value().detach().contiguous().clone());
-      d.insert("batch/x", x);
-      d.insert("batch/t", t0);
-      d.insert("batch/noise", noise0);
-      if (labels.defined()) d.insert("batch/labels", labels);
-      d.insert("diffusion/betas", diffusion.betas);
-      d.insert("check/loss", check.loss);
-      d.insert("check/mse", check.mse);
-      d.insert("check/vb", check.vb);
+        d.insert("state/" + b.key(), b.value().detach().cpu().contiguous().clone());
+      d.insert("batch/x", x.cpu());
+      d.insert("batch/t", t0.cpu());
+      d.insert("batch/noise", noise0.cpu());
+      if (labels.defined()) d.insert("batch/labels", labels.cpu());
+      d.insert("diffusion/betas", diffusion.betas.cpu());
+      d.insert("check/loss", check.loss.cpu());
+      d.insert("check/mse", check.mse.cpu());
+      d.insert("check/vb", check.vb.cpu());
       d.insert("check/grad_norm", at::scalar_tensor(check_grad_norm, at::kDouble));
       const std::vector<char> bytes = torch::pickle_save(d);
       std::ofstream(export_path, std::ios::binary)
           .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
       json meta{{"config", config_path},
                 {"sets", sets},
-                {"model", model_json(unet_config, config)},
+                {"model", model_json(unet_config, channels_last)},
                 {"parameters", model::parameter_count(net)},
                 {"num_timesteps", T},
                 {"timestep_scale", settings.timestep_scale},
@@ -281,39 +291,45 @@ int main(int argc, char** argv) {
     std::vector<double> step_ms, data_ms, sampler_ms, fwd_ms, bwd_ms, opt_ms, ema_ms;
     std::vector<double> rate, r_step, r_data, r_sampler, r_fwd, r_bwd, r_fb, r_opt, r_ema;
     int64_t n = 0;
+    const auto one_step = [&] {
+      const auto start = clock.now();
+      auto phase = start;
+      const at::Tensor noise = at::randn({batch, C, H, H}, gen).to(device);
+      data_ms.push_back(clock.ms_since(phase));
+      phase = clock.now();
+      diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, batch, gen);
+      draw.t = draw.t.to(device);
+      draw.weights = draw.weights.to(device);
+      sampler_ms.push_back(clock.ms_since(phase));
+      phase = clock.now();
+      optimizer.state->zero_grad();
+      const Timed fb = timed_forward_backward(clock, *net, diffusion, loss_spec,
+                                              {x, draw.t, draw.weights, noise, labels}, settings);
+      fwd_ms.push_back(fb.forward_ms);
+      bwd_ms.push_back(fb.backward_ms);
+      const train::StepTerms& terms = fb.terms;
+      phase = clock.now();
+      if (diffusion::records_losses(sampler)) {
+        diffusion::record_losses(sampler, draw.t, terms.loss);
+        sampler_ms.back() += clock.ms_since(phase);
+      }
+      phase = clock.now();
+      // As the trainer: the skip decision stays on the device.
+      const at::Tensor skip = at::isfinite(grad_norm(params)).logical_not().to(at::kFloat);
+      train::adamw_step(optimizer, tc.lr, skip);
+      opt_ms.push_back(clock.ms_since(phase));
+      phase = clock.now();
+      train::update_emas(emas, params, n, tc.ema_warmup, skip);
+      ema_ms.push_back(clock.ms_since(phase));
+      step_ms.push_back(clock.ms_since(start));
+      ++n;
+    };
     for (int64_t r = -1; r < repeats; ++r) {
       const int64_t count = r < 0 ? warmup : steps;
       for (auto* v : {&step_ms, &data_ms, &sampler_ms, &fwd_ms, &bwd_ms, &opt_ms, &ema_ms})
         v->clear();
-      for (int64_t s = 0; s < count; ++s, ++n) {
-        const auto start = Clock::now();
-        auto phase = start;
-        const at::Tensor noise = at::randn({batch, C, H, H}, gen);
-        data_ms.push_back(ms_since(phase));
-        phase = Clock::now();
-        const diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, batch, gen);
-        sampler_ms.push_back(ms_since(phase));
-        phase = Clock::now();
-        optimizer.zero_grad();
-        const Timed fb = timed_forward_backward(*net, diffusion, loss_spec,
-                                                {x, draw.t, draw.weights, noise, labels}, settings);
-        fwd_ms.push_back(fb.forward_ms);
-        bwd_ms.push_back(fb.backward_ms);
-        const train::StepTerms& terms = fb.terms;
-        phase = Clock::now();
-        if (diffusion::records_losses(sampler)) {
-          diffusion::record_losses(sampler, draw.t, terms.loss);
-          sampler_ms.back() += ms_since(phase);
-        }
-        phase = Clock::now();
-        const bool finite = std::isfinite(grad_norm(params).item<float>());
-        if (finite) optimizer.step();
-        opt_ms.push_back(ms_since(phase));
-        phase = Clock::now();
-        train::update_emas(emas, params, n, tc.ema_warmup);
-        ema_ms.push_back(ms_since(phase));
-        step_ms.push_back(ms_since(start));
-      }
+      for (int64_t s = 0; s < count; ++s)
+        one_step();
       if (r < 0) continue;
       double total = 0;
       for (double v : step_ms)
@@ -329,12 +345,19 @@ int main(int argc, char** argv) {
       r_ema.push_back(mean(ema_ms));
     }
 
+    if (!profile_path.empty()) {
+      // One more step under LibTorch's profiler: a Chrome trace of every ATen op, which
+      // bench/profile_summary.py turns into self time per op.
+      torch::autograd::profiler::RecordProfile guard(profile_path);
+      one_step();
+    }
+
     json j;
     j["benchmark"] = "train_step";
     j["implementation"] = "difftrain";
     j["config"] = config_path;
     j["sets"] = sets;
-    j["model"] = model_json(unet_config, config);
+    j["model"] = model_json(unet_config, channels_last);
     j["parameters"] = model::parameter_count(net);
     j["zero_init_tensors_randomised"] = perturbed;
     j["batch"] = batch;
@@ -353,7 +376,15 @@ int main(int argc, char** argv) {
         "per-repeat means of each phase, min/median/max over repeats; all_reduce: one rank "
         "(see scaling); forward and backward timed by a copy of forward_backward (see check)";
     j["check"] = check_json;
+    j["device"] = device.str();
     j["rss_mb"] = train::resident_memory_mb();
+    if (device.is_cuda())
+      j["cuda_peak_allocated_mb"] =
+          static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(0)
+                                  .allocated_bytes[static_cast<std::size_t>(
+                                      c10::CachingAllocator::StatType::AGGREGATE)]
+                                  .peak) /
+          (1 << 20);
     const std::string text = j.dump(2);
     fmt::print("{}\n", text);
     if (!out.empty()) std::ofstream(out) << text << '\n';

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+import profile_summary  # bench/, next to this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 
@@ -188,12 +190,19 @@ def train_step_benchmarks(args, env, tmp, plan):
         exported = False
         for precision, threads, steps, repeats, warmup in plan[name]:
             common = ["--threads", str(threads), "--precision", precision, "--steps", str(steps),
-                      "--repeats", str(repeats), "--warmup", str(warmup)]
+                      "--repeats", str(repeats), "--warmup", str(warmup), "--device", args.device]
+            # One more step under the profiler, for the table of where the time goes by op.
+            profile = name == "fashion_mnist" and precision == "fp32" and \
+                threads == max(t for p, t, *_ in plan[name] if p == "fp32")
+            profiles = {}
             e = dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             row = {"precision": precision, "threads": threads}
             res_path = os.path.join(tmp, f"{name}_{precision}_{threads}_cpp.json")
             cmd = [os.path.join(BUILD, "bench_train_step"), "--config", config] + set_args + \
-                common + ["--out", res_path]
+                common + ["--batch", str(args.batch[name]), "--out", res_path]
+            if profile:
+                profiles["difftrain"] = os.path.join(tmp, f"{name}_difftrain.trace")
+                cmd += ["--profile", profiles["difftrain"]]
             if not exported:
                 cmd += ["--export", export]
             log(f"train step {name} {precision} {threads} thread(s): difftrain")
@@ -204,13 +213,14 @@ def train_step_benchmarks(args, env, tmp, plan):
                 row["difftrain"]["peak_rss_mb"] = rss
                 row["difftrain"]["wall_s"] = wall
                 exported = exported or precision == "fp32"
-            if precision == "bf16" or args.channels_last_everywhere:
-                # bf16 convolutions without native bf16 take ATen's slow path, much faster in
-                # channels_last (as the tuned baseline runs): difftrain's model.channels_last.
+            if args.channels_last_everywhere and precision == "fp32":
+                # model.channels_last is auto: channels-last under bf16 autocast, channels-first
+                # in fp32 (faster here); this also times fp32 channels-last.
                 log(f"train step {name} {precision} {threads} thread(s): difftrain channels_last")
                 res_cl = res_path.replace("_cpp.json", "_cpp_cl.json")
                 cmd_cl = [os.path.join(BUILD, "bench_train_step"), "--config", config] + \
-                    set_args + ["--set", "model.channels_last=true"] + common + ["--out", res_cl]
+                    set_args + ["--set", "model.channels_last=true"] + common + \
+                    ["--batch", str(args.batch[name]), "--out", res_cl]
                 rc, _, _, wall, rss = check_run(cmd_cl, e, "bench_train_step (channels_last)")
                 if rc == 0:
                     with open(res_cl) as f:
@@ -237,10 +247,12 @@ def train_step_benchmarks(args, env, tmp, plan):
             for variant in ["plain", "tuned"]:
                 log(f"train step {name} {precision} {threads} thread(s): pytorch {variant}")
                 res = os.path.join(tmp, f"{name}_{precision}_{threads}_{variant}.json")
-                rc, _, _, wall, rss = check_run(
-                    [args.python, "-W", "ignore", "bench/baseline/train_step.py", "--export",
-                     export, "--variant", variant, "--out", res] + common, e,
-                    f"baseline {variant}")
+                cmd = [args.python, "-W", "ignore", "bench/baseline/train_step.py", "--export",
+                       export, "--variant", variant, "--out", res] + common
+                if profile:
+                    profiles["pytorch_" + variant] = os.path.join(tmp, f"{name}_{variant}.trace")
+                    cmd += ["--profile", profiles["pytorch_" + variant]]
+                rc, _, _, wall, rss = check_run(cmd, e, f"baseline {variant}")
                 if os.path.exists(res):
                     with open(res) as f:
                         row["pytorch_" + variant] = json.load(f)
@@ -254,7 +266,9 @@ def train_step_benchmarks(args, env, tmp, plan):
                     row["ratio_vs_" + variant] = d["median"] / b["median"]
                 if dcl and b:
                     row["channels_last_ratio_vs_" + variant] = dcl["median"] / b["median"]
-            if d and "train_flops_per_image" in entry:
+            if profiles:
+                row["profile"] = profile_tables(profiles)
+            if d and "train_flops_per_image" in entry and args.device == "cpu":
                 gflops = entry["train_flops_per_image"] * d["median"] / 1e9
                 peak = args.machine["fp32_peak_gflops_per_core"] * threads
                 row["achieved_gflops"] = gflops
@@ -284,6 +298,23 @@ def train_step_benchmarks(args, env, tmp, plan):
         }
         out[name] = entry
     return out
+
+
+def profile_tables(traces, top=14):
+    """Self time per op (ms in the profiled step) of each implementation, for the top ops of
+    difftrain's step (bench/profile_summary.py)."""
+    tables = {k: profile_summary.self_times(p) for k, p in traces.items() if os.path.exists(p)}
+    if "difftrain" not in tables:
+        return None
+    first = tables["difftrain"]
+    names = sorted(first, key=lambda n: -first[n][1])[:top]
+    return {
+        "what": "self time per op of one profiled step (LibTorch profiler / torch.profiler), "
+                "ms; the profiler's own overhead is included, so the total exceeds the timed step",
+        "ops": [{"op": n, **{k: round(t[n][1], 3) if n in t else None for k, t in tables.items()}}
+                for n in names],
+        "total": {k: round(sum(v[1] for v in t.values()), 3) for k, t in tables.items()},
+    }
 
 
 def loader_benchmark(args, env, tmp):
@@ -413,7 +444,22 @@ def main():
     flags = set(read_cpuinfo().get("flags", "").split())
     native_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
     args.machine["native_bf16"] = native_bf16
-    if args.quick:
+    # With a GPU the training-step figures run on it (difftrain and both baselines), at a
+    # GPU-sized batch; threads then only drive the host side.
+    args.device = "cpu" if args.machine["cpu_only"] else "cuda"
+    args.batch = {"fashion_mnist": 8, "cifar10_hybrid": 8} if args.device == "cpu" else \
+        {"fashion_mnist": 128, "cifar10_hybrid": 64}
+    result["train_step_device"] = args.device
+    if args.device == "cuda":
+        n = (3, 3, 2) if args.quick else (20, 5, 5)
+        plan = {"fashion_mnist": [("fp32", 2) + n, ("bf16", 2) + n],
+                "cifar10_hybrid": [("fp32", 2) + n, ("bf16", 2) + n]}
+        args.loader_repeats = 1 if args.quick else 3
+        train_steps, log_every = (30, 3) if args.quick else (1000, 50)
+        args.sampling = [("ddim", 50, 8), ("ddpm", 1000, 1)] if args.quick else \
+            [("ddim", 50, 16), ("ddpm", 1000, 4)]
+        args.sampling_repeats = 1 if args.quick else 2
+    elif args.quick:
         plan = {"fashion_mnist": [("fp32", 1, 2, 3, 1), ("fp32", 2, 2, 3, 1),
                                   ("bf16", 2, 1, 2, 0)],
                 "cifar10_hybrid": [("fp32", 2, 1, 2, 0)]}

@@ -51,31 +51,43 @@ def section(r):
 
     ts = r.get("train_step", {})
     if ts:
-        w("**Training step** (one rank, batch 8, random images in [−1, 1]; forward, hybrid loss, "
+        dev = r.get("train_step_device", "cpu")
+        batches = sorted({e.get("runs", [{}])[0].get("difftrain", {}).get("batch", 8)
+                          for e in ts.values() if e.get("runs")})
+        w(f"**Training step** (one rank on {'the GPU' if dev == 'cuda' else 'the CPU'}, batch "
+          f"{' / '.join(str(b) for b in batches)}, random images in [−1, 1]; forward, hybrid loss, "
           "backward, gradient norm, AdamW, EMA), images/s. *PyTorch plain*: the same model, "
           "loss and step in eager PyTorch the way improved-diffusion's TrainLoop runs them; "
           "*tuned*: channels_last, `scaled_dot_product_attention`, fused AdamW, foreach "
-          "gradient norm and EMA. *difftrain CL*: difftrain with `model.channels_last: true` "
-          "(timed for bf16). Ratio = difftrain / baseline (> 1: difftrain faster). "
-          "Peak = threads × clock × 8 fp32 lanes × 2 (FMA) × 2 FMA pipes (assumed).")
+          "gradient norm and EMA. difftrain runs with its defaults: `model.channels_last: auto` "
+          "is channels-last under bf16 autocast and channels-first in fp32 (faster here); "
+          "fused AdamW. Ratio = difftrain / baseline (> 1: difftrain faster). "
+          "Peak = threads × clock × 8 fp32 lanes × 2 (FMA) × 2 FMA pipes (assumed). Peak RSS: "
+          "of the whole benchmark process (difftrain / plain / tuned), model, optimizer, "
+          "activations and, for PyTorch, the interpreter.")
         w("")
-        w("| model | params | precision | threads | difftrain | difftrain CL | PyTorch plain "
-          "| PyTorch tuned | vs plain | vs tuned | CL vs tuned | GFLOP/s | of peak |")
-        w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-          "| ---: |")
+        cl = any("difftrain_channels_last" in row for e in ts.values() for row in e.get("runs", []))
+        w("| model | params | precision | threads | difftrain | "
+          + ("difftrain CL | " if cl else "") + "PyTorch plain | PyTorch tuned | vs plain | "
+          "vs tuned | " + ("CL vs tuned | " if cl else "") + "GFLOP/s | of peak | peak RSS MiB |")
+        w("| --- | ---: | --- | ---: | ---: |" + (" ---: |" if cl else "")
+          + " ---: | ---: | ---: | ---: |" + (" ---: |" if cl else "") + " ---: | ---: | ---: |")
         for name, e in ts.items():
             for row in e.get("runs", []):
                 d = row.get("difftrain", {})
                 w(f"| {LABEL.get(name, name)} | {params(e.get('parameters'))} | "
                   f"{row['precision']} | {row['threads']} | "
                   f"{rng(d.get('images_per_s'))} | "
-                  f"{rng(row.get('difftrain_channels_last', {}).get('images_per_s'))} | "
+                  + (f"{rng(row.get('difftrain_channels_last', {}).get('images_per_s'))} | "
+                     if cl else "") +
                   f"{rng(row.get('pytorch_plain', {}).get('images_per_s'))} | "
                   f"{rng(row.get('pytorch_tuned', {}).get('images_per_s'))} | "
                   f"{num(row.get('ratio_vs_plain'))} | {num(row.get('ratio_vs_tuned'))} | "
-                  f"{num(row.get('channels_last_ratio_vs_tuned'))} | "
+                  + (f"{num(row.get('channels_last_ratio_vs_tuned'))} | " if cl else "") +
                   f"{num(row.get('achieved_gflops'), '{:.1f}')} | "
-                  f"{num(100 * row['fraction_of_peak'] if row.get('fraction_of_peak') else None, '{:.0f}')} % |")
+                  f"{num(100 * row['fraction_of_peak'] if row.get('fraction_of_peak') else None, '{:.0f}')} % | "
+                  + " / ".join(num(row.get(k, {}).get("peak_rss_mb"), "{:.0f}")
+                               for k in ["difftrain", "pytorch_plain", "pytorch_tuned"]) + " |")
         w("")
         notes = []
         for name, e in ts.items():
@@ -119,6 +131,26 @@ def section(r):
                 w(f"| {LABEL.get(name, name)} | {row['precision']} | {row['threads']} | "
                   + " | ".join(cells) + " |")
         w("")
+
+        for name, e in ts.items():
+            for row in e.get("runs", []):
+                p = row.get("profile")
+                if not p:
+                    continue
+                impls = [k for k in ["difftrain", "pytorch_plain", "pytorch_tuned"]
+                         if k in p["total"]]
+                w(f"**Where the time goes by op** ({LABEL.get(name, name)}, {row['precision']}, "
+                  f"{row['threads']} threads; {p['what']}; `bench/profile_summary.py` prints "
+                  f"this from the traces):")
+                w("")
+                w("| op | " + " | ".join(impls) + " |")
+                w("| --- |" + " ---: |" * len(impls))
+                for op in p["ops"]:
+                    w(f"| `{op['op']}` | " +
+                      " | ".join(num(op.get(k), "{:.2f}") for k in impls) + " |")
+                w("| every op | " + " | ".join(num(p["total"][k], "{:.1f}") for k in impls)
+                  + " |")
+                w("")
 
     s = r.get("sampling", {})
     if s and "runs" in s:

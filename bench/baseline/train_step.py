@@ -3,7 +3,8 @@ from the same initial weights and batch (exported by `bench_train_step --export 
 same way (repeats x steps after warm-up, per-phase means per repeat, min/median/max over repeats).
 
   python bench/baseline/train_step.py --export FILE --variant plain|tuned [--threads 1]
-      [--precision fp32|bf16] [--steps 5] [--repeats 3] [--warmup 1] [--out FILE] [--flops]
+      [--precision fp32|bf16] [--device cpu|cuda] [--steps 5] [--repeats 3] [--warmup 1]
+      [--out FILE] [--flops] [--profile TRACE]
 
 plain: the way improved-diffusion's TrainLoop runs it: zero_grad in place, the QKVAttention
        einsums, torch.optim.AdamW with its defaults (the per-parameter loop on CPU), the gradient
@@ -13,7 +14,10 @@ tuned: channels_last, F.scaled_dot_product_attention, AdamW(fused=True), zero_gr
 
 Before timing it checks that the first step's losses and gradient norm (dropout off) match the
 C++ ones stored in the export: the same computation. --flops counts the forward FLOPs per image
-(convolutions, linears, attention matmuls; 2 FLOPs per multiply-add) and exits.
+(convolutions, linears, attention matmuls; 2 FLOPs per multiply-add) and exits. --profile
+writes one more step, after the timed ones, as a torch.profiler Chrome trace (for
+bench/profile_summary.py). On CUDA every phase boundary synchronises the device before reading
+the clock.
 """
 import argparse
 import json
@@ -109,7 +113,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--out")
     ap.add_argument("--flops", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--profile")
     args = ap.parse_args()
+    dev = th.device(args.device)
     th.set_num_threads(args.threads)
 
     d, meta = load_export(args.export)
@@ -129,8 +136,10 @@ def main():
         "the baseline implements rescale_timesteps = true"
     assert abs(meta["vb_scale"] - diffusion.num_timesteps / 1000.0) < 1e-9, \
         "the baseline implements the hybrid loss with vlb_weight 0.001 (RESCALED_MSE)"
-    x, t0, noise0 = d["batch/x"], d["batch/t"], d["batch/noise"]
+    model = model.to(dev)
+    x, t0, noise0 = d["batch/x"].to(dev), d["batch/t"].to(dev), d["batch/noise"].to(dev)
     labels = d.get("batch/labels")
+    labels = labels.to(dev) if labels is not None else None
     kwargs = {"y": labels} if labels is not None else {}
     B = x.shape[0]
     T = diffusion.num_timesteps
@@ -142,7 +151,7 @@ def main():
 
     def losses(x_start, t, noise):
         x_t = diffusion.q_sample(x_start, t, noise)
-        with th.autocast("cpu", dtype=th.bfloat16, enabled=autocast):
+        with th.autocast(dev.type, dtype=th.bfloat16, enabled=autocast):
             out = model(x_t, diffusion.scale_timesteps(t), **kwargs)
         return diffusion.losses_from_output(out, x_start, x_t, t, noise)
 
@@ -169,7 +178,8 @@ def main():
         "grad_norm": gnorm, "cpp_grad_norm": cpp["grad_norm"],
         "per_sample_loss_max_rel_diff": (
             ((terms["loss"].double() - d["check/loss"]).abs()
-             / d["check/loss"].abs().clamp(min=1e-30)).max().item()),
+             / d["check/loss"].abs().clamp(min=1e-30)).max().item())
+            if args.device == "cpu" else None,
     }
     check["loss_rel_diff"] = rel(check["loss_mean"], cpp["loss_mean"])
     check["grad_norm_rel_diff"] = rel(gnorm, cpp["grad_norm"])
@@ -186,7 +196,54 @@ def main():
     emas = [[p.detach().clone() for p in params] for _ in rates]
 
     def now():
+        if dev.type == "cuda":
+            th.cuda.synchronize()
         return time.perf_counter() * 1000.0
+
+    def one_step(ph):
+        start = now()
+        noise = th.randn_like(x)
+        a = now()
+        ph["data"].append(a - start)
+        t = th.randint(0, T, (B,), device=dev)  # UniformSampler: uniform t, weights 1
+        weights = th.ones(B, device=dev)
+        b = now()
+        ph["sampler"].append(b - a)
+        if tuned:
+            opt.zero_grad(set_to_none=True)
+        else:  # improved-diffusion's zero_grad(model_params)
+            for p in params:
+                if p.grad is not None:
+                    p.grad.detach_()
+                    p.grad.zero_()
+        terms = losses(x, t, noise)
+        loss = (terms["loss"] * weights).mean()
+        c = now()
+        ph["forward"].append(c - b)
+        loss.backward()
+        e = now()
+        ph["backward"].append(e - c)
+        if tuned:
+            norm = th.stack(th._foreach_norm([p.grad for p in params])).norm().item()
+        else:  # TrainLoop._log_grad_norm
+            sqsum = 0.0
+            for p in params:
+                sqsum += (p.grad ** 2).sum().item()
+            norm = sqsum ** 0.5
+        if norm == norm:
+            opt.step()
+        f = now()
+        ph["optimizer"].append(f - e)
+        with th.no_grad():
+            for rate_, ema in zip(rates, emas):
+                if tuned:
+                    th._foreach_lerp_(ema, params, 1 - rate_)
+                else:  # improved-diffusion's update_ema
+                    for targ, src in zip(ema, params):
+                        targ.detach().mul_(rate_).add_(src, alpha=1 - rate_)
+        g = now()
+        ph["ema"].append(g - f)
+        ph["step"].append(g - start)
 
     rate, r = [], {k: [] for k in ["step", "data", "sampler", "forward", "backward",
                                    "optimizer", "ema"]}
@@ -194,49 +251,7 @@ def main():
         count = args.warmup if rep < 0 else args.steps
         ph = {k: [] for k in r}
         for _ in range(count):
-            start = now()
-            noise = th.randn_like(x)
-            a = now()
-            ph["data"].append(a - start)
-            t = th.randint(0, T, (B,))  # UniformSampler: uniform t, weights 1
-            weights = th.ones(B)
-            b = now()
-            ph["sampler"].append(b - a)
-            if tuned:
-                opt.zero_grad(set_to_none=True)
-            else:  # improved-diffusion's zero_grad(model_params)
-                for p in params:
-                    if p.grad is not None:
-                        p.grad.detach_()
-                        p.grad.zero_()
-            terms = losses(x, t, noise)
-            loss = (terms["loss"] * weights).mean()
-            c = now()
-            ph["forward"].append(c - b)
-            loss.backward()
-            e = now()
-            ph["backward"].append(e - c)
-            if tuned:
-                norm = th.stack(th._foreach_norm([p.grad for p in params])).norm().item()
-            else:  # TrainLoop._log_grad_norm
-                sqsum = 0.0
-                for p in params:
-                    sqsum += (p.grad ** 2).sum().item()
-                norm = sqsum ** 0.5
-            if norm == norm:
-                opt.step()
-            f = now()
-            ph["optimizer"].append(f - e)
-            with th.no_grad():
-                for rate_, ema in zip(rates, emas):
-                    if tuned:
-                        th._foreach_lerp_(ema, params, 1 - rate_)
-                    else:  # improved-diffusion's update_ema
-                        for targ, src in zip(ema, params):
-                            targ.detach().mul_(rate_).add_(src, alpha=1 - rate_)
-            g = now()
-            ph["ema"].append(g - f)
-            ph["step"].append(g - start)
+            one_step(ph)
         if rep < 0:
             continue
         rate.append(1000.0 * B * args.steps / sum(ph["step"]))
@@ -265,6 +280,12 @@ def main():
         "check": check,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            one_step({k: [] for k in r})
+        prof.export_chrome_trace(args.profile)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

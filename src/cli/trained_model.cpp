@@ -121,7 +121,8 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& lo
   m.net = model::UNet(train::unet_config(m.config, m.shape));
   train::load_model_weights(m.checkpoint, *m.net, m.ema_rate);
   m.net->to(device);
-  if (m.config.model.channels_last) m.net->to(at::MemoryFormat::ChannelsLast);
+  // Sampling and evaluation run in fp32: auto is channels-first there.
+  if (train::use_channels_last(m.config, "fp32")) m.net->to(at::MemoryFormat::ChannelsLast);
   m.net->eval();  // dropout off
 
   m.diffusion = diffusion::to_device(train::make_diffusion(m.config), device);

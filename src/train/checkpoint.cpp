@@ -156,7 +156,8 @@ void save_checkpoint(const std::string& path, const TrainStateRefs& s,
       a.write(ema_key(i, j), s.emas[i].params[j]);
   }
   torch::serialize::OutputArchive optimizer;
-  s.optimizer.save(optimizer);
+  write_step_count(s.optimizer);
+  s.optimizer.state->save(optimizer);
   a.write("optimizer", optimizer);
   a.write("sampler/loss_history", s.sampler.loss_history);
   a.write("sampler/loss_counts", s.sampler.loss_counts);
@@ -199,7 +200,8 @@ std::string load_checkpoint(const std::string& path, TrainStateRefs& s) {
   torch::serialize::InputArchive optimizer;
   if (!a.try_read("optimizer", optimizer))
     throw CheckpointError(path + ": checkpoint has no optimizer state");
-  s.optimizer.load(optimizer);
+  s.optimizer.state->load(optimizer);
+  read_step_count(s.optimizer);
   copy_checked(path, "sampler/loss_history", s.sampler.loss_history,
                read_tensor(a, path, "sampler/loss_history"));
   copy_checked(path, "sampler/loss_counts", s.sampler.loss_counts,

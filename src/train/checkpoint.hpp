@@ -11,14 +11,12 @@
 #include <vector>
 
 #include "diffusion/timestep_sampler.hpp"
+#include "train/adamw.hpp"
 #include "train/ema.hpp"
 #include "train/loss_scaler.hpp"
 
 namespace torch::nn {
 class Module;
-}
-namespace torch::optim {
-class Optimizer;
 }
 
 namespace difftrain::train {
@@ -32,7 +30,7 @@ struct CheckpointError : std::runtime_error {
 // The live training state, by reference: saving reads it, loading writes into it.
 struct TrainStateRefs {
   torch::nn::Module& model;
-  torch::optim::Optimizer& optimizer;
+  AdamW& optimizer;
   std::vector<Ema>& emas;
   diffusion::TimestepSampler& sampler;
   LossScaler& scaler;

@@ -340,6 +340,7 @@ void validate(const Config& c) {
   check(c.data.prefetch >= 1, "data.prefetch", c.data.prefetch, "must be >= 1");
 
   const auto& m = c.model;
+  check_one_of("model.channels_last", m.channels_last, {"auto", "true", "false"});
   check(m.image_size >= 0, "model.image_size", m.image_size, "must be >= 0 (0 = from the data)");
   check(m.in_channels >= 0, "model.in_channels", m.in_channels, "must be >= 0 (0 = from the data)");
   check(m.num_classes >= 0, "model.num_classes", m.num_classes, "must be >= 0 (0 = from the data)");

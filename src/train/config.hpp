@@ -37,7 +37,9 @@ struct ModelConfig {
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
   bool conv_resample = true;
-  bool channels_last = false;
+  // Channels-last weights and activations: auto (under bf16 / fp16 autocast, where the
+  // convolutions are faster so), true or false.
+  std::string channels_last = "auto";
 };
 
 struct DiffusionConfig {

@@ -23,13 +23,17 @@ double ema_rate_at(double rate, int64_t n, bool warmup) {
 }
 
 void update_emas(std::vector<Ema>& emas, const std::vector<at::Tensor>& params, int64_t n,
-                 bool warmup) {
+                 bool warmup, const at::Tensor& skip) {
   std::vector<at::Tensor> detached;
   detached.reserve(params.size());
   for (const auto& p : params)
     detached.push_back(p.detach());
-  for (Ema& e : emas)
-    at::_foreach_lerp_(e.params, detached, 1.0 - ema_rate_at(e.rate, n, warmup));
+  const at::Tensor keep = 1.0 - skip;
+  for (Ema& e : emas) {
+    // One 0-dim weight for every tensor: (1 - rate), or 0 on a skipped step.
+    const at::Tensor weight = keep * (1.0 - ema_rate_at(e.rate, n, warmup));
+    at::_foreach_lerp_(e.params, detached, std::vector<at::Tensor>(detached.size(), weight));
+  }
 }
 
 }  // namespace difftrain::train

@@ -18,8 +18,9 @@ std::vector<Ema> make_emas(const std::vector<double>& rates, const std::vector<a
 // useful averages; the plain rate otherwise.
 double ema_rate_at(double rate, int64_t n, bool warmup);
 
-// ema <- rate * ema + (1 - rate) * params, with fused multi-tensor ops.
+// ema <- rate * ema + (1 - rate) * params, with fused multi-tensor ops; a no-op when `skip` (a
+// 0-dim float32 on the device, 0 or 1) is 1, decided on the device.
 void update_emas(std::vector<Ema>& emas, const std::vector<at::Tensor>& params, int64_t n,
-                 bool warmup);
+                 bool warmup, const at::Tensor& skip);
 
 }  // namespace difftrain::train

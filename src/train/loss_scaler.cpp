@@ -17,21 +17,25 @@ LossScaler make_loss_scaler(bool enabled, double init_scale, int64_t growth_inte
   return s;
 }
 
-bool unscale_and_update(LossScaler& s, const std::vector<at::Tensor>& grads) {
-  if (!s.enabled) return true;
-  at::Tensor found_inf = at::zeros({1}, s.scale.options());
+at::Tensor unscale_and_update(LossScaler& s, const std::vector<at::Tensor>& grads) {
+  at::Tensor found_inf = at::zeros({}, s.scale.options());
+  if (!s.enabled) return found_inf;
   std::vector<at::Tensor> defined;
   for (const auto& g : grads)
     if (g.defined()) defined.push_back(g);
   at::_amp_foreach_non_finite_check_and_unscale_(defined, found_inf, s.scale.reciprocal());
   at::_amp_update_scale_(s.scale, s.growth_tracker, found_inf, s.growth_factor, s.backoff_factor,
                          s.growth_interval);
-  if (s.scale.item<float>() < s.min_scale)
-    throw LossScaleCollapsed("fp16 loss scale fell to " + std::to_string(s.scale.item<float>()) +
+  return found_inf;
+}
+
+void check_loss_scale(const LossScaler& s) {
+  const float scale = s.scale.item<float>();
+  if (s.enabled && scale < s.min_scale)
+    throw LossScaleCollapsed("fp16 loss scale fell to " + std::to_string(scale) +
                              ", below training.loss_scale_min = " + std::to_string(s.min_scale) +
                              ": the gradients keep overflowing; lower the learning rate or use "
                              "bf16");
-  return found_inf.item<float>() == 0.0f;
 }
 
 }  // namespace difftrain::train

@@ -28,9 +28,12 @@ struct LossScaler {
 LossScaler make_loss_scaler(bool enabled, double init_scale, int64_t growth_interval,
                             double min_scale, const c10::Device& device);
 
-// Unscales the gradients in place and updates the scale. Returns false when the step must be
-// skipped (non-finite gradients). Throws LossScaleCollapsed when the scale falls below
-// min_scale: training has diverged, and going on would only train on garbage.
-bool unscale_and_update(LossScaler& s, const std::vector<at::Tensor>& grads);
+// Unscales the gradients in place and updates the scale, on the device. Returns found_inf: a 0-dim
+// float32, 1 when the step must be skipped (non-finite gradients), always 0 when disabled.
+at::Tensor unscale_and_update(LossScaler& s, const std::vector<at::Tensor>& grads);
+
+// Throws LossScaleCollapsed when the scale has fallen below min_scale: training has diverged, and
+// going on would only train on garbage. Reads the scale (a host sync): call it when logging.
+void check_loss_scale(const LossScaler& s);
 
 }  // namespace difftrain::train

@@ -32,6 +32,7 @@ Metrics::Metrics(const c10::Device& device, long num_timesteps, int64_t timestep
   const auto f64 = at::TensorOptions(device).dtype(at::kDouble);
   sums_ = at::zeros({kSlots}, f64);
   per_t_ = at::zeros({buckets_, 6}, f64);
+  nonfinite_per_t_ = at::zeros({num_timesteps}, at::TensorOptions(device).dtype(at::kInt));
 }
 
 void Metrics::add_samples(const at::Tensor& t, const at::Tensor& loss, const at::Tensor& mse,
@@ -47,12 +48,20 @@ void Metrics::add_samples(const at::Tensor& t, const at::Tensor& loss, const at:
   sums_.narrow(0, kQuartileCount, 4).index_add_(0, q, at::ones_like(l));
   const at::Tensor bucket = (t * buckets_).div(num_timesteps_, "floor");
   per_t_.index_add_(0, bucket, at::stack({at::ones_like(l), l, l.square(), m, wm, v}, 1));
+  nonfinite_per_t_.index_add_(0, t, at::isfinite(loss).logical_not().to(at::kInt));
 }
 
-void Metrics::add_step(const at::Tensor& grad_norm, bool applied) {
-  if (applied) sums_.narrow(0, kGradNorm, 1).add_(grad_norm.to(at::kDouble));
+void Metrics::add_step(const at::Tensor& grad_norm, const at::Tensor& skipped) {
+  const at::Tensor applied_norm = at::where(skipped.to(at::kBool), 0.0, grad_norm.to(at::kDouble));
+  sums_.narrow(0, kGradNorm, 1).add_(applied_norm);
   sums_.narrow(0, kSteps, 1).add_(1.0);
-  if (!applied) sums_.narrow(0, kSkipped, 1).add_(1.0);
+  sums_.narrow(0, kSkipped, 1).add_(skipped.to(at::kDouble));
+}
+
+std::vector<int64_t> Metrics::nonfinite_timesteps_and_reset() {
+  const at::Tensor t = nonfinite_per_t_.nonzero().flatten().cpu();
+  nonfinite_per_t_.zero_();
+  return {t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()};
 }
 
 MetricsSummary Metrics::reduce_and_reset(dist::Communicator& comm) {

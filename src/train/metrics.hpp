@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <vector>
 
 namespace difftrain::dist {
 class Communicator;
@@ -35,19 +36,24 @@ class Metrics {
                    const at::Tensor& vb) {
     add_samples(t, loss, mse, mse, vb);
   }
-  void add_step(const at::Tensor& grad_norm, bool applied);
+  // `skipped`: 0-dim float32, 1 when the step was not applied (non-finite loss or gradients).
+  void add_step(const at::Tensor& grad_norm, const at::Tensor& skipped);
 
   // Sums over every rank since the last call (one all-reduce), then starts again.
   MetricsSummary reduce_and_reset(dist::Communicator& comm);
   // Per t-bucket count, mean and second moment of the loss, and the means of each term: mse,
   // weighted mse and vb, so that one sees what a weighting does where.
   nlohmann::json timestep_stats_and_reset(dist::Communicator& comm);
+  // The timesteps at which this rank saw a non-finite per-sample loss since the last call (no
+  // reduction: each rank names its own).
+  std::vector<int64_t> nonfinite_timesteps_and_reset();
 
  private:
   long num_timesteps_;
   int64_t buckets_;
-  at::Tensor sums_;   // [kSlots] float64, see metrics.cpp
-  at::Tensor per_t_;  // [buckets, 6] float64: count, loss, loss^2, mse, weighted mse, vb
+  at::Tensor sums_;             // [kSlots] float64, see metrics.cpp
+  at::Tensor per_t_;            // [buckets, 6] float64: count, loss, loss^2, mse, weighted mse, vb
+  at::Tensor nonfinite_per_t_;  // [T] int32: non-finite per-sample losses at each timestep
 };
 
 nlohmann::json summary_json(const MetricsSummary& s);

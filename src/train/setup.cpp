@@ -131,4 +131,9 @@ double timestep_scale(const Config& c) {
   return c.diffusion.rescale_timesteps ? 1000.0 / static_cast<double>(c.diffusion.steps) : 1.0;
 }
 
+bool use_channels_last(const Config& config, const std::string& precision) {
+  const std::string& v = config.model.channels_last;
+  return v == "true" || (v == "auto" && precision != "fp32");
+}
+
 }  // namespace difftrain::train

@@ -41,4 +41,8 @@ diffusion::TimestepSampler make_timestep_sampler(const Config& config, long num_
 // else t.
 double timestep_scale(const Config& config);
 
+// model.channels_last resolved: auto means channels-last when the network runs under autocast
+// (`precision` bf16 or fp16).
+bool use_channels_last(const Config& config, const std::string& precision);
+
 }  // namespace difftrain::train

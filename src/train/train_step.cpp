@@ -1,38 +1,15 @@
 #include "train/train_step.hpp"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 
 #include <cmath>
 
 #include "diffusion/gaussian_diffusion.hpp"
 #include "dist/grad_reducer.hpp"
 #include "model/unet.hpp"
+#include "train/autocast_scope.hpp"
 
 namespace difftrain::train {
-namespace {
-
-// Mixed precision for the network only; the loss terms are computed in float32.
-class AutocastScope {
- public:
-  AutocastScope(c10::DeviceType device, bool enabled, at::ScalarType dtype)
-      : device_(device), previous_(at::autocast::is_autocast_enabled(device)) {
-    at::autocast::set_autocast_enabled(device_, enabled);
-    if (enabled) at::autocast::set_autocast_dtype(device_, dtype);
-  }
-  ~AutocastScope() {
-    at::autocast::set_autocast_enabled(device_, previous_);
-    at::autocast::clear_cache();
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  c10::DeviceType device_;
-  bool previous_;
-};
-
-}  // namespace
 
 StepTerms forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
                            const diffusion::LossSpec& loss_spec, const StepInputs& in,

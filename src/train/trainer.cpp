@@ -21,6 +21,7 @@
 #include "dist/watchdog.hpp"
 #include "model/parameter_count.hpp"
 #include "model/unet.hpp"
+#include "train/adamw.hpp"
 #include "train/checkpoint.hpp"
 #include "train/ema.hpp"
 #include "train/heldout_bpd.hpp"
@@ -109,11 +110,10 @@ at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads) {
   return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
 }
 
-std::string join_ints(const at::Tensor& values) {
+std::string join_ints(const std::vector<int64_t>& values) {
   std::string s;
-  const at::Tensor v = values.cpu().to(at::kLong).contiguous();
-  for (int64_t i = 0; i < v.numel(); ++i)
-    s += (i ? ", " : "") + std::to_string(v[i].item<int64_t>());
+  for (std::size_t i = 0; i < values.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(values[i]);
   return s;
 }
 
@@ -121,14 +121,15 @@ std::string join_ints(const at::Tensor& values) {
 std::vector<at::Tensor> replicated_state(const TrainStateRefs& s) {
   std::vector<at::Tensor> state = s.model.parameters();
   for (const at::Tensor& p : s.model.parameters()) {
-    const auto it = s.optimizer.state().find(p.unsafeGetTensorImpl());
-    if (it == s.optimizer.state().end()) continue;
+    const auto it = s.optimizer.state->state().find(p.unsafeGetTensorImpl());
+    if (it == s.optimizer.state->state().end()) continue;
     const auto& adam = static_cast<const torch::optim::AdamWParamState&>(*it->second);
     state.push_back(adam.exp_avg());
     state.push_back(adam.exp_avg_sq());
   }
   for (const Ema& ema : s.emas)
     state.insert(state.end(), ema.params.begin(), ema.params.end());
+  state.push_back(s.optimizer.steps);
   state.push_back(s.sampler.loss_history);
   state.push_back(s.sampler.loss_counts);
   return state;
@@ -168,7 +169,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   torch::manual_seed(config.seed);  // the initial weights; rank 0's are broadcast below
   model::UNet net(unet_config(config, shape));
   net->to(device);
-  if (config.model.channels_last) net->to(at::MemoryFormat::ChannelsLast);
+  if (use_channels_last(config, tc.precision)) net->to(at::MemoryFormat::ChannelsLast);
   const std::vector<at::Tensor> params = net->parameters();
 
   const diffusion::GaussianDiffusion diffusion = to_device(make_diffusion(config), device);
@@ -176,8 +177,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   const long T = diffusion.num_timesteps;
   diffusion::TimestepSampler sampler = make_timestep_sampler(config, T, device);
 
-  torch::optim::AdamW optimizer(params,
-                                torch::optim::AdamWOptions(tc.lr).weight_decay(tc.weight_decay));
+  AdamW optimizer = make_adamw(params, tc.lr, tc.weight_decay);
   std::vector<Ema> emas = make_emas(tc.ema_rates, params);
   LossScaler scaler = make_loss_scaler(tc.precision == "fp16", tc.loss_scale_init,
                                        tc.loss_scale_growth_interval, tc.loss_scale_min, device);
@@ -272,7 +272,11 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   SignalGuard signals;
   const auto t_start = std::chrono::steady_clock::now();
   auto t_last_log = t_start;
-  int64_t last_log_step = step, bad_steps = 0;
+  int64_t last_log_step = step;
+  // The longest run of skipped steps since the last log line, kept on the device
+  // (training.max_bad_steps is checked when logging).
+  const auto f32 = at::TensorOptions(device).dtype(at::kFloat);
+  at::Tensor skips_in_a_row = at::zeros({}, f32), longest_skip_run = at::zeros({}, f32);
   TrainResult result;
   result.run_dir = run.dir;
 
@@ -294,10 +298,12 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
 
   while (tc.max_steps == 0 || step < tc.max_steps) {
     // Stop together: a signal or the time limit on any rank stops every rank at the same step.
+    // Ranks agree on it at logging steps only, so that the steps between need no collective.
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     int stop = g_stop_signal.load() != 0 ? 2 : (tc.max_time > 0 && elapsed >= tc.max_time ? 1 : 0);
-    if (world > 1) {
+    if (world > 1 && step % config.logging.log_every != 0) stop = 0;
+    if (world > 1 && step % config.logging.log_every == 0) {
       at::Tensor flag = at::full({1}, stop, at::TensorOptions(device).dtype(at::kInt));
       comm.all_reduce(flag, dist::ReduceOp::max);
       stop = flag.item<int>();
@@ -325,8 +331,6 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     const data::Batch batch = loader.next();
     data_epoch = loader.cursor().epoch;
     data_batch = loader.cursor().batch;
-    for (auto& group : optimizer.param_groups())
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr_at(tc, step));
 
     // The global batch's timesteps and noise, drawn on every rank; this rank takes its rows.
     auto t_gen = cpu_generator(step_seed(config.seed, step, RngStream::timesteps));
@@ -341,7 +345,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (reducer)
       reducer->zero_grad();
     else
-      optimizer.zero_grad();
+      optimizer.state->zero_grad();
     const StepTerms terms = forward_backward(
         *net, diffusion, loss_spec, {batch.images, t, weights, noise, batch.labels}, settings,
         reducer.get(), fault.kind == "nan" && fault.step == step);
@@ -355,34 +359,22 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
                                world > 1 ? comm.all_gather(step_losses) : step_losses);
 
     const std::vector<at::Tensor> grads = grads_of(params);
-    const bool scaled_ok = unscale_and_update(scaler, grads);
+    const at::Tensor overflow = unscale_and_update(scaler, grads);
     const at::Tensor grad_norm = global_grad_norm(grads);
-    // The gradients are averaged over ranks already, so every rank takes the same decision.
-    const bool finite = scaled_ok && std::isfinite(grad_norm.item<float>());
-    if (!finite) {
-      if (!scaler.enabled) ++bad_steps;
-      const at::Tensor bad_t = t.masked_select(~at::isfinite(step_losses));
-      if (scaler.enabled)
-        spdlog::warn("step {}: non-finite fp16 gradients; skipping the step, loss scale now {}",
-                     step, scaler.scale.item<float>());
-      else if (bad_t.numel() > 0 || rank == 0)
-        spdlog::warn("rank {} step {}: non-finite loss{}; skipping the step", rank, step,
-                     bad_t.numel() > 0 ? " at timesteps " + join_ints(bad_t) : " or gradients");
-      if (!scaler.enabled && bad_steps >= tc.max_bad_steps)
-        throw std::runtime_error(fmt::format(
-            "{} consecutive steps with a non-finite loss (training.max_bad_steps); stopping at "
-            "step {} instead of training on garbage: lower training.lr or check the data",
-            bad_steps, step));
-    } else {
-      bad_steps = 0;
-      if (tc.grad_clip > 0) {
-        const at::Tensor coef = (tc.grad_clip / (grad_norm + 1e-6)).clamp_max(1.0);
-        at::_foreach_mul_(grads, coef);
-      }
-      optimizer.step();
-      update_emas(emas, params, step, tc.ema_warmup);
+    // Decided on the device, without a host sync. The gradients are averaged over ranks already,
+    // so every rank takes the same decision.
+    const at::Tensor skip =
+        at::logical_or(overflow.to(at::kBool), at::isfinite(grad_norm).logical_not())
+            .to(at::kFloat);
+    if (tc.grad_clip > 0) {
+      const at::Tensor coef = (tc.grad_clip / (grad_norm + 1e-6)).clamp_max(1.0);
+      at::_foreach_mul_(grads, coef);
     }
-    metrics.add_step(grad_norm, finite);
+    adamw_step(optimizer, lr_at(tc, step), skip);
+    update_emas(emas, params, step, tc.ema_warmup, skip);
+    metrics.add_step(grad_norm, skip);
+    skips_in_a_row.mul_(skip).add_(skip);
+    at::maximum_out(longest_skip_run, longest_skip_run, skips_in_a_row);
     ++step;
 
     if (step % config.logging.log_every == 0 || step == tc.max_steps) {
@@ -390,6 +382,27 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       const double seconds = std::chrono::duration<double>(now - t_last_log).count();
       const int64_t steps = step - last_log_step;
       const MetricsSummary s = metrics.reduce_and_reset(comm);
+      const std::vector<int64_t> bad_t = metrics.nonfinite_timesteps_and_reset();
+      if (s.skipped_steps > 0) {
+        if (scaler.enabled && rank == 0)
+          spdlog::warn(
+              "{} of the last {} steps skipped: non-finite fp16 gradients; loss scale "
+              "now {}",
+              s.skipped_steps, s.steps, scaler.scale.item<float>());
+        else if (!scaler.enabled && (!bad_t.empty() || rank == 0))
+          spdlog::warn("rank {}: {} of the last {} steps skipped: non-finite loss{}", rank,
+                       s.skipped_steps, s.steps,
+                       bad_t.empty() ? " or gradients" : " at timesteps " + join_ints(bad_t));
+        const auto run = static_cast<int64_t>(longest_skip_run.item<float>());
+        if (!scaler.enabled && run >= tc.max_bad_steps)
+          throw std::runtime_error(fmt::format(
+              "{} consecutive steps with a non-finite loss (training.max_bad_steps = {}); "
+              "stopping at step {} instead of training on garbage: lower training.lr or check the "
+              "data",
+              run, tc.max_bad_steps, step));
+      }
+      longest_skip_run.zero_();
+      check_loss_scale(scaler);
       if (rank == 0) {
         nlohmann::json line = summary_json(s);
         line["step"] = step;

@@ -81,7 +81,7 @@ inline void write_tiny_checkpoint(const std::string& path, const std::string& we
     for (auto& p : net->parameters())
       p.add_(at::randn(p.sizes(), g, at::TensorOptions().dtype(at::kFloat)) * 0.05);
   }
-  torch::optim::AdamW optimizer(net->parameters(), torch::optim::AdamWOptions(1e-4));
+  train::AdamW optimizer = train::make_adamw(net->parameters(), 1e-4, 0.0);
   std::vector<train::Ema> emas = train::make_emas(c.training.ema_rates, net->parameters());
   {
     // The EMA weights differ from the raw ones, so the choice shows in the outputs.

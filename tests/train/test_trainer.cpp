@@ -90,7 +90,7 @@ std::map<std::string, at::Tensor> checkpoint_tensors(const tr::Config& c, const 
   const auto shape = tr::data_shape(c, &manifest);
   difftrain::model::UNet net(tr::unet_config(c, shape));
   const auto params = net->parameters();
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(c.training.lr));
+  auto optimizer = tr::make_adamw(params, c.training.lr, c.training.weight_decay);
   auto emas = tr::make_emas(c.training.ema_rates, params);
   auto sampler = difftrain::diffusion::make_timestep_sampler(
       difftrain::diffusion::TimestepSamplerKind::loss_second_moment, c.diffusion.steps, at::kCPU);
@@ -106,7 +106,7 @@ std::map<std::string, at::Tensor> checkpoint_tensors(const tr::Config& c, const 
       out["ema/" + std::to_string(i) + "/" + std::to_string(j)] = emas[i].params[j];
   for (std::size_t j = 0; j < params.size(); ++j) {
     auto& st = static_cast<torch::optim::AdamWParamState&>(
-        *optimizer.state().at(params[j].unsafeGetTensorImpl()));
+        *optimizer.state->state().at(params[j].unsafeGetTensorImpl()));
     out["adam/exp_avg/" + std::to_string(j)] = st.exp_avg();
     out["adam/exp_avg_sq/" + std::to_string(j)] = st.exp_avg_sq();
     out["adam/step/" + std::to_string(j)] = torch::tensor(st.step());
@@ -393,6 +393,16 @@ TEST_F(Fixture, NonFiniteLossSkipsTheStepThenStops) {
   // One bad step is skipped and training goes on.
   const auto r = train(config("nan"), with_fault("nan@2"));
   EXPECT_EQ(r.step, 6);
+  // The skip is decided on the device; the log line covering step 2 counts it.
+  int64_t skipped = 0, logged_steps = 0;
+  std::ifstream metrics(dir / "nan/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);)
+    if (auto j = nlohmann::json::parse(line); j.contains("skipped_steps")) {
+      skipped += j["skipped_steps"].get<int64_t>();
+      logged_steps += j["step"].get<int64_t>() > 0;
+    }
+  EXPECT_EQ(skipped, 1);
+  EXPECT_EQ(logged_steps, 3);  // log_every 2 over 6 steps
   // With max_bad_steps = 1 the first bad step stops training with an error.
   try {
     train(config("nan_stop", {"training.max_bad_steps=1"}), with_fault("nan@1"));
@@ -520,7 +530,7 @@ TEST(Ema, FollowsTheFormulaWithWarmup) {
   double e0 = 0, e1 = 0;
   for (int n = 0; n < 5; ++n) {
     p.fill_(n + 1.0);
-    tr::update_emas(emas, {p}, n, /*warmup=*/true);
+    tr::update_emas(emas, {p}, n, /*warmup=*/true, at::zeros({}));
     const double r0 = std::min(0.9999, (1.0 + n) / (10.0 + n)),
                  r1 = std::min(0.5, (1.0 + n) / (10.0 + n));
     e0 = r0 * e0 + (1 - r0) * (n + 1.0);
@@ -531,23 +541,50 @@ TEST(Ema, FollowsTheFormulaWithWarmup) {
   EXPECT_DOUBLE_EQ(tr::ema_rate_at(0.9999, 0, false), 0.9999);
 }
 
+TEST(Config, ChannelsLastAutoMeansUnderAutocast) {
+  auto c = tr::parse_config(tiny_config("unused", "runs/x"));
+  EXPECT_EQ(c.model.channels_last, "auto");
+  EXPECT_FALSE(tr::use_channels_last(c, "fp32"));
+  EXPECT_TRUE(tr::use_channels_last(c, "bf16"));
+  EXPECT_TRUE(tr::use_channels_last(c, "fp16"));
+  c = tr::parse_config(tiny_config("unused", "runs/x"), {"model.channels_last=true"});
+  EXPECT_TRUE(tr::use_channels_last(c, "fp32"));
+  c = tr::parse_config(tiny_config("unused", "runs/x"), {"model.channels_last=false"});
+  EXPECT_FALSE(tr::use_channels_last(c, "bf16"));
+}
+
+TEST(Ema, SkippedStepLeavesTheAverageUnchanged) {
+  at::Tensor p = at::full({3}, 2.0);
+  auto emas = tr::make_emas({0.5}, {at::zeros({3})});
+  tr::update_emas(emas, {p}, 100, /*warmup=*/false, at::ones({}));
+  EXPECT_TRUE(at::equal(emas[0].params[0], at::zeros({3})));
+  tr::update_emas(emas, {p}, 100, /*warmup=*/false, at::zeros({}));
+  EXPECT_TRUE(at::allclose(emas[0].params[0], at::ones({3})));
+}
+
 TEST(LossScaler, SkipsOnInfAndRecovers) {
+  const auto skipped = [](const at::Tensor& found_inf) { return found_inf.item<float>() == 1.0f; };
   auto s = tr::make_loss_scaler(true, 1024.0, 3, 1.0, at::kCPU);
   at::Tensor g = at::full({4}, 2048.0);
-  EXPECT_TRUE(tr::unscale_and_update(s, {g}));
+  EXPECT_FALSE(skipped(tr::unscale_and_update(s, {g})));
   EXPECT_TRUE(at::allclose(g, at::full({4}, 2.0)));  // unscaled
   g[1] = INFINITY;
-  EXPECT_FALSE(tr::unscale_and_update(s, {g}));  // skipped ...
-  EXPECT_EQ(s.scale.item<float>(), 512.0f);      // ... and the scale halved
+  EXPECT_TRUE(skipped(tr::unscale_and_update(s, {g})));  // skipped ...
+  EXPECT_EQ(s.scale.item<float>(), 512.0f);              // ... and the scale halved
   for (int i = 0; i < 3; ++i) {
     at::Tensor ok = at::ones({4});
-    EXPECT_TRUE(tr::unscale_and_update(s, {ok}));
+    EXPECT_FALSE(skipped(tr::unscale_and_update(s, {ok})));
   }
   EXPECT_EQ(s.scale.item<float>(), 1024.0f);  // grew back after growth_interval good steps
   auto tiny = tr::make_loss_scaler(true, 2.0, 100, 1.0, at::kCPU);
   at::Tensor bad = at::full({1}, NAN);
-  EXPECT_FALSE(tr::unscale_and_update(tiny, {bad}));
-  EXPECT_THROW(tr::unscale_and_update(tiny, {bad}), tr::LossScaleCollapsed);
+  EXPECT_TRUE(skipped(tr::unscale_and_update(tiny, {bad})));
+  EXPECT_NO_THROW(tr::check_loss_scale(tiny));  // 1.0: at the minimum, not below
+  tr::unscale_and_update(tiny, {bad});
+  EXPECT_THROW(tr::check_loss_scale(tiny), tr::LossScaleCollapsed);
+  // Disabled (fp32, bf16): never skips, never unscales.
+  auto off = tr::make_loss_scaler(false, 1.0, 100, 1.0, at::kCPU);
+  EXPECT_FALSE(skipped(tr::unscale_and_update(off, {bad})));
 }
 
 // Each config error names its key.
@@ -577,6 +614,7 @@ TEST(Config, ErrorsNameTheKey) {
                       "unknown key 'training.lrr' (did you mean 'training.lr'?)");
   expect_config_error({"trainig.lr=0.1"}, "unknown key 'trainig' (did you mean 'training'?)");
   expect_config_error({"training.lr=fast"}, "key 'training.lr' must be a number");
+  expect_config_error({"model.channels_last=maybe"}, "model.channels_last");
   expect_config_error({"training.lr=-0.1"}, "'training.lr' = -0.1 must be > 0");
   expect_config_error({"diffusion.steps=1"}, "'diffusion.steps': diffusion steps T = 1");
   expect_config_error({"diffusion.schedule=linear", "diffusion.steps=10"}, "T = 10");
