@@ -173,7 +173,11 @@ def section(r):
         w(f"**Memory** (`difftrain train`, demo config, {tm['steps']} steps, {tm['ranks']} rank, "
           f"{tm['threads']} threads): peak RSS {tm['peak_rss_mb_per_rank']:.0f} MiB per rank; "
           f"RSS {rss[0][1]:.0f} MiB at step {rss[0][0]}, {rss[-1][1]:.0f} MiB at step "
-          f"{rss[-1][0]}; growth after the first fifth of the run "
+          f"{rss[-1][0]}"
+          + (f", between {tm['rss_band_mb_after_warmup'][0]:.0f} and "
+             f"{tm['rss_band_mb_after_warmup'][1]:.0f} MiB after the first fifth"
+             if tm.get("rss_band_mb_after_warmup") else "") +
+          f"; growth over the run after its first fifth (least-squares trend) "
           f"{num(tm.get('rss_growth_mb_after_warmup'), '{:.1f}')} MiB "
           f"({'flat' if tm.get('flat') else '**not flat**'}: {tm.get('flat_rule')}). "
           f"Training throughput of that run {rng(tm.get('images_per_s'))} images/s (batch 32, "
@@ -195,6 +199,16 @@ def section(r):
             w(f"| `{x['name']}` | {rng(x['images_per_s'], '{:.0f}')} | "
               f"{rng(x['images_per_cpu_s'], '{:.0f}')} | {x['what']} |")
         w("")
+        consumed = med((r.get("training_memory") or {}).get("images_per_s"))
+        trainer = next((x for x in ld["results"] if x["name"] == "loader_flip_pad32_labels"),
+                       None)
+        if consumed and trainer and med(trainer["images_per_s"]):
+            w(f"Against what training consumes: the demo run above trains {consumed:.0f} "
+              f"images/s; the loader in the trainer's setup delivers "
+              f"{med(trainer['images_per_s']):.0f} on one core, "
+              f"{med(trainer['images_per_s']) / consumed:.0f}× that, so it costs the step about "
+              f"{100 * consumed / med(trainer['images_per_s']):.2f} % of a core.")
+            w("")
 
     sc = r.get("scaling")
     if sc:
