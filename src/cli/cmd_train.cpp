@@ -74,7 +74,8 @@ void add_train_command(CLI::App& app, int& exit_code) {
       "'auto' (newest valid checkpoint of the run directory, if any) or a checkpoint file");
   cmd->add_flag("--print-config", o->print_config,
                 "Print the resolved config (defaults, --set overrides) as YAML and exit");
-  cmd->add_option("--fault", o->fault, "Debug: hang@STEP, exit@STEP or nan@STEP");
+  cmd->add_option("--fault", o->fault,
+                  "Debug: hang@STEP, exit@STEP, kill@STEP, term@STEP, nan@STEP or diverge@STEP");
   cmd->add_option("--fault-rank", o->fault_rank,
                   "Debug: the rank --fault applies to (default all)");
   cmd->callback([o, &exit_code] {

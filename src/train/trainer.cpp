@@ -73,7 +73,7 @@ c10::Device pick_device(const std::string& name) {
 }
 
 struct Fault {
-  std::string kind;  // "", hang, exit, nan
+  std::string kind;  // "", hang, exit, kill, term, nan, diverge
   int64_t step = -1;
 };
 
@@ -82,10 +82,11 @@ Fault parse_fault(const TrainOptions& o, int rank) {
   const auto at = o.fault.find('@');
   Fault f{o.fault.substr(0, at), at == std::string::npos ? -1 : std::stoll(o.fault.substr(at + 1))};
   const bool known = f.kind == "hang" || f.kind == "exit" || f.kind == "kill" || f.kind == "nan" ||
-                     f.kind == "diverge";
+                     f.kind == "diverge" || f.kind == "term";
   if (!known || f.step < 0)
     throw ConfigError("--fault '" + o.fault +
-                      "' must be hang@STEP, exit@STEP, kill@STEP, nan@STEP or diverge@STEP");
+                      "' must be hang@STEP, exit@STEP, kill@STEP, term@STEP, nan@STEP or "
+                      "diverge@STEP");
   return f;
 }
 
@@ -319,6 +320,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (fault.step == step) {
       if (fault.kind == "exit") std::_Exit(3);
       if (fault.kind == "kill") raise(SIGKILL);
+      if (fault.kind == "term") raise(SIGTERM);  // as Slurm before the time limit
       if (fault.kind == "diverge") {
         torch::NoGradGuard no_grad;
         params.front().add_(1e-3);

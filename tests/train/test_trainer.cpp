@@ -264,6 +264,17 @@ TEST_F(Fixture, KilledRankEndsTheJobAndTwoRanksResumeExactly) {
                     tr::checkpoint_path(dir / "killed", 6), /*bitwise=*/true);
 }
 
+TEST_F(Fixture, SignalOnOneRankStopsEveryRankAtTheNextLogStep) {
+  // Rank 1 alone gets SIGTERM at step 3; the ranks agree at the next log step (log_every 2), so
+  // both stop after step 4 with one checkpoint, and the job ends cleanly.
+  auto o = kMpiOverrides;
+  o.push_back("training.max_steps=100");
+  const auto r = mpi_train(*this, 2, "term", o, "--fault term@3 --fault-rank 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("stop signal received at step 4"), std::string::npos) << r.output;
+  EXPECT_EQ(tr::latest_valid_checkpoint(dir / "term"), tr::checkpoint_path(dir / "term", 4));
+}
+
 TEST_F(Fixture, HungRankIsNamedByTheWatchdogAndOneRankResumes) {
   const auto o = failure_overrides();
   const Timed hung = timed_mpi_train(*this, 2, "hung", o, "--fault hang@4 --fault-rank 1");
