@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->default_val(device_name);
   app.add_option("--profile", profile_path,
-                 "After the timed steps, profile one more step into this Chrome trace");
+                 "After the timed steps, profile 3 more steps into this Chrome trace");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
 
@@ -346,10 +346,11 @@ int main(int argc, char** argv) {
     }
 
     if (!profile_path.empty()) {
-      // One more step under LibTorch's profiler: a Chrome trace of every ATen op, which
-      // bench/profile_summary.py turns into self time per op.
+      // Three more steps under LibTorch's profiler (one is too noisy): a Chrome trace of every
+      // ATen op, which bench/profile_summary.py --steps 3 turns into self time per op and step.
       torch::autograd::profiler::RecordProfile guard(profile_path);
-      one_step();
+      for (int i = 0; i < 3; ++i)
+        one_step();
     }
 
     json j;

@@ -4,9 +4,10 @@ bench/baseline/train_step.py --profile (torch.profiler). Self time = an event's 
 that of the events nested directly inside it on the same thread, so the table adds up to the
 step. Standard library only.
 
-    bench/profile_summary.py TRACE [TRACE ...] [--top 25]
+    bench/profile_summary.py TRACE [TRACE ...] [--top 25] [--steps 3]
 
-With several traces the columns stand side by side (ms per profiled step), ordered by the first.
+With several traces the columns stand side by side, ordered by the first; --steps divides by the
+number of steps each trace holds (bench_train_step and baseline/train_step.py profile 3).
 """
 import argparse
 import collections
@@ -14,8 +15,8 @@ import json
 import os
 
 
-def self_times(path):
-    """{op name: [calls, self ms]} over every thread of one trace."""
+def self_times(path, steps=1):
+    """{op name: [calls, self ms]} over every thread of one trace, per step."""
     with open(path) as f:
         data = json.load(f)
     events = data["traceEvents"] if isinstance(data, dict) else data
@@ -36,7 +37,7 @@ def self_times(path):
             stack.append([ts + dur, e, 0.0])
         while stack:
             _close(stack.pop(), totals)
-    return totals
+    return {n: [c / steps, ms / steps] for n, (c, ms) in totals.items()}
 
 
 def _close(frame, totals):
@@ -50,15 +51,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=1, help="steps in each trace")
     args = ap.parse_args()
-    tables = [self_times(p) for p in args.traces]
+    tables = [self_times(p, args.steps) for p in args.traces]
     names = sorted(tables[0], key=lambda n: -tables[0][n][1])
     extra = set().union(*(t.keys() for t in tables[1:])) - set(names)
     names += sorted(extra, key=lambda n: -max(t.get(n, [0, 0])[1] for t in tables))
     heads = [os.path.basename(p) for p in args.traces]
     print(f"{'op':<48}" + "".join(f"{h[:22]:>24}" for h in heads))
     for n in names[:args.top]:
-        cells = "".join(f"{t[n][1]:>14.2f} ms {t[n][0]:>5}x" if n in t else f"{'-':>24}"
+        cells = "".join(f"{t[n][1]:>14.2f} ms {t[n][0]:>5g}x" if n in t else f"{'-':>24}"
                         for t in tables)
         print(f"{n[:48]:<48}{cells}")
     print(f"{'total (every op)':<48}" +

@@ -191,7 +191,7 @@ def train_step_benchmarks(args, env, tmp, plan):
         for precision, threads, steps, repeats, warmup in plan[name]:
             common = ["--threads", str(threads), "--precision", precision, "--steps", str(steps),
                       "--repeats", str(repeats), "--warmup", str(warmup), "--device", args.device]
-            # One more step under the profiler, for the table of where the time goes by op.
+            # Three more steps under the profiler, for the table of where the time goes by op.
             profile = name == "fashion_mnist" and precision == "fp32" and \
                 threads == max(t for p, t, *_ in plan[name] if p == "fp32")
             profiles = {}
@@ -303,14 +303,16 @@ def train_step_benchmarks(args, env, tmp, plan):
 def profile_tables(traces, top=14):
     """Self time per op (ms in the profiled step) of each implementation, for the top ops of
     difftrain's step (bench/profile_summary.py)."""
-    tables = {k: profile_summary.self_times(p) for k, p in traces.items() if os.path.exists(p)}
+    tables = {k: profile_summary.self_times(p, steps=3) for k, p in traces.items()
+              if os.path.exists(p)}
     if "difftrain" not in tables:
         return None
     first = tables["difftrain"]
     names = sorted(first, key=lambda n: -first[n][1])[:top]
     return {
-        "what": "self time per op of one profiled step (LibTorch profiler / torch.profiler), "
-                "ms; the profiler's own overhead is included, so the total exceeds the timed step",
+        "what": "self time per op and step, mean of 3 profiled steps (LibTorch profiler / "
+                "torch.profiler), ms; the profiler's own overhead is included, so the total "
+                "exceeds the timed step",
         "ops": [{"op": n, **{k: round(t[n][1], 3) if n in t else None for k, t in tables.items()}}
                 for n in names],
         "total": {k: round(sum(v[1] for v in t.values()), 3) for k, t in tables.items()},

@@ -15,7 +15,7 @@ tuned: channels_last, F.scaled_dot_product_attention, AdamW(fused=True), zero_gr
 Before timing it checks that the first step's losses and gradient norm (dropout off) match the
 C++ ones stored in the export: the same computation. --flops counts the forward FLOPs per image
 (convolutions, linears, attention matmuls; 2 FLOPs per multiply-add) and exits. --profile
-writes one more step, after the timed ones, as a torch.profiler Chrome trace (for
+writes 3 more steps, after the timed ones, as a torch.profiler Chrome trace (for
 bench/profile_summary.py). On CUDA every phase boundary synchronises the device before reading
 the clock.
 """
@@ -284,7 +284,8 @@ def main():
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            one_step({k: [] for k in r})
+            for _ in range(3):  # as bench_train_step: one step is too noisy
+                one_step({k: [] for k in r})
         prof.export_chrome_trace(args.profile)
     text = json.dumps(result, indent=2)
     print(text)
