@@ -178,6 +178,18 @@ def versions(python):
     return v
 
 
+def run_into(row, key, cmd, env, out):
+    """Runs one training-step benchmark; its JSON (written even when the baseline's check fails,
+    which the exit code says) goes to row[key] with the process's peak RSS and wall time."""
+    rc, _, _, wall, rss = check_run(cmd, env, key)
+    if os.path.exists(out):
+        with open(out) as f:
+            row[key] = json.load(f)
+        row[key]["peak_rss_mb"] = rss
+        row[key]["wall_s"] = wall
+    return rc
+
+
 def train_step_benchmarks(args, env, tmp, plan):
     """plan: {model name: [(precision, threads, steps, repeats, warmup), ...]}"""
     out = {}
@@ -206,12 +218,7 @@ def train_step_benchmarks(args, env, tmp, plan):
             if not exported:
                 cmd += ["--export", export]
             log(f"train step {name} {precision} {threads} thread(s): difftrain")
-            rc, _, _, wall, rss = check_run(cmd, e, "bench_train_step")
-            if rc == 0:
-                with open(res_path) as f:
-                    row["difftrain"] = json.load(f)
-                row["difftrain"]["peak_rss_mb"] = rss
-                row["difftrain"]["wall_s"] = wall
+            if run_into(row, "difftrain", cmd, e, res_path) == 0:
                 exported = exported or precision == "fp32"
             if args.channels_last_everywhere and precision == "fp32":
                 # model.channels_last is auto: channels-last under bf16 autocast, channels-first
@@ -221,12 +228,7 @@ def train_step_benchmarks(args, env, tmp, plan):
                 cmd_cl = [os.path.join(BUILD, "bench_train_step"), "--config", config] + \
                     set_args + ["--set", "model.channels_last=true"] + common + \
                     ["--batch", str(args.batch[name]), "--out", res_cl]
-                rc, _, _, wall, rss = check_run(cmd_cl, e, "bench_train_step (channels_last)")
-                if rc == 0:
-                    with open(res_cl) as f:
-                        row["difftrain_channels_last"] = json.load(f)
-                    row["difftrain_channels_last"]["peak_rss_mb"] = rss
-                    row["difftrain_channels_last"]["wall_s"] = wall
+                run_into(row, "difftrain_channels_last", cmd_cl, e, res_cl)
             if not os.path.exists(export):
                 entry["runs"].append(row)
                 continue
@@ -252,12 +254,7 @@ def train_step_benchmarks(args, env, tmp, plan):
                 if profile:
                     profiles["pytorch_" + variant] = os.path.join(tmp, f"{name}_{variant}.trace")
                     cmd += ["--profile", profiles["pytorch_" + variant]]
-                rc, _, _, wall, rss = check_run(cmd, e, f"baseline {variant}")
-                if os.path.exists(res):
-                    with open(res) as f:
-                        row["pytorch_" + variant] = json.load(f)
-                    row["pytorch_" + variant]["peak_rss_mb"] = rss
-                    row["pytorch_" + variant]["wall_s"] = wall
+                run_into(row, "pytorch_" + variant, cmd, e, res)
             d = row.get("difftrain", {}).get("images_per_s")
             dcl = row.get("difftrain_channels_last", {}).get("images_per_s")
             for variant in ["plain", "tuned"]:

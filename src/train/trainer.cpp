@@ -303,11 +303,14 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     int stop = g_stop_signal.load() != 0 ? 2 : (tc.max_time > 0 && elapsed >= tc.max_time ? 1 : 0);
-    if (world > 1 && step % config.logging.log_every != 0) stop = 0;
-    if (world > 1 && step % config.logging.log_every == 0) {
-      at::Tensor flag = at::full({1}, stop, at::TensorOptions(device).dtype(at::kInt));
-      comm.all_reduce(flag, dist::ReduceOp::max);
-      stop = flag.item<int>();
+    if (world > 1) {
+      if (step % config.logging.log_every != 0) {
+        stop = 0;
+      } else {
+        at::Tensor flag = at::full({1}, stop, at::TensorOptions(device).dtype(at::kInt));
+        comm.all_reduce(flag, dist::ReduceOp::max);
+        stop = flag.item<int>();
+      }
     }
     if (stop) {
       result.interrupted = stop == 2;
