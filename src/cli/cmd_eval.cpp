@@ -29,6 +29,7 @@
 #include "diffusion/bound.hpp"
 #include "diffusion/bound_summary.hpp"
 #include "dist/communicator.hpp"
+#include "dist/rank_device.hpp"
 #include "dist/world.hpp"
 #include "train/step_rng.hpp"
 
@@ -76,7 +77,7 @@ Plan prepare(const Options& o, const dist::World& world) {
   if (o.num < 0) throw std::invalid_argument("--num must be >= 0 (0 = all images)");
   Plan p;
   p.manifest = data::read_manifest(o.data);
-  p.model = load_trained_model(o.source, dist::local_device(world), &p.manifest);
+  p.model = load_trained_model(o.source, dist::rank_device(world, o.source.device), &p.manifest);
   const TrainedModel& m = p.model;
   const data::Manifest& d = p.manifest;
   if (m.config.training.threads > 0)

@@ -24,6 +24,7 @@
 #include "diffusion/respace.hpp"
 #include "diffusion/sampling.hpp"
 #include "dist/communicator.hpp"
+#include "dist/rank_device.hpp"
 #include "dist/world.hpp"
 #include "train/step_rng.hpp"
 
@@ -87,7 +88,7 @@ std::string respacing_spec(const Options& o, long T) {
 Plan prepare(const Options& o, const dist::World& world) {
   check_options(o);
   Plan p;
-  p.model = load_trained_model(o.source, dist::local_device(world));
+  p.model = load_trained_model(o.source, dist::rank_device(world, o.source.device));
   const TrainedModel& m = p.model;
   if (m.config.training.threads > 0)
     at::set_num_threads(static_cast<int>(m.config.training.threads));

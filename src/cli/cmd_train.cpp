@@ -9,6 +9,7 @@
 #include "cli/commands.hpp"
 #include "cli/run_on_world.hpp"
 #include "dist/communicator.hpp"
+#include "dist/rank_device.hpp"
 #include "dist/watchdog.hpp"
 #include "dist/world.hpp"
 #include "train/config.hpp"
@@ -39,16 +40,13 @@ int train_on(dist::World& world, const Options& o) {
   const auto timeout = dist::watchdog_timeout_from_env(
       std::chrono::milliseconds(static_cast<int64_t>(config.training.watchdog_timeout * 1000)));
   dist::Watchdog watchdog(timeout);
-  const c10::Device device =
-      config.device == "cpu" ? c10::Device(c10::kCPU) : dist::local_device(world);
-  if (config.device == "cuda" && !device.is_cuda())
-    throw train::ConfigError("config key 'device' = 'cuda' but this rank sees no CUDA device");
-  config.device = device.is_cuda() ? "cuda" : "cpu";
+  const c10::Device device = dist::rank_device(world, config.device);
   const std::unique_ptr<dist::Communicator> comm =
       dist::make_communicator(world, device, &watchdog);
-  train::Cluster cluster{*comm, &watchdog, [&](const std::string& what) {
-                           dist::barrier_with_timeout(world, 10 * timeout, what);
-                         }};
+  train::Cluster cluster{
+      *comm, &watchdog,
+      [&](const std::string& what) { dist::barrier_with_timeout(world, 10 * timeout, what); },
+      device};
   const train::TrainResult r = train::train(config, cluster, {o.resume, o.fault, o.fault_rank});
   if (world.rank() == 0) {
     spdlog::info("{} after {} steps; run directory: {}", r.interrupted ? "stopped" : "finished",

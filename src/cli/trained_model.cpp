@@ -75,13 +75,6 @@ train::DataShape model_shape(TrainedModel& m, const data::Manifest* fallback) {
   throw std::invalid_argument(prefix + " and model.image_size / model.in_channels are not set");
 }
 
-c10::Device pick_device(const train::Config& config, const c10::Device& local_device) {
-  if (config.device == "cpu") return c10::kCPU;
-  if (config.device == "cuda" && !local_device.is_cuda())
-    throw train::ConfigError("config key 'device' = 'cuda' but this rank sees no CUDA device");
-  return local_device;
-}
-
 }  // namespace
 
 void add_model_source_options(CLI::App& cmd, ModelSource& source) {
@@ -93,9 +86,12 @@ void add_model_source_options(CLI::App& cmd, ModelSource& source) {
   cmd.add_option("--ema", source.ema,
                  "EMA rate whose weights to use, or 'none' for the raw weights (default: the "
                  "first of the config's training.ema_rates)");
+  cmd.add_option("--device", source.device,
+                 "auto (a GPU per local rank when there are GPUs), cpu, cuda or cuda:N")
+      ->default_val("auto");
 }
 
-TrainedModel load_trained_model(const ModelSource& source, const c10::Device& local_device,
+TrainedModel load_trained_model(const ModelSource& source, const c10::Device& device,
                                 const data::Manifest* fallback) {
   if (source.run_dir.empty() && source.checkpoint.empty())
     throw std::invalid_argument("give --run DIR or --checkpoint FILE");
@@ -115,8 +111,7 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& lo
   }
   m.ema_rate = resolve_ema(source, m.config, m.checkpoint);
   m.shape = model_shape(m, fallback);
-  m.device = pick_device(m.config, local_device);
-  const c10::Device device = m.device;
+  m.device = device;
 
   m.net = model::UNet(train::unet_config(m.config, m.shape));
   train::load_model_weights(m.checkpoint, *m.net, m.ema_rate);

@@ -28,9 +28,12 @@ struct ModelSource {
   // "" = the first EMA rate of the config (the raw weights when it has none); "none" = the raw
   // weights; else an EMA rate, e.g. "0.9999".
   std::string ema;
+  // Where to run: auto | cpu | cuda | cuda:N, as the config key `device` (dist/rank_device.hpp).
+  // The training run's device does not matter: a checkpoint runs anywhere.
+  std::string device = "auto";
 };
 
-// --run, --checkpoint (one of them required) and --ema on a subcommand.
+// --run, --checkpoint (one of them required), --ema and --device on a subcommand.
 void add_model_source_options(CLI::App& cmd, ModelSource& source);
 
 struct TrainedModel {
@@ -49,9 +52,9 @@ struct TrainedModel {
 // Throws (a one-line message naming the file or key) when there is no checkpoint, it is invalid,
 // the model cannot be sized, or the weights do not fit the config. The image shape comes from
 // the config's data.train manifest; when that cannot be read, from model.image_size and
-// model.in_channels, else from `fallback` (eval's --data) when given. local_device: this rank's
-// device (dist::local_device); the config's device = cpu overrides it.
-TrainedModel load_trained_model(const ModelSource& source, const c10::Device& local_device,
+// model.in_channels, else from `fallback` (eval's --data) when given. `device`: this rank's
+// (dist::rank_device of source.device).
+TrainedModel load_trained_model(const ModelSource& source, const c10::Device& device,
                                 const data::Manifest* fallback = nullptr);
 
 // The network as a ModelFn of the training diffusion: t holds original timestep indices; y the

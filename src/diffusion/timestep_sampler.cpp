@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/host_to_device.hpp"
+
 namespace difftrain::diffusion {
 
 TimestepSamplerKind parse_timestep_sampler(const std::string& name) {
@@ -78,34 +80,31 @@ at::Tensor timestep_probabilities(const TimestepSampler& s) {
 }
 
 TimestepDraw draw_timesteps(const TimestepSampler& s, int64_t n, at::Generator generator) {
-  const at::Tensor p = timestep_probabilities(s);
-  const bool uniform =
-      s.kind == TimestepSamplerKind::uniform || s.kind == TimestepSamplerKind::stratified;
-  const double T = static_cast<double>(s.num_timesteps);
-  TimestepDraw d;
+  // u in [0, 1) comes from the host generator, so that every device and every rank draws the same
+  // numbers; t = F^{-1}(u) is then computed where the sampler's state lives (no host sync).
+  const auto host = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor u;
   if (s.stratified) {
     // One u in each stratum [i/n, (i+1)/n), the strata in random order so that no rank's slice
-    // of the global batch is tied to one end of [0, T); t = F^{-1}(u).
-    const at::Tensor stratum =
-        at::randperm(n, generator, p.options().dtype(at::kLong)).to(at::kDouble);
-    const at::Tensor u = (stratum + at::rand({n}, generator, p.options())) / static_cast<double>(n);
-    if (uniform) {
-      d.t = at::floor(u * T).to(at::kLong).clamp_max(s.num_timesteps - 1);
-      d.weights = at::ones({n}, p.options());
-      return d;
-    }
-    d.t = at::searchsorted(at::cumsum(p, 0), u, /*out_int32=*/false, /*right=*/true)
-              .clamp_max(s.num_timesteps - 1);
-    d.weights = 1.0 / (T * p.index_select(0, d.t));
+    // of the global batch is tied to one end of [0, T).
+    const at::Tensor stratum = at::randperm(n, generator, host.dtype(at::kLong)).to(at::kDouble);
+    u = (stratum + at::rand({n}, generator, host)) / static_cast<double>(n);
+  } else {
+    u = at::rand({n}, generator, host);
+  }
+  u = host_to_device(u, s.loss_history.device());
+
+  const double T = static_cast<double>(s.num_timesteps);
+  TimestepDraw d;
+  if (s.kind == TimestepSamplerKind::uniform || s.kind == TimestepSamplerKind::stratified) {
+    d.t = at::floor(u * T).to(at::kLong).clamp_max(s.num_timesteps - 1);
+    d.weights = at::ones({n}, u.options());
     return d;
   }
-  if (uniform) {
-    d.t = at::randint(s.num_timesteps, {n}, generator, p.options().dtype(at::kLong));
-    d.weights = at::ones({n}, p.options());
-    return d;
-  }
-  d.t = at::multinomial(p, n, /*replacement=*/true, generator);
-  d.weights = 1.0 / (static_cast<double>(s.num_timesteps) * p.index_select(0, d.t));
+  const at::Tensor p = timestep_probabilities(s);
+  d.t = at::searchsorted(at::cumsum(p, 0), u, /*out_int32=*/false, /*right=*/true)
+            .clamp_max(s.num_timesteps - 1);
+  d.weights = 1.0 / (T * p.index_select(0, d.t));
   return d;
 }
 

@@ -58,6 +58,7 @@ struct TimestepDraw {
   at::Tensor t;        // [n] int64
   at::Tensor weights;  // [n] float64, 1 / (T p(t))
 };
+// `generator` is a CPU generator; t and weights come out on the sampler's device.
 TimestepDraw draw_timesteps(const TimestepSampler& s, int64_t n, at::Generator generator);
 
 // Records unweighted per-sample losses in order (the last history_per_term per t are kept),

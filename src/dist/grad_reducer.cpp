@@ -14,6 +14,22 @@
 
 namespace difftrain::dist {
 
+namespace {
+
+// The parameter's slice of a flat bucket, with the parameter's own strides (as DDP's
+// as_strided): a channels-last weight gets a channels-last gradient. Autograd accumulates into
+// the view as it is, and fused optimizers walk parameter and gradient memory with one index, so a
+// gradient laid out differently from its parameter would update each weight with another
+// element's gradient. Dense parameters of any layout fill exactly numel elements of the slice;
+// the rare overlapping or gapped one gets a contiguous gradient, as autograd would give it.
+at::Tensor bucket_view(const at::Tensor& buffer, const at::Tensor& param, std::int64_t offset) {
+  if (param.is_non_overlapping_and_dense())
+    return buffer.as_strided(param.sizes(), param.strides(), offset);
+  return buffer.narrow(0, offset, param.numel()).view(param.sizes());
+}
+
+}  // namespace
+
 struct GradReducer::State {
   struct Param {
     at::Tensor tensor;
@@ -223,7 +239,7 @@ struct GradReducer::State {
       for (const std::size_t i : bucket.params) {
         Param& p = params[i];
         p.bucket = b;
-        p.view = bucket.buffer.narrow(0, offset, p.tensor.numel()).view(p.tensor.sizes());
+        p.view = bucket_view(bucket.buffer, p.tensor, offset);
         offset += p.tensor.numel();
         adopt(p);
       }

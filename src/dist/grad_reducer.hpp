@@ -1,9 +1,10 @@
 // Data-parallel gradient averaging that overlaps backward. Gradients are grouped into buckets in
 // the order backward produces them (reverse registration order at first, then the order observed
 // in the first synchronised backward), each bucket one flat buffer that the parameters' .grad()
-// tensors are views of, so autograd accumulates straight into it and no per-step copy happens. When
-// the last gradient of a bucket has been accumulated (a post-accumulate-grad hook), the bucket's
-// all-reduce starts; finish() waits for all of them.
+// tensors are views of (with the parameter's own strides, so channels-last weights get
+// channels-last gradients), so autograd accumulates straight into it and no per-step copy happens.
+// When the last gradient of a bucket has been accumulated (a post-accumulate-grad hook), the
+// bucket's all-reduce starts; finish() waits for all of them.
 //
 // Buckets are launched strictly in bucket order on every rank (a ready bucket waits for the lower
 // ones), and finish() launches whatever was not launched during backward, with zeros for

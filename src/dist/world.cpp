@@ -1,7 +1,5 @@
 #include "dist/world.hpp"
 
-#include <torch/cuda.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -100,12 +98,6 @@ void barrier_with_timeout(const World& world, std::chrono::milliseconds timeout,
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::microseconds(20000));
   }
-}
-
-c10::Device local_device(const World& world) {
-  const auto gpus = static_cast<int>(torch::cuda::device_count());
-  if (gpus == 0) return c10::Device(c10::kCPU);
-  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(world.local_rank() % gpus));
 }
 
 std::chrono::milliseconds watchdog_timeout_from_env(std::chrono::milliseconds fallback) {

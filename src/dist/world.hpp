@@ -4,8 +4,6 @@
 // singleton world of size 1).
 #pragma once
 
-#include <c10/core/Device.h>
-
 #include <chrono>
 #include <string>
 #include <string_view>
@@ -47,10 +45,6 @@ class World {
 // must end the job (an exception that unwinds the World aborts it).
 void barrier_with_timeout(const World& world, std::chrono::milliseconds timeout,
                           std::string_view what);
-
-// The device this rank computes on: CUDA device local_rank % device_count when there are GPUs,
-// else the CPU.
-c10::Device local_device(const World& world);
 
 // DIFFTRAIN_WATCHDOG_TIMEOUT (seconds, may be fractional) when set, else `fallback`.
 std::chrono::milliseconds watchdog_timeout_from_env(std::chrono::milliseconds fallback);

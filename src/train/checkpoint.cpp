@@ -61,7 +61,9 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   const std::string problem = problem_of(bytes);
   if (!problem.empty()) throw CheckpointError(path + ": " + problem);
   torch::serialize::InputArchive archive;
-  archive.load_from(bytes.data(), bytes.size() - sizeof(Trailer));
+  // On the host, whatever device wrote it: a checkpoint from a GPU loads on a CPU-only machine,
+  // and every tensor is then copied to where the live state is.
+  archive.load_from(bytes.data(), bytes.size() - sizeof(Trailer), c10::Device(c10::kCPU));
   return archive;
 }
 

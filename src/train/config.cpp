@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <regex>
 #include <sstream>
 #include <utility>
 
@@ -331,7 +332,8 @@ std::string to_yaml(const Config& config) {
 }
 
 void validate(const Config& c) {
-  check_one_of("device", c.device, {"auto", "cpu", "cuda"});
+  if (!std::regex_match(c.device, std::regex("cuda:[0-9]+")))
+    check_one_of("device", c.device, {"auto", "cpu", "cuda", "cuda:N"});
   check(c.seed >= 0, "seed", c.seed, "must be >= 0");
 
   check(!c.data.train.empty(), "data.train", "''", "must name a training manifest.json");

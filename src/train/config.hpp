@@ -103,7 +103,9 @@ struct LoggingConfig {
 struct Config {
   int64_t seed = 0;
   bool deterministic = false;
-  std::string device = "auto";  // auto | cpu | cuda
+  // auto | cpu | cuda | cuda:N: a GPU per local rank (auto: when there are GPUs), or GPU N for
+  // every rank of a node (dist/rank_device.hpp)
+  std::string device = "auto";
   DataConfig data;
   ModelConfig model;
   DiffusionConfig diffusion;

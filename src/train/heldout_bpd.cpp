@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "common/host_to_device.hpp"
 #include "data/loader.hpp"
 #include "data/manifest.hpp"
 #include "diffusion/bpd_estimate.hpp"
@@ -62,9 +63,9 @@ HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianD
   const auto noise = [&](long t) {
     auto gen = cpu_generator(step_seed(seed, t, RngStream::evaluation, 1));
     at::IntArrayRef s = x.sizes();
-    return at::randn({batch.global_size, s[1], s[2], s[3]}, gen)
-        .narrow(0, batch.row_offset, s[0])
-        .to(x.device(), x.scalar_type());
+    return host_to_device(
+        at::randn({batch.global_size, s[1], s[2], s[3]}, gen).narrow(0, batch.row_offset, s[0]),
+        x.device());
   };
   // The timesteps of the whole fixed batch, this rank's rows.
   diffusion::StratifiedTimesteps timesteps = diffusion::stratified_timesteps(

@@ -1,10 +1,12 @@
 // Randomness keyed by position, not by history: the generators of step s are seeded from
 // (seed, s, stream), so a resumed run needs no stored generator state and draws of the global
-// batch (timesteps, noise) do not depend on the number of ranks.
+// batch (timesteps, noise) do not depend on the number of ranks. Draws happen on the host (CPU
+// generators) and travel to the device: the same numbers on a CPU and on any GPU.
 #pragma once
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 
@@ -29,5 +31,11 @@ inline uint64_t step_seed(uint64_t seed, int64_t step, RngStream stream, uint64_
 inline at::Generator cpu_generator(uint64_t seed) {
   return at::make_generator<at::CPUGeneratorImpl>(seed);
 }
+
+// The noise eps of rows [first_row, first_row + rows) of step `step`'s global batch, float32 on
+// the host: row i from its own generator keyed by (seed, step, i), so that a rank draws only its
+// own rows and gets the numbers that row has in any other split of the batch.
+at::Tensor step_noise(uint64_t seed, int64_t step, int64_t first_row, int64_t rows,
+                      at::IntArrayRef sample_shape);
 
 }  // namespace difftrain::train

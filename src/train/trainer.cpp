@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/host_to_device.hpp"
 #include "data/loader.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/timestep_sampler.hpp"
@@ -61,16 +62,6 @@ struct SignalGuard {
     sigaction(SIGINT, &old_int, nullptr);
   }
 };
-
-c10::Device pick_device(const std::string& name) {
-  if (name == "cpu") return c10::kCPU;
-  if (name == "cuda") {
-    if (!torch::cuda::is_available())
-      throw ConfigError("config key 'device' = 'cuda' but no CUDA device is available");
-    return c10::Device(c10::kCUDA, 0);
-  }
-  return torch::cuda::is_available() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
-}
 
 struct Fault {
   std::string kind;  // "", hang, exit, kill, term, nan, diverge
@@ -154,7 +145,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
 
   if (tc.threads > 0) at::set_num_threads(static_cast<int>(tc.threads));
   if (config.deterministic) at::globalContext().setDeterministicAlgorithms(true, false);
-  const c10::Device device = pick_device(config.device);
+  const c10::Device device = cluster.device;
 
   // What the data says about the model: image size after padding, channels, classes.
   const data::Manifest manifest = data::read_manifest(config.data.train);
@@ -178,7 +169,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   const long T = diffusion.num_timesteps;
   diffusion::TimestepSampler sampler = make_timestep_sampler(config, T, device);
 
-  AdamW optimizer = make_adamw(params, tc.lr, tc.weight_decay);
+  AdamW optimizer = make_adamw(params, tc.lr, tc.weight_decay, net->named_parameters().keys());
   std::vector<Ema> emas = make_emas(tc.ema_rates, params);
   LossScaler scaler = make_loss_scaler(tc.precision == "fp16", tc.loss_scale_init,
                                        tc.loss_scale_growth_interval, tc.loss_scale_min, device);
@@ -337,14 +328,14 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     data_epoch = loader.cursor().epoch;
     data_batch = loader.cursor().batch;
 
-    // The global batch's timesteps and noise, drawn on every rank; this rank takes its rows.
-    auto t_gen = cpu_generator(step_seed(config.seed, step, RngStream::timesteps));
-    auto noise_gen = cpu_generator(step_seed(config.seed, step, RngStream::noise));
-    const diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, B, t_gen);
-    const at::Tensor t = draw.t.narrow(0, batch.row_offset, b).to(device);
-    const at::Tensor weights = draw.weights.narrow(0, batch.row_offset, b).to(device);
+    // The global batch's timesteps, drawn on every rank (stratified draws need all of them), and
+    // this rank's rows of the noise; dropout masks are this rank's own.
+    const diffusion::TimestepDraw draw = diffusion::draw_timesteps(
+        sampler, B, cpu_generator(step_seed(config.seed, step, RngStream::timesteps)));
+    const at::Tensor t = draw.t.narrow(0, batch.row_offset, b);
+    const at::Tensor weights = draw.weights.narrow(0, batch.row_offset, b);
     const at::Tensor noise =
-        at::randn({B, C, H, H}, noise_gen).narrow(0, batch.row_offset, b).to(device);
+        host_to_device(step_noise(config.seed, step, batch.row_offset, b, {C, H, H}), device);
     torch::manual_seed(step_seed(config.seed, step, RngStream::dropout, rank));
 
     if (reducer)

@@ -2,6 +2,8 @@
 // only (a world of one process is the local communicator).
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -32,6 +34,9 @@ struct Cluster {
   // Waits for rank 0 to finish writing a checkpoint (a barrier that gives up); defaults to
   // comm.barrier().
   std::function<void(const std::string& what)> slow_barrier;
+  // This rank's device (dist::rank_device): the model, optimizer, EMA, sampler, loader staging
+  // and held-out batch live there.
+  c10::Device device = c10::kCPU;
 };
 
 struct TrainResult {

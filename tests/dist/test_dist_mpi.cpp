@@ -10,6 +10,7 @@
 #include "dist/broadcast_parameters.hpp"
 #include "dist/communicator.hpp"
 #include "dist/grad_reducer.hpp"
+#include "dist/rank_device.hpp"
 #include "dist/watchdog.hpp"
 #include "dist/world.hpp"
 #include "test_models.hpp"
@@ -31,7 +32,9 @@ class Collectives : public ::testing::TestWithParam<c10::DeviceType> {
     if (GetParam() == c10::kCUDA) {
       const std::string why_not = nccl_unavailable_reason();
       if (!why_not.empty()) GTEST_SKIP() << "NCCL case skipped: " << why_not;
-      device_ = local_device(*g_world);
+      // More ranks than GPUs (the GPU check's 2 ranks on one GPU) share GPU 0 on purpose.
+      const bool share = g_world->local_size() > static_cast<int>(torch::cuda::device_count());
+      device_ = rank_device(*g_world, share ? "cuda:0" : "auto");
       comm_ = make_nccl_communicator(*g_world, device_, g_watchdog);
     } else {
       comm_ = make_mpi_communicator(*g_world, g_watchdog);

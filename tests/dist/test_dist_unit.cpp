@@ -9,6 +9,7 @@
 
 #include "dist/communicator.hpp"
 #include "dist/grad_reducer.hpp"
+#include "dist/rank_device.hpp"
 #include "dist/runtime_info.hpp"
 #include "dist/watchdog.hpp"
 #include "dist/world.hpp"
@@ -155,6 +156,65 @@ TEST(GradReducer, GradientsAreViewsAccumulatedInPlace) {
     EXPECT_EQ(params[i].grad().data_ptr(), storage[i]) << "autograd replaced gradient " << i;
     EXPECT_TRUE(params[i].grad().allclose(expected[i], 1e-5, 1e-7)) << "parameter " << i;
   }
+}
+
+// Channels-last weights (model.channels_last) get channels-last bucket views: the gradient obeys
+// its parameter's layout, as autograd's own would, and holds the same values.
+TEST(GradReducer, BucketViewsKeepEachParameterLayout) {
+  SmallNet net = testing::make_net();
+  net->conv1->weight.set_data(net->conv1->weight.contiguous(at::MemoryFormat::ChannelsLast));
+  net->conv2->weight.set_data(net->conv2->weight.contiguous(at::MemoryFormat::ChannelsLast));
+  auto comm = make_local_communicator();
+  const auto params = net->parameters();
+  const auto x = testing::batch(0).contiguous(at::MemoryFormat::ChannelsLast);
+  testing::loss_of(net, x).backward();
+  std::vector<at::Tensor> expected;
+  for (const auto& p : params) {
+    expected.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    p.mutable_grad().reset();
+  }
+
+  GradReducer reducer(params, *comm, small_buckets());
+  for (int step = 0; step < 2; ++step) {  // the buckets of construction, then the rebuilt ones
+    reducer.zero_grad();
+    testing::loss_of(net, x).backward();
+    reducer.finish();
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      EXPECT_EQ(params[i].grad().strides(), params[i].strides()) << "parameter " << i;
+      EXPECT_TRUE(params[i].grad().allclose(expected[i], 1e-5, 1e-7)) << "parameter " << i;
+    }
+  }
+  EXPECT_TRUE(params[0].grad().is_contiguous(at::MemoryFormat::ChannelsLast));
+}
+
+// One GPU per local rank; the config's device request; more ranks than GPUs is an error naming
+// both numbers, never a wrap-around onto GPU 0.
+TEST(RankDevice, MapsLocalRanksToVisibleGpus) {
+  EXPECT_EQ(device_for_rank("auto", 0, 1, 0), c10::Device(c10::kCPU));
+  EXPECT_EQ(device_for_rank("cpu", 3, 8, 8), c10::Device(c10::kCPU));
+  for (int gpus : {1, 2, 8})
+    for (int r = 0; r < gpus; ++r) {
+      EXPECT_EQ(device_for_rank("auto", r, gpus, gpus), c10::Device(c10::kCUDA, r));
+      EXPECT_EQ(device_for_rank("cuda", r, gpus, gpus), c10::Device(c10::kCUDA, r));
+    }
+  EXPECT_EQ(device_for_rank("auto", 1, 2, 8), c10::Device(c10::kCUDA, 1));    // fewer ranks: fine
+  EXPECT_EQ(device_for_rank("cuda:1", 0, 4, 2), c10::Device(c10::kCUDA, 1));  // shared on purpose
+  const auto error = [](const std::string& request, int rank, int ranks, int gpus) {
+    try {
+      device_for_rank(request, rank, ranks, gpus);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error("auto", 2, 4, 2).find("4 ranks on this node but 2 visible GPU(s)"),
+            std::string::npos)
+      << error("auto", 2, 4, 2);
+  EXPECT_NE(error("cuda", 0, 1, 0).find("no visible GPU"), std::string::npos);
+  EXPECT_NE(error("cuda:2", 0, 1, 2).find("2 visible GPU(s)"), std::string::npos);
+  EXPECT_NE(error("gpu", 0, 1, 1).find("valid values are auto, cpu, cuda and cuda:N"),
+            std::string::npos);
+  EXPECT_NE(error("cuda:x", 0, 1, 1).find("valid values"), std::string::npos);
 }
 
 // The embedding, registered last and unused, lands in bucket 0 at first and holds back every

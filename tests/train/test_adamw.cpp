@@ -105,3 +105,67 @@ TEST(AdamW, StepCountSurvivesACheckpoint) {
   for (std::size_t i = 0; i < params.size(); ++i)
     EXPECT_TRUE(at::equal(params[i], restored_params[i])) << "parameter " << i;
 }
+
+// A channels-first gradient of a channels-last weight would be walked with the weight's index:
+// each weight updated with another element's gradient. Refused, naming the parameter.
+TEST(AdamW, RefusesAGradientLaidOutUnlikeItsParameter) {
+  auto params = make_params();
+  tr::AdamW adam = tr::make_adamw(params, 1e-2, 0.0, {"conv.weight", "conv.bias", "unused"});
+  set_grads(params, 0);
+  params[0].mutable_grad() = params[0].grad().contiguous();  // NCHW memory, NHWC parameter
+  ASSERT_FALSE(params[0].grad().is_contiguous(at::MemoryFormat::ChannelsLast));
+  const auto before = clones(params);
+  try {
+    tr::adamw_step(adam, 1e-2, at::zeros({}));
+    FAIL() << "a gradient of another layout was accepted";
+  } catch (const std::logic_error& e) {
+    EXPECT_NE(std::string(e.what()).find("'conv.weight'"), std::string::npos) << e.what();
+  }
+  for (std::size_t i = 0; i < params.size(); ++i)
+    EXPECT_TRUE(at::equal(params[i], before[i])) << "parameter " << i;
+}
+
+// A checkpoint of a channels-first run resumed channels-last (fp32 resumed under bf16 with
+// model.channels_last auto): the moments take the parameters' layout, and the next step equals
+// the step of a run that was channels-last all along.
+TEST(AdamW, MomentsTakeTheParameterLayoutAfterLoading) {
+  std::vector<at::Tensor> first;
+  for (const auto& p : make_params())
+    first.push_back(p.detach().contiguous().requires_grad_(true));
+  tr::AdamW adam = tr::make_adamw(first, 1e-2, 0.0);
+  set_grads(first, 0);
+  for (auto& p : first)
+    if (p.grad().defined()) p.mutable_grad() = p.grad().contiguous();
+  tr::adamw_step(adam, 1e-2, at::zeros({}));
+  tr::write_step_count(adam);
+  torch::serialize::OutputArchive out;
+  adam.state->save(out);
+  std::ostringstream bytes;
+  out.save_to(bytes);
+
+  auto resumed = make_params();  // channels-last conv weight
+  {
+    torch::NoGradGuard no_grad;
+    for (std::size_t i = 0; i < resumed.size(); ++i)
+      resumed[i].copy_(first[i]);
+  }
+  tr::AdamW restored = tr::make_adamw(resumed, 1e-2, 0.0);
+  torch::serialize::InputArchive in;
+  std::istringstream read(bytes.str());
+  in.load_from(read);
+  restored.state->load(in);
+  tr::read_step_count(restored);
+  const auto& s = static_cast<const torch::optim::AdamWParamState&>(
+      *restored.state->state().at(resumed[0].unsafeGetTensorImpl()));
+  EXPECT_TRUE(s.exp_avg().is_contiguous(at::MemoryFormat::ChannelsLast));
+  EXPECT_TRUE(s.exp_avg_sq().is_contiguous(at::MemoryFormat::ChannelsLast));
+
+  set_grads(first, 1);
+  for (auto& p : first)
+    if (p.grad().defined()) p.mutable_grad() = p.grad().contiguous();
+  set_grads(resumed, 1);
+  tr::adamw_step(adam, 1e-2, at::zeros({}));
+  tr::adamw_step(restored, 1e-2, at::zeros({}));
+  for (std::size_t i = 0; i < first.size(); ++i)
+    EXPECT_TRUE(at::allclose(first[i], resumed[i], 1e-6, 1e-7)) << "parameter " << i;
+}

@@ -4,9 +4,11 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -165,6 +167,15 @@ TEST(Training, MicrobatchesAverageToTheFullBatchGradient) {
   }
 }
 
+// Row i of a step's noise comes from its own generator: a rank drawing rows [3, 6) gets what
+// those rows hold in the whole batch, so the split of the batch over ranks does not matter.
+TEST(Training, StepNoiseRowsDoNotDependOnTheSplit) {
+  const at::Tensor whole = tr::step_noise(7, 5, 0, 8, {1, 4, 4});
+  EXPECT_TRUE(at::equal(tr::step_noise(7, 5, 3, 3, {1, 4, 4}), whole.narrow(0, 3, 3)));
+  EXPECT_FALSE(at::equal(tr::step_noise(7, 6, 0, 8, {1, 4, 4}), whole));  // another step
+  EXPECT_NEAR(tr::step_noise(1, 0, 0, 64, {3, 16, 16}).std().item<double>(), 1.0, 0.02);
+}
+
 // `mpirun -np W difftrain train` ends with the parameters of one rank with the same global batch.
 // The sums over ranks associate differently from the 1-rank sums, and Adam turns a rounding
 // difference of a near-zero gradient into up to lr of update: hence atol of lr / 10.
@@ -202,18 +213,46 @@ void expect_same_model(const tr::Config& c, const std::string& a_path, const std
   }
 }
 
+// ||theta_W - theta_1|| / ||theta_1 - theta_0|| over every parameter: how far one run ended from
+// the other, relative to how far training moved the weights at all. A wrong update of every
+// element (gradients applied to the wrong weights) gives about sqrt(2); rounding, far less.
+double relative_update_difference(const tr::Config& c, const std::string& a_path,
+                                  const std::string& b_path) {
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  torch::manual_seed(c.seed);  // the trainer's initial weights
+  difftrain::model::UNet initial(tr::unet_config(c, tr::data_shape(c, &manifest)));
+  const auto a = checkpoint_tensors(c, a_path);
+  const auto b = checkpoint_tensors(c, b_path);
+  double apart = 0, moved = 0;
+  for (const auto& p : initial->named_parameters()) {
+    const at::Tensor& end_a = a.at("model/" + p.key());
+    apart += (end_a - b.at("model/" + p.key())).square().sum().item<double>();
+    moved += (end_a - p.value()).square().sum().item<double>();
+  }
+  return std::sqrt(apart / moved);
+}
+
 const std::vector<std::string> kMpiOverrides{"training.max_steps=5", "training.batch_size=12",
                                              "training.lr=0.0001"};
 
-void expect_ranks_match_one_rank(Fixture& f, int ranks, const std::vector<std::string>& extra) {
+// fp32 runs match element by element (expect_same_model's tolerance). Under bf16 autocast the
+// ranks' smaller per-rank batches round differently, and Adam turns some of those differences
+// into up to lr per step, so bf16 runs are compared by how far their updates differ as a whole.
+void expect_ranks_match_one_rank(Fixture& f, int ranks, const std::vector<std::string>& extra,
+                                 bool elementwise = true) {
   std::vector<std::string> overrides = kMpiOverrides;
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   const auto one = f.train(f.config("one_rank", overrides));
   const std::string run = "ranks" + std::to_string(ranks);
   const auto r = mpi_train(f, ranks, run, overrides);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  expect_same_model(f.config("one_rank", overrides), one.last_checkpoint,
-                    tr::checkpoint_path(f.dir / run, 5), false);
+  const tr::Config c = f.config("one_rank", overrides);
+  const std::string theirs = tr::checkpoint_path(f.dir / run, 5);
+  const double difference = relative_update_difference(c, one.last_checkpoint, theirs);
+  std::cout << "relative update difference, " << ranks << " ranks against 1: " << difference
+            << "\n";
+  EXPECT_LT(difference, 0.05);
+  if (elementwise) expect_same_model(c, one.last_checkpoint, theirs, false);
 }
 
 TEST_F(Fixture, TwoRanksMatchOneRank) {
@@ -224,6 +263,15 @@ TEST_F(Fixture, ThreeRanksWithMicrobatchesMatchOneRank) {
 }
 TEST_F(Fixture, ImportanceSamplerRunsOnTwoRanksAsOnOne) {
   expect_ranks_match_one_rank(*this, 2, {"diffusion.timestep_sampler=loss-second-moment"});
+}
+// Channels-last weights get channels-last gradient buckets: with contiguous bucket views the
+// fused AdamW applied each gradient element to another weight, about 2 x lr per step off.
+TEST_F(Fixture, TwoRanksChannelsLastMatchOneRank) {
+  expect_ranks_match_one_rank(*this, 2, {"model.channels_last=true"});
+}
+// bf16 autocast, channels-last by `auto`: the configuration multi-GPU users train in.
+TEST_F(Fixture, TwoRanksBf16MatchOneRank) {
+  expect_ranks_match_one_rank(*this, 2, {"training.precision=bf16"}, /*elementwise=*/false);
 }
 
 // Failures under mpirun: the job ends non-zero well within the time a test allows (no rank waits
@@ -273,6 +321,58 @@ TEST_F(Fixture, SignalOnOneRankStopsEveryRankAtTheNextLogStep) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("stop signal received at step 4"), std::string::npos) << r.output;
   EXPECT_EQ(tr::latest_valid_checkpoint(dir / "term"), tr::checkpoint_path(dir / "term", 4));
+}
+
+// launch/slurm.sbatch under a stand-in for Slurm that signals as Slurm does at the time limit
+// (tests/train/slurm_standin.sh): the ranks write one checkpoint and the job exits 0; the next
+// submission continues from it. The script's `B:` form signals only the batch shell, which never
+// passes the signal on: that control run must end without a checkpoint.
+TEST_F(Fixture, SlurmPreemptionCheckpointsAndTheNextJobResumes) {
+  const std::string standin = std::string(DIFFTRAIN_SOURCE_DIR) + "/tests/train/slurm_standin.sh";
+  const std::string sbatch = std::string(DIFFTRAIN_SOURCE_DIR) + "/launch/slurm.sbatch";
+  const std::string yaml = dir / "slurm.yaml";
+  std::ofstream(yaml) << tiny_config(manifest, dir / "slurm");
+  const auto submit = [&](const std::string& script, const std::string& run,
+                          const std::string& wait_file, const std::string& max_steps) {
+    return difftrain::testing::run("DIFFTRAIN_BIN=" + std::string(DIFFTRAIN_BINARY) + " " +
+                                   standin + " " + script + " 2 " + wait_file + " -- " + yaml +
+                                   " --set logging.run_dir=" + (dir / run) +
+                                   " --set training.max_steps=" + max_steps +
+                                   " --set training.batch_size=12 --set training.lr=0.0001"
+                                   " --set training.checkpoint_every=100000");
+  };
+
+  const auto job = submit(sbatch, "slurm", dir / "slurm/metrics.jsonl", "100000");
+  ASSERT_EQ(job.exit_code, 0) << job.output;
+  EXPECT_NE(job.output.find("to the tasks"), std::string::npos) << job.output;
+  EXPECT_NE(job.output.find("stop signal received at step"), std::string::npos) << job.output;
+  const auto written = tr::list_checkpoints(dir / "slurm");
+  ASSERT_EQ(written.size(), 1u) << job.output;
+  const int64_t stopped = tr::read_checkpoint_info(written[0]).step;
+  EXPECT_GT(stopped, 0);
+
+  const auto next = submit(sbatch, "slurm", "-", std::to_string(stopped + 2));
+  ASSERT_EQ(next.exit_code, 0) << next.output;
+  EXPECT_NE(next.output.find("resumed from " + written[0]), std::string::npos) << next.output;
+  EXPECT_EQ(tr::latest_valid_checkpoint(dir / "slurm"),
+            tr::checkpoint_path(dir / "slurm", stopped + 2));
+
+  std::string text;
+  {
+    std::ifstream in(sbatch);
+    std::stringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+  }
+  const auto at = text.find("#SBATCH --signal=");
+  ASSERT_NE(at, std::string::npos);
+  text.insert(at + std::string("#SBATCH --signal=").size(), "B:");
+  const std::string batch_only = dir / "batch_only.sbatch";
+  std::ofstream(batch_only) << text;
+  const auto control = submit(batch_only, "control", dir / "control/metrics.jsonl", "100000");
+  EXPECT_NE(control.exit_code, 0) << control.output;
+  EXPECT_NE(control.output.find("to the batch shell"), std::string::npos) << control.output;
+  EXPECT_TRUE(tr::list_checkpoints(dir / "control").empty()) << control.output;
 }
 
 TEST_F(Fixture, HungRankIsNamedByTheWatchdogAndOneRankResumes) {
