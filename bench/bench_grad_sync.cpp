@@ -16,10 +16,10 @@
 #include <nlohmann/json.hpp>
 
 #include "diffusion/gaussian_diffusion.hpp"
-#include "dist/communicator.hpp"
-#include "dist/grad_reducer.hpp"
-#include "dist/world.hpp"
 #include "model/unet.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_reducer.hpp"
+#include "parallel/world.hpp"
 #include "train/config.hpp"
 #include "train/setup.hpp"
 #include "train/train_step.hpp"
@@ -64,10 +64,10 @@ int main(int argc, char** argv) {
   app.add_option("--bucket-mb", bucket_mb, "Gradient bucket size in MB (training.bucket_mb)");
   CLI11_PARSE(app, argc, argv);
 
-  dist::World world;
+  parallel::World world;
   at::set_num_threads(1);
   const int w = world.size();
-  auto comm = dist::make_mpi_communicator(world);
+  auto comm = parallel::make_mpi_communicator(world);
   train::Config c = train::load_config(config_path, overrides);
   if (c.model.image_size == 0) c.model.image_size = 32;
   if (c.model.in_channels == 0) c.model.in_channels = 1;
@@ -93,12 +93,12 @@ int main(int argc, char** argv) {
 
   // 1. Raw MPI_Allreduce of the same bytes, one flat buffer.
   at::Tensor flat = at::zeros({static_cast<int64_t>(bytes / 4)});
-  comm->all_reduce(flat, dist::ReduceOp::sum);
+  comm->all_reduce(flat, parallel::ReduceOp::sum);
   Stats raw;
   for (int r = 0; r < repeats; ++r) {
     comm->barrier();
     const auto start = Clock::now();
-    comm->all_reduce(flat, dist::ReduceOp::sum);
+    comm->all_reduce(flat, parallel::ReduceOp::sum);
     raw.v.push_back(seconds_since(start));
   }
 
@@ -113,9 +113,9 @@ int main(int argc, char** argv) {
     if (r > 0) compute.v.push_back(seconds_since(start));
   }
 
-  dist::GradReducerOptions ro;
+  parallel::GradReducerOptions ro;
   ro.bucket_bytes = static_cast<std::size_t>(bucket_mb * (1 << 20));
-  dist::GradReducer reducer(params, *comm, ro);
+  parallel::GradReducer reducer(params, *comm, ro);
   // 2. The reducer's finish() alone: every bucket launched at once, no backward to hide behind.
   Stats finish_only;
   for (int r = 0; r <= repeats; ++r) {

@@ -28,9 +28,9 @@
 #include "data/shard_set.hpp"
 #include "diffusion/bound.hpp"
 #include "diffusion/bound_summary.hpp"
-#include "dist/communicator.hpp"
-#include "dist/rank_device.hpp"
-#include "dist/world.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/rank_device.hpp"
+#include "parallel/world.hpp"
 #include "train/step_rng.hpp"
 
 namespace difftrain::cli {
@@ -71,13 +71,14 @@ std::string default_out(const TrainedModel& m) {
   return (ckpt.parent_path() / (ckpt.stem().string() + "_" + name)).string();
 }
 
-Plan prepare(const Options& o, const dist::World& world) {
+Plan prepare(const Options& o, const parallel::World& world) {
   if (o.batch < 1)
     throw std::invalid_argument("--batch must be >= 1, not " + std::to_string(o.batch));
   if (o.num < 0) throw std::invalid_argument("--num must be >= 0 (0 = all images)");
   Plan p;
   p.manifest = data::read_manifest(o.data);
-  p.model = load_trained_model(o.source, dist::rank_device(world, o.source.device), &p.manifest);
+  p.model =
+      load_trained_model(o.source, parallel::rank_device(world, o.source.device), &p.manifest);
   const TrainedModel& m = p.model;
   const data::Manifest& d = p.manifest;
   if (m.config.training.threads > 0)
@@ -248,7 +249,7 @@ void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary
   write_line_plot(p.out + ".png", x, {PlotSeries{s.vb}}, po);
 }
 
-int run(const Options& o, dist::World& world) {
+int run(const Options& o, parallel::World& world) {
   const Plan plan = prepare(o, world);
   const TrainedModel& m = plan.model;
   const int64_t N = static_cast<int64_t>(plan.indices.size());
@@ -258,13 +259,13 @@ int run(const Options& o, dist::World& world) {
 
   // Past this point a failure on one rank would leave the others waiting in the reduction: it
   // ends the whole job (run_on_world aborts every rank).
-  const std::unique_ptr<dist::Communicator> comm = dist::make_communicator(world, m.device);
+  const std::unique_ptr<parallel::Communicator> comm = parallel::make_communicator(world, m.device);
   const data::RowRange mine = data::rank_rows(N, world.rank(), world.size());
   const auto t0 = std::chrono::steady_clock::now();
   at::Tensor sums =
       evaluate_range(plan, o, mine.begin, mine.size(), world.rank() == 0 && isatty(STDERR_FILENO))
           .to(m.device);
-  comm->all_reduce(sums, dist::ReduceOp::sum);
+  comm->all_reduce(sums, parallel::ReduceOp::sum);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (world.rank() != 0) return kOk;
@@ -301,7 +302,7 @@ void add_eval_command(CLI::App& app, int& exit_code) {
                   "Report path FILE.json (also FILE.csv, FILE.png); default: "
                   "<run>/eval/bpd_step<step>.json");
   cmd->callback([o, &exit_code] {
-    exit_code = run_on_world([&](dist::World& world) { return run(*o, world); });
+    exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });
   });
 }
 

@@ -9,13 +9,13 @@
 #include <iostream>
 
 #include "cli/commands.hpp"
-#include "dist/runtime_info.hpp"
+#include "parallel/runtime_info.hpp"
 
 namespace difftrain::cli {
 namespace {
 
 void print_info() {
-  const dist::CommRuntimeInfo comm = dist::comm_runtime_info();
+  const parallel::CommRuntimeInfo comm = parallel::comm_runtime_info();
   unsigned h5_major = 0, h5_minor = 0, h5_release = 0;
   H5get_libversion(&h5_major, &h5_minor, &h5_release);
   const auto row = [](const char* name, const std::string& value) {

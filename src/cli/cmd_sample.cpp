@@ -23,9 +23,9 @@
 #include "data/shard_writer.hpp"
 #include "diffusion/respace.hpp"
 #include "diffusion/sampling.hpp"
-#include "dist/communicator.hpp"
-#include "dist/rank_device.hpp"
-#include "dist/world.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/rank_device.hpp"
+#include "parallel/world.hpp"
 #include "train/step_rng.hpp"
 
 namespace difftrain::cli {
@@ -85,10 +85,10 @@ std::string respacing_spec(const Options& o, long T) {
   return "";
 }
 
-Plan prepare(const Options& o, const dist::World& world) {
+Plan prepare(const Options& o, const parallel::World& world) {
   check_options(o);
   Plan p;
-  p.model = load_trained_model(o.source, dist::rank_device(world, o.source.device));
+  p.model = load_trained_model(o.source, parallel::rank_device(world, o.source.device));
   const TrainedModel& m = p.model;
   if (m.config.training.threads > 0)
     at::set_num_threads(static_cast<int>(m.config.training.threads));
@@ -192,7 +192,7 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
 }
 
 // Every rank's samples in rank order, on rank 0 (others get an empty result).
-Samples gather(const Samples& mine, int64_t num, dist::Communicator& comm,
+Samples gather(const Samples& mine, int64_t num, parallel::Communicator& comm,
                const c10::Device& device) {
   const int W = comm.size();
   if (W == 1) return mine;
@@ -258,7 +258,7 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
   data::write_npz(p.out + ".npz", arrays);
 }
 
-int run(const Options& o, dist::World& world) {
+int run(const Options& o, parallel::World& world) {
   const Plan plan = prepare(o, world);
   const TrainedModel& m = plan.model;
   spdlog::info("sampling {} images from {} with {} ({}), {} rank(s), device {}", o.num, describe(m),
@@ -266,7 +266,7 @@ int run(const Options& o, dist::World& world) {
 
   // Past this point a failure on one rank would leave the others waiting in the gather: it
   // ends the whole job (run_on_world aborts every rank).
-  const std::unique_ptr<dist::Communicator> comm = dist::make_communicator(world, m.device);
+  const std::unique_ptr<parallel::Communicator> comm = parallel::make_communicator(world, m.device);
   const data::RowRange mine = data::rank_rows(o.num, world.rank(), world.size());
   const bool progress = world.rank() == 0 && isatty(STDERR_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
@@ -314,7 +314,7 @@ void add_sample_command(CLI::App& app, int& exit_code) {
                   "Class label for class-conditional models (default: every class in turn)");
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   cmd->callback([o, &exit_code] {
-    exit_code = run_on_world([&](dist::World& world) { return run(*o, world); });
+    exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });
   });
 }
 

@@ -8,10 +8,10 @@
 
 #include "cli/commands.hpp"
 #include "cli/run_on_world.hpp"
-#include "dist/communicator.hpp"
-#include "dist/rank_device.hpp"
-#include "dist/watchdog.hpp"
-#include "dist/world.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/rank_device.hpp"
+#include "parallel/watchdog.hpp"
+#include "parallel/world.hpp"
 #include "train/config.hpp"
 #include "train/trainer.hpp"
 
@@ -27,7 +27,7 @@ struct Options {
   bool print_config = false;
 };
 
-int train_on(dist::World& world, const Options& o) {
+int train_on(parallel::World& world, const Options& o) {
   train::Config config = train::load_config(o.config, o.overrides);
   train::validate(config);
   train::validate_for_world(config, world.size());
@@ -37,15 +37,15 @@ int train_on(dist::World& world, const Options& o) {
   }
   if (world.rank() == 0) spdlog::info("resolved config:\n{}", train::to_yaml(config));
 
-  const auto timeout = dist::watchdog_timeout_from_env(
+  const auto timeout = parallel::watchdog_timeout_from_env(
       std::chrono::milliseconds(static_cast<int64_t>(config.training.watchdog_timeout * 1000)));
-  dist::Watchdog watchdog(timeout);
-  const c10::Device device = dist::rank_device(world, config.device);
-  const std::unique_ptr<dist::Communicator> comm =
-      dist::make_communicator(world, device, &watchdog);
+  parallel::Watchdog watchdog(timeout);
+  const c10::Device device = parallel::rank_device(world, config.device);
+  const std::unique_ptr<parallel::Communicator> comm =
+      parallel::make_communicator(world, device, &watchdog);
   train::Cluster cluster{
       *comm, &watchdog,
-      [&](const std::string& what) { dist::barrier_with_timeout(world, 10 * timeout, what); },
+      [&](const std::string& what) { parallel::barrier_with_timeout(world, 10 * timeout, what); },
       device};
   const train::TrainResult r = train::train(config, cluster, {o.resume, o.fault, o.fault_rank});
   if (world.rank() == 0) {
@@ -77,7 +77,7 @@ void add_train_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--fault-rank", o->fault_rank,
                   "Debug: the rank --fault applies to (default all)");
   cmd->callback([o, &exit_code] {
-    exit_code = run_on_world([&](dist::World& world) { return train_on(world, *o); });
+    exit_code = run_on_world([&](parallel::World& world) { return train_on(world, *o); });
   });
 }
 

@@ -5,12 +5,12 @@
 #include <exception>
 
 #include "cli/commands.hpp"
-#include "dist/world.hpp"
+#include "parallel/world.hpp"
 
 namespace difftrain::cli {
 
-int run_on_world(const std::function<int(dist::World&)>& body) {
-  dist::World world;
+int run_on_world(const std::function<int(parallel::World&)>& body) {
+  parallel::World world;
   if (world.rank() != 0) spdlog::set_level(spdlog::level::warn);
   try {
     return body(world);
@@ -19,7 +19,7 @@ int run_on_world(const std::function<int(dist::World&)>& body) {
       spdlog::error("{}", e.what());
       return kBadInput;
     }
-    dist::abort_world(e.what(), kBadInput);
+    parallel::abort_world(e.what(), kBadInput);
   }
 }
 

@@ -3,7 +3,7 @@
 
 #include <functional>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 class World;
 }
 
@@ -13,6 +13,6 @@ namespace difftrain::cli {
 // is printed by the rank that threw it, before MPI goes down (World's destructor would abort
 // first and the message be lost). Alone, the process then returns kBadInput; in a job every rank
 // is aborted, since the others may be waiting for this one in a collective.
-int run_on_world(const std::function<int(dist::World&)>& body);
+int run_on_world(const std::function<int(parallel::World&)>& body);
 
 }  // namespace difftrain::cli

@@ -28,8 +28,9 @@ struct ModelSource {
   // "" = the first EMA rate of the config (the raw weights when it has none); "none" = the raw
   // weights; else an EMA rate, e.g. "0.9999".
   std::string ema;
-  // Where to run: auto | cpu | cuda | cuda:N, as the config key `device` (dist/rank_device.hpp).
-  // The training run's device does not matter: a checkpoint runs anywhere.
+  // Where to run: auto | cpu | cuda | cuda:N, as the config key `device`
+  // (parallel/rank_device.hpp). The training run's device does not matter: a checkpoint runs
+  // anywhere.
   std::string device = "auto";
 };
 
@@ -53,7 +54,7 @@ struct TrainedModel {
 // the model cannot be sized, or the weights do not fit the config. The image shape comes from
 // the config's data.train manifest; when that cannot be read, from model.image_size and
 // model.in_channels, else from `fallback` (eval's --data) when given. `device`: this rank's
-// (dist::rank_device of source.device).
+// (parallel::rank_device of source.device).
 TrainedModel load_trained_model(const ModelSource& source, const c10::Device& device,
                                 const data::Manifest* fallback = nullptr);
 

@@ -104,7 +104,7 @@ struct Config {
   int64_t seed = 0;
   bool deterministic = false;
   // auto | cpu | cuda | cuda:N: a GPU per local rank (auto: when there are GPUs), or GPU N for
-  // every rank of a node (dist/rank_device.hpp)
+  // every rank of a node (parallel/rank_device.hpp)
   std::string device = "auto";
   DataConfig data;
   ModelConfig model;

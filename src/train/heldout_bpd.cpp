@@ -9,8 +9,8 @@
 #include "data/manifest.hpp"
 #include "diffusion/bpd_estimate.hpp"
 #include "diffusion/respace.hpp"
-#include "dist/communicator.hpp"
 #include "model/unet.hpp"
+#include "parallel/communicator.hpp"
 #include "train/step_rng.hpp"
 
 namespace difftrain::train {
@@ -48,7 +48,7 @@ HeldOutBatch read_heldout_batch(const Config& config, const DataShape& shape, in
 
 HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
                                 const Config& config, const HeldOutBatch& batch,
-                                dist::Communicator& comm) {
+                                parallel::Communicator& comm) {
   const bool was_training = net.is_training();
   net.eval();
   torch::NoGradGuard no_grad;
@@ -79,7 +79,7 @@ HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianD
   // Sums over images on every rank: sum, sum of squares, prior.
   at::Tensor sums =
       at::stack({e.total_bpd.sum(), e.total_bpd.square().sum(), e.prior_bpd.sum()}).to(at::kDouble);
-  comm.all_reduce(sums, dist::ReduceOp::sum);
+  comm.all_reduce(sums, parallel::ReduceOp::sum);
   sums = sums.cpu();
   const auto* s = sums.data_ptr<double>();
   const double n = static_cast<double>(batch.global_size);

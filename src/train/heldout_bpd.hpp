@@ -14,7 +14,7 @@
 #include "train/config.hpp"
 #include "train/setup.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 class Communicator;
 }
 namespace difftrain::model {
@@ -45,6 +45,6 @@ struct HeldOutBpd {
 // weights; every rank gets the same result (one all-reduce).
 HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
                                 const Config& config, const HeldOutBatch& batch,
-                                dist::Communicator& comm);
+                                parallel::Communicator& comm);
 
 }  // namespace difftrain::train

@@ -6,7 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "dist/communicator.hpp"
+#include "parallel/communicator.hpp"
 
 namespace difftrain::train {
 namespace {
@@ -64,8 +64,8 @@ std::vector<int64_t> Metrics::nonfinite_timesteps_and_reset() {
   return {t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()};
 }
 
-MetricsSummary Metrics::reduce_and_reset(dist::Communicator& comm) {
-  comm.all_reduce(sums_, dist::ReduceOp::sum);
+MetricsSummary Metrics::reduce_and_reset(parallel::Communicator& comm) {
+  comm.all_reduce(sums_, parallel::ReduceOp::sum);
   const at::Tensor h = sums_.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
   sums_.zero_();
   const double* v = h.data_ptr<double>();
@@ -85,8 +85,8 @@ MetricsSummary Metrics::reduce_and_reset(dist::Communicator& comm) {
   return s;
 }
 
-nlohmann::json Metrics::timestep_stats_and_reset(dist::Communicator& comm) {
-  comm.all_reduce(per_t_, dist::ReduceOp::sum);
+nlohmann::json Metrics::timestep_stats_and_reset(parallel::Communicator& comm) {
+  comm.all_reduce(per_t_, parallel::ReduceOp::sum);
   const at::Tensor h = per_t_.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
   per_t_.zero_();
   nlohmann::json buckets = nlohmann::json::array();

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 class Communicator;
 }
 
@@ -40,10 +40,10 @@ class Metrics {
   void add_step(const at::Tensor& grad_norm, const at::Tensor& skipped);
 
   // Sums over every rank since the last call (one all-reduce), then starts again.
-  MetricsSummary reduce_and_reset(dist::Communicator& comm);
+  MetricsSummary reduce_and_reset(parallel::Communicator& comm);
   // Per t-bucket count, mean and second moment of the loss, and the means of each term: mse,
   // weighted mse and vb, so that one sees what a weighting does where.
-  nlohmann::json timestep_stats_and_reset(dist::Communicator& comm);
+  nlohmann::json timestep_stats_and_reset(parallel::Communicator& comm);
   // The timesteps at which this rank saw a non-finite per-sample loss since the last call (no
   // reduction: each rank names its own).
   std::vector<int64_t> nonfinite_timesteps_and_reset();

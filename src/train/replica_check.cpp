@@ -3,7 +3,7 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
-#include "dist/communicator.hpp"
+#include "parallel/communicator.hpp"
 
 namespace difftrain::train {
 
@@ -17,7 +17,8 @@ uint32_t fingerprint(const std::vector<at::Tensor>& tensors) {
   return static_cast<uint32_t>(crc);
 }
 
-std::vector<int> diverged_ranks(const std::vector<at::Tensor>& tensors, dist::Communicator& comm) {
+std::vector<int> diverged_ranks(const std::vector<at::Tensor>& tensors,
+                                parallel::Communicator& comm) {
   // On the communicator's device (NCCL gathers CUDA tensors only).
   const auto device = tensors.empty() ? c10::Device(c10::kCPU) : tensors.front().device();
   const at::Tensor mine = at::full({1}, static_cast<int64_t>(fingerprint(tensors)),

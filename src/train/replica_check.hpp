@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 class Communicator;
 }
 
@@ -20,6 +20,7 @@ uint32_t fingerprint(const std::vector<at::Tensor>& tensors);
 
 // The ranks whose fingerprint differs from rank 0's (empty when every rank agrees): one
 // all-gather of the fingerprints.
-std::vector<int> diverged_ranks(const std::vector<at::Tensor>& tensors, dist::Communicator& comm);
+std::vector<int> diverged_ranks(const std::vector<at::Tensor>& tensors,
+                                parallel::Communicator& comm);
 
 }  // namespace difftrain::train

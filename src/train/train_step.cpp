@@ -5,15 +5,15 @@
 #include <cmath>
 
 #include "diffusion/gaussian_diffusion.hpp"
-#include "dist/grad_reducer.hpp"
 #include "model/unet.hpp"
+#include "parallel/grad_reducer.hpp"
 #include "train/autocast_scope.hpp"
 
 namespace difftrain::train {
 
 StepTerms forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
                            const diffusion::LossSpec& loss_spec, const StepInputs& in,
-                           const StepSettings& s, dist::GradReducer* reducer, bool nan) {
+                           const StepSettings& s, parallel::GradReducer* reducer, bool nan) {
   const int64_t b = in.x_start.size(0);
   const int64_t micro = s.microbatch > 0 ? s.microbatch : b;
   StepTerms out;

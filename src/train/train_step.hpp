@@ -14,7 +14,7 @@ class Module;
 namespace difftrain::model {
 class UNetImpl;
 }
-namespace difftrain::dist {
+namespace difftrain::parallel {
 class GradReducer;
 }
 
@@ -45,7 +45,7 @@ struct StepSettings {
 // communicates. The injected `nan` makes every loss NaN (a fault for tests).
 StepTerms forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
                            const diffusion::LossSpec& loss_spec, const StepInputs& in,
-                           const StepSettings& settings, dist::GradReducer* reducer,
+                           const StepSettings& settings, parallel::GradReducer* reducer,
                            bool nan = false);
 
 }  // namespace difftrain::train

@@ -16,12 +16,12 @@
 #include "data/loader.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/timestep_sampler.hpp"
-#include "dist/broadcast_parameters.hpp"
-#include "dist/communicator.hpp"
-#include "dist/grad_reducer.hpp"
-#include "dist/watchdog.hpp"
 #include "model/parameter_count.hpp"
 #include "model/unet.hpp"
+#include "parallel/broadcast_parameters.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_reducer.hpp"
+#include "parallel/watchdog.hpp"
 #include "train/adamw.hpp"
 #include "train/checkpoint.hpp"
 #include "train/ema.hpp"
@@ -136,7 +136,7 @@ struct Run {
 }  // namespace
 
 TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& options) {
-  dist::Communicator& comm = cluster.comm;
+  parallel::Communicator& comm = cluster.comm;
   const int rank = comm.rank(), world = comm.size();
   validate(config);
   validate_for_world(config, world);
@@ -188,12 +188,12 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     load_checkpoint(resume_from, state);
     if (rank == 0) spdlog::info("resumed from {} at step {}", resume_from, step);
   } else {
-    std::vector<dist::NamedTensor> named, buffers;
+    std::vector<parallel::NamedTensor> named, buffers;
     for (const auto& p : net->named_parameters())
       named.push_back({p.key(), p.value()});
     for (const auto& b : net->named_buffers())
       buffers.push_back({b.key(), b.value()});
-    dist::broadcast_parameters(comm, named, buffers);
+    parallel::broadcast_parameters(comm, named, buffers);
     // EMAs start from the broadcast weights.
     emas = make_emas(tc.ema_rates, params);
   }
@@ -222,12 +222,12 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
                  shape.image_size, shape.image_size, world, device.str());
   }
 
-  std::unique_ptr<dist::GradReducer> reducer;
+  std::unique_ptr<parallel::GradReducer> reducer;
   if (world > 1) {
-    dist::GradReducerOptions ro;
+    parallel::GradReducerOptions ro;
     ro.watchdog = cluster.watchdog;
     ro.bucket_bytes = static_cast<std::size_t>(tc.bucket_mb * (1 << 20));
-    reducer = std::make_unique<dist::GradReducer>(params, comm, ro);
+    reducer = std::make_unique<parallel::GradReducer>(params, comm, ro);
   }
 
   const int64_t B = tc.batch_size, b = loader.batch_size();
@@ -299,7 +299,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
         stop = 0;
       } else {
         at::Tensor flag = at::full({1}, stop, at::TensorOptions(device).dtype(at::kInt));
-        comm.all_reduce(flag, dist::ReduceOp::max);
+        comm.all_reduce(flag, parallel::ReduceOp::max);
         stop = flag.item<int>();
       }
     }

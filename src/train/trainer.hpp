@@ -1,4 +1,4 @@
-// `difftrain train`: the training loop on one or many ranks, written against dist::Communicator
+// `difftrain train`: the training loop on one or many ranks, written against parallel::Communicator
 // only (a world of one process is the local communicator).
 #pragma once
 
@@ -10,10 +10,10 @@
 
 #include "train/config.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 class Communicator;
 class Watchdog;
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel
 
 namespace difftrain::train {
 
@@ -29,12 +29,12 @@ struct TrainOptions {
 };
 
 struct Cluster {
-  dist::Communicator& comm;
-  dist::Watchdog* watchdog = nullptr;  // told the current step, so timeouts name it
+  parallel::Communicator& comm;
+  parallel::Watchdog* watchdog = nullptr;  // told the current step, so timeouts name it
   // Waits for rank 0 to finish writing a checkpoint (a barrier that gives up); defaults to
   // comm.barrier().
   std::function<void(const std::string& what)> slow_barrier;
-  // This rank's device (dist::rank_device): the model, optimizer, EMA, sampler, loader staging
+  // This rank's device (parallel::rank_device): the model, optimizer, EMA, sampler, loader staging
   // and held-out batch live there.
   c10::Device device = c10::kCPU;
 };

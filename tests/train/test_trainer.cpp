@@ -18,8 +18,8 @@
 #include "diffusion/bound.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/respace.hpp"
-#include "dist/communicator.hpp"
 #include "model/unet.hpp"
+#include "parallel/communicator.hpp"
 #include "train/checkpoint.hpp"
 #include "train/config.hpp"
 #include "train/ema.hpp"
@@ -68,7 +68,7 @@ struct Fixture : ::testing::Test {
     return tr::parse_config(tiny_config(manifest, dir / run, extra), overrides);
   }
   tr::TrainResult train(const tr::Config& c, const tr::TrainOptions& o = {}) {
-    auto comm = difftrain::dist::make_local_communicator();
+    auto comm = difftrain::parallel::make_local_communicator();
     tr::Cluster cluster{*comm, nullptr, {}};
     return tr::train(c, cluster, o);
   }

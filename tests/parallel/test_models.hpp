@@ -1,4 +1,4 @@
-// Small models and a counting communicator shared by the dist tests.
+// Small models and a counting communicator shared by the parallel tests.
 #pragma once
 
 #include <torch/torch.h>
@@ -6,9 +6,9 @@
 #include <atomic>
 #include <memory>
 
-#include "dist/communicator.hpp"
+#include "parallel/communicator.hpp"
 
-namespace difftrain::dist::testing {
+namespace difftrain::parallel::testing {
 
 // ~150K parameters in 10 tensors: two convolutions, three linear layers, and an embedding that
 // forward() uses only when `use_embedding` (an unused parameter otherwise).
@@ -78,4 +78,4 @@ class CountingCommunicator final : public Communicator {
   Communicator& inner_;
 };
 
-}  // namespace difftrain::dist::testing
+}  // namespace difftrain::parallel::testing

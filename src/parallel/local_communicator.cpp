@@ -1,6 +1,6 @@
-#include "dist/communicator.hpp"
+#include "parallel/communicator.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 struct DoneWork final : Work {
@@ -30,4 +30,4 @@ std::unique_ptr<Communicator> make_local_communicator() {
   return std::make_unique<LocalCommunicator>();
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

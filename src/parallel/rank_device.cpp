@@ -1,4 +1,4 @@
-#include "dist/rank_device.hpp"
+#include "parallel/rank_device.hpp"
 
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
@@ -6,9 +6,9 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#include "dist/world.hpp"
+#include "parallel/world.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 std::string visible_devices_note() {
@@ -66,4 +66,4 @@ c10::Device rank_device(const World& world, const std::string& request) {
   return device;
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

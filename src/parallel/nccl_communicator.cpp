@@ -11,7 +11,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "dist/communicator.hpp"
+#include "parallel/communicator.hpp"
 
 #ifdef DIFFTRAIN_HAVE_NCCL
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -25,12 +25,12 @@
 #include <chrono>
 #include <thread>
 
-#include "dist/mpi_check.hpp"
-#include "dist/watchdog.hpp"
-#include "dist/world.hpp"
+#include "parallel/mpi_check.hpp"
+#include "parallel/watchdog.hpp"
+#include "parallel/world.hpp"
 #endif
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 #ifdef DIFFTRAIN_HAVE_NCCL
 namespace {
@@ -312,4 +312,4 @@ std::string nccl_unavailable_reason() {
 
 #endif
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

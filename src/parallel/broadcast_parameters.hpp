@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 class Communicator;
 
@@ -23,4 +23,4 @@ struct NamedTensor {
 void broadcast_parameters(Communicator& comm, const std::vector<NamedTensor>& parameters,
                           const std::vector<NamedTensor>& buffers, int root = 0);
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

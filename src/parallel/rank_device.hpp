@@ -9,7 +9,7 @@
 
 #include <string>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 class World;
 
@@ -27,4 +27,4 @@ c10::Device device_for_rank(const std::string& request, int local_rank, int loca
 // sharing this node's memory), the visible GPUs from the CUDA runtime.
 c10::Device rank_device(const World& world, const std::string& request);
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -25,7 +25,7 @@
 #include <optional>
 #include <vector>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 class Communicator;
 class Watchdog;
@@ -96,4 +96,4 @@ class GradReducer {
   std::unique_ptr<State> state_;
 };
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -1,7 +1,7 @@
-#include "dist/communicator.hpp"
-#include "dist/world.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/world.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 // One process needs no library at all; CUDA tensors go through NCCL even then, so that a 1-GPU
 // run exercises the same stream ordering as a multi-GPU one.
@@ -15,4 +15,4 @@ std::unique_ptr<Communicator> make_communicator(const World& world, c10::Device 
   return make_mpi_communicator(world, watchdog);
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -1,9 +1,9 @@
-#include "dist/mpi_check.hpp"
+#include "parallel/mpi_check.hpp"
 
 #include <stdexcept>
 #include <string>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 void mpi_check(int rc, std::string_view what) {
   if (rc == MPI_SUCCESS) return;
@@ -13,4 +13,4 @@ void mpi_check(int rc, std::string_view what) {
   throw std::runtime_error("MPI " + std::string(what) + " failed: " + std::string(text, len));
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -1,5 +1,5 @@
-// Single-process tests of src/dist: the watchdog, the local communicator, the gradient reducer's
-// bucketing and hook mechanics, and the NCCL backend's presence in the binary.
+// Single-process tests of src/parallel: the watchdog, the local communicator, the gradient
+// reducer's bucketing and hook mechanics, and the NCCL backend's presence in the binary.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -7,15 +7,15 @@
 #include <chrono>
 #include <thread>
 
-#include "dist/communicator.hpp"
-#include "dist/grad_reducer.hpp"
-#include "dist/rank_device.hpp"
-#include "dist/runtime_info.hpp"
-#include "dist/watchdog.hpp"
-#include "dist/world.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_reducer.hpp"
+#include "parallel/rank_device.hpp"
+#include "parallel/runtime_info.hpp"
+#include "parallel/watchdog.hpp"
+#include "parallel/world.hpp"
 #include "test_models.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 using namespace std::chrono_literals;
@@ -324,4 +324,4 @@ TEST(Nccl, BackendIsBuiltAndLinked) {
 }
 
 }  // namespace
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

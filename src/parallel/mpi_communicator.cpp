@@ -13,12 +13,12 @@
 #include <stdexcept>
 #include <string>
 
-#include "dist/communicator.hpp"
-#include "dist/mpi_check.hpp"
-#include "dist/watchdog.hpp"
-#include "dist/world.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/mpi_check.hpp"
+#include "parallel/watchdog.hpp"
+#include "parallel/world.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 std::string dtype_name(at::ScalarType type) {
@@ -274,4 +274,4 @@ std::unique_ptr<Communicator> make_mpi_communicator(const World& world, Watchdog
   return std::make_unique<MpiCommunicator>(world, watchdog);
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

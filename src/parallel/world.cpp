@@ -1,4 +1,4 @@
-#include "dist/world.hpp"
+#include "parallel/world.hpp"
 
 #include <cstdio>
 #include <cstdlib>
@@ -7,9 +7,9 @@
 #include <string>
 #include <thread>
 
-#include "dist/mpi_check.hpp"
+#include "parallel/mpi_check.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 World::World() {
   int initialized = 0;
@@ -112,4 +112,4 @@ std::chrono::milliseconds watchdog_timeout_from_env(std::chrono::milliseconds fa
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -12,13 +12,13 @@
 #include <string>
 #include <thread>
 
-#include "dist/communicator.hpp"
-#include "dist/grad_reducer.hpp"
-#include "dist/watchdog.hpp"
-#include "dist/world.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_reducer.hpp"
+#include "parallel/watchdog.hpp"
+#include "parallel/world.hpp"
 #include "test_models.hpp"
 
-using namespace difftrain::dist;
+using namespace difftrain::parallel;
 
 int main(int argc, char** argv) {
   if (argc != 3) {

@@ -1,12 +1,12 @@
-#include "dist/watchdog.hpp"
+#include "parallel/watchdog.hpp"
 
 #include <algorithm>
 #include <cstdio>
 #include <vector>
 
-#include "dist/world.hpp"
+#include "parallel/world.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 std::string seconds(std::chrono::duration<double> d) {
@@ -121,4 +121,4 @@ void Watchdog::fire(const std::string& message) {
   abort_world(message + "; aborted");
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

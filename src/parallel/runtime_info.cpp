@@ -1,4 +1,4 @@
-#include "dist/runtime_info.hpp"
+#include "parallel/runtime_info.hpp"
 
 #include <mpi.h>
 
@@ -7,7 +7,7 @@
 #include <nccl.h>
 #endif
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 [[maybe_unused]] std::string dotted(int major, int minor, int patch = -1) {
@@ -38,4 +38,4 @@ CommRuntimeInfo comm_runtime_info() {
   return info;
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -3,7 +3,7 @@
 
 #include <string>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 struct CommRuntimeInfo {
   std::string mpi_library;   // MPI_Get_library_version, first line
@@ -16,4 +16,4 @@ struct CommRuntimeInfo {
 // Safe to call before MPI_Init and on machines without GPUs.
 CommRuntimeInfo comm_runtime_info();
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -1,4 +1,4 @@
-// Multi-rank tests of src/dist, run under mpirun with 2 and 3 ranks and without mpirun (a
+// Multi-rank tests of src/parallel, run under mpirun with 2 and 3 ranks and without mpirun (a
 // singleton world of one rank). Each collective test runs on CPU (MPI) and, where every rank has
 // a GPU, on CUDA (NCCL); the CUDA cases are skipped here, saying why.
 #include <gtest/gtest.h>
@@ -7,15 +7,15 @@
 #include <chrono>
 #include <thread>
 
-#include "dist/broadcast_parameters.hpp"
-#include "dist/communicator.hpp"
-#include "dist/grad_reducer.hpp"
-#include "dist/rank_device.hpp"
-#include "dist/watchdog.hpp"
-#include "dist/world.hpp"
+#include "parallel/broadcast_parameters.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_reducer.hpp"
+#include "parallel/rank_device.hpp"
+#include "parallel/watchdog.hpp"
+#include "parallel/world.hpp"
 #include "test_models.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 using namespace std::chrono_literals;
@@ -265,14 +265,14 @@ TEST(GradReducer, Bfloat16WireIsCloseToFloat32) {
 }
 
 }  // namespace
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel
 
 int main(int argc, char** argv) {
   at::set_num_threads(1);
-  difftrain::dist::World world;
-  difftrain::dist::Watchdog watchdog(std::chrono::seconds(60));
-  difftrain::dist::g_world = &world;
-  difftrain::dist::g_watchdog = &watchdog;
+  difftrain::parallel::World world;
+  difftrain::parallel::Watchdog watchdog(std::chrono::seconds(60));
+  difftrain::parallel::g_world = &world;
+  difftrain::parallel::g_watchdog = &watchdog;
   ::testing::InitGoogleTest(&argc, argv);
   if (world.rank() != 0) GTEST_FLAG_SET(brief, true);  // one full report, failures from all
   return RUN_ALL_TESTS();

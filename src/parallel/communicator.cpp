@@ -1,6 +1,6 @@
-#include "dist/communicator.hpp"
+#include "parallel/communicator.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 // Several Works seen as one; wait() waits for each in launch order.
@@ -28,4 +28,4 @@ std::unique_ptr<Work> Communicator::all_reduce_batch_async(std::vector<at::Tenso
   return batch;
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

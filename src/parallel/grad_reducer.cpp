@@ -1,4 +1,4 @@
-#include "dist/grad_reducer.hpp"
+#include "parallel/grad_reducer.hpp"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -9,10 +9,10 @@
 #include <string>
 #include <unordered_set>
 
-#include "dist/communicator.hpp"
-#include "dist/watchdog.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/watchdog.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 namespace {
 
@@ -362,4 +362,4 @@ const std::vector<ReducerEvent>& GradReducer::trace() const {
   return state_->trace;
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

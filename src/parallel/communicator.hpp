@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 class World;
 class Watchdog;
@@ -75,4 +75,4 @@ std::unique_ptr<Communicator> make_communicator(const World& world, c10::Device 
 // built, no CUDA device). Needs no GPU.
 std::string nccl_unavailable_reason();
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

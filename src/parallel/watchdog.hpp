@@ -15,7 +15,7 @@
 #include <string>
 #include <thread>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 class Watchdog {
  public:
@@ -90,4 +90,4 @@ class Watchdog {
   std::thread thread_;  // last: starts after every other member is ready
 };
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

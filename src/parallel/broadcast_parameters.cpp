@@ -1,4 +1,4 @@
-#include "dist/broadcast_parameters.hpp"
+#include "parallel/broadcast_parameters.hpp"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -7,9 +7,9 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "dist/communicator.hpp"
+#include "parallel/communicator.hpp"
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 namespace {
 
 // FNV-1a over dtype and shape: the same on every rank and every build, unlike std::hash.
@@ -92,4 +92,4 @@ void broadcast_parameters(Communicator& comm, const std::vector<NamedTensor>& pa
   }
 }
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel

@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-namespace difftrain::dist {
+namespace difftrain::parallel {
 
 class World {
  public:
@@ -49,4 +49,4 @@ void barrier_with_timeout(const World& world, std::chrono::milliseconds timeout,
 // DIFFTRAIN_WATCHDOG_TIMEOUT (seconds, may be fractional) when set, else `fallback`.
 std::chrono::milliseconds watchdog_timeout_from_env(std::chrono::milliseconds fallback);
 
-}  // namespace difftrain::dist
+}  // namespace difftrain::parallel
