@@ -77,9 +77,9 @@ int main(int argc, char** argv) {
   model::UNet net(train::unet_config(c, shape));
   const std::vector<at::Tensor> params = net->parameters();
   const auto diffusion = train::make_diffusion(c);
-  const auto loss_spec = train::make_loss_spec(c);
-  train::StepSettings settings;
-  settings.timestep_scale = train::timestep_scale(c);
+  c.training.microbatch = 0;
+  const train::StepContext plain{train::make_denoiser(net, c), diffusion, train::make_loss_spec(c),
+                                 c.training, *comm};
   const int64_t H = shape.image_size, C = shape.channels;
   const train::StepInputs in{at::rand({batch, C, H, H}) * 2 - 1,
                              at::randint(diffusion.num_timesteps, {batch}, at::kLong),
@@ -109,13 +109,15 @@ int main(int argc, char** argv) {
       p.mutable_grad() = at::Tensor();
     comm->barrier();
     const auto start = Clock::now();
-    train::forward_backward(*net, diffusion, loss_spec, in, settings, nullptr);
+    train::forward_backward(plain, in);
     if (r > 0) compute.v.push_back(seconds_since(start));
   }
 
   parallel::GradReducerOptions ro;
   ro.bucket_bytes = static_cast<std::size_t>(bucket_mb * (1 << 20));
   parallel::GradReducer reducer(params, *comm, ro);
+  train::StepContext with_reducer = plain;
+  with_reducer.reducer = &reducer;
   // 2. The reducer's finish() alone: every bucket launched at once, no backward to hide behind.
   Stats finish_only;
   for (int r = 0; r <= repeats; ++r) {
@@ -131,7 +133,7 @@ int main(int argc, char** argv) {
     reducer.zero_grad();
     comm->barrier();
     const auto start = Clock::now();
-    train::forward_backward(*net, diffusion, loss_spec, in, settings, &reducer);
+    train::forward_backward(with_reducer, in);
     const auto before_finish = Clock::now();
     reducer.finish();
     if (r > 0) {

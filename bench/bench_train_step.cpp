@@ -1,23 +1,22 @@
-// Training-step throughput of difftrain's UNet, hybrid loss, AdamW and EMA on one rank, with a
-// breakdown by phase. Needs no data: the batch is random, in [-1, 1] (the loader is measured by
+// Training-step throughput of difftrain's UNet, loss, AdamW and EMA on one rank, with a breakdown
+// by phase. Needs no data: the batch is random, in [-1, 1] (the loader is measured by
 // bench_loader). Not a test: the numbers go to JSON (bench/run.sh collects them).
 //
 //   build/bench_train_step --config configs/fashion_mnist.yaml --set model.image_size=32
 //       --set model.in_channels=1 [--batch 8] [--threads 1] [--precision fp32|bf16]
 //       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE] [--profile TRACE]
 //
+// Each timed step is the product's: draw_step_inputs, then train::train_step (the function the
+// trainer calls, with its gradient reducer on a world of one), timed by phase through its hook:
+// data (the step's timesteps and noise), forward (q_sample, the network under autocast, the loss
+// terms), backward, sampler (the reducer's finish, a no-op on one rank, and the loss recording of
+// loss-second-moment), optimizer (unscale, gradient norm, clipping, fused AdamW), EMA.
+//
 // --export FILE writes the initial weights (the C++ state dict; zero-initialised layers made
 // random, see main), the fixed batch, the betas and the first step's per-sample losses and
 // gradient norm (dropout off) as a pickled Dict[str, Tensor] that Python's torch.load reads, and
 // FILE.json with the model config: the PyTorch baseline (bench/baseline/train_step.py) starts
 // from exactly these and checks the losses and gradient norm.
-//
-// Phases per step: data (the step's noise, as the trainer draws it; the images are a fixed
-// batch), sampler (timestep draw, loss recording), forward (q_sample, the network under autocast,
-// the loss terms), backward, optimizer (gradient norm with its one host sync, AdamW), EMA. Forward
-// and backward are timed apart by a copy of train/train_step.cpp's forward_backward for one
-// microbatch and no reducer; the first step checks that the copy computes exactly what
-// forward_backward computes (same losses, same gradient norm).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <fmt/format.h>
@@ -31,19 +30,19 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "data/loader.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
-#include "diffusion/timestep_sampler.hpp"
 #include "model/parameter_count.hpp"
-#include "model/unet.hpp"
-#include "train/adamw.hpp"
-#include "train/autocast_scope.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/grad_reducer.hpp"
 #include "train/config.hpp"
-#include "train/ema.hpp"
 #include "train/metrics.hpp"
 #include "train/setup.hpp"
+#include "train/train_state.hpp"
 #include "train/train_step.hpp"
 
 namespace {
@@ -78,45 +77,6 @@ double mean(const std::vector<double>& v) {
   for (double x : v)
     s += x;
   return v.empty() ? 0 : s / static_cast<double>(v.size());
-}
-
-at::Tensor grad_norm(const std::vector<at::Tensor>& params) {
-  std::vector<at::Tensor> grads;
-  for (const auto& p : params)
-    if (p.grad().defined()) grads.push_back(p.grad());
-  return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
-}
-
-struct Timed {
-  train::StepTerms terms;
-  double forward_ms = 0, backward_ms = 0;
-};
-
-// train::forward_backward for microbatch = batch and no reducer, with the forward and backward
-// timed apart. Keep in step with src/train/train_step.cpp.
-Timed timed_forward_backward(const StepClock& clock, model::UNetImpl& net,
-                             const diffusion::GaussianDiffusion& d, const diffusion::LossSpec& spec,
-                             const train::StepInputs& in, const train::StepSettings& s) {
-  Timed r;
-  const int64_t b = in.x_start.size(0);
-  auto start = clock.now();
-  const at::Tensor x_t = diffusion::q_sample(d, in.x_start, in.t, in.noise);
-  at::Tensor model_output;
-  {
-    train::AutocastScope autocast(in.x_start.device().type(), s.autocast, s.autocast_dtype);
-    model_output = net.forward(x_t, in.t.to(at::kFloat) * s.timestep_scale, in.labels);
-  }
-  auto terms = diffusion::training_terms(d, spec, model_output.to(at::kFloat), in.x_start, x_t,
-                                         in.t, in.noise);
-  const at::Tensor loss = (terms.loss * in.weights).sum() / static_cast<double>(b);
-  r.forward_ms = clock.ms_since(start);
-  start = clock.now();
-  loss.backward();
-  r.backward_ms = clock.ms_since(start);
-  r.terms.loss = terms.loss.detach().to(at::kDouble);
-  r.terms.mse = terms.mse.detach().to(at::kDouble);
-  r.terms.vb = terms.vb.detach().to(at::kDouble);
-  return r;
 }
 
 json model_json(const model::UNetConfig& c, bool channels_last) {
@@ -172,14 +132,17 @@ int main(int argc, char** argv) {
     const c10::Device device =
         device_name == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
     const StepClock clock{device};
-    const train::Config config = train::load_config(config_path, sets);
+    train::Config config = train::load_config(config_path, sets);
+    config.training.batch_size = batch;
+    config.training.microbatch = 0;
+    config.training.precision =
+        precision == "bf16" ? train::Precision::bf16 : train::Precision::fp32;
     const train::DataShape shape = train::data_shape(config, nullptr);
     const model::UNetConfig unet_config = train::unet_config(config, shape);
-    torch::manual_seed(config.seed);
-    model::UNet net(unet_config);
-    const bool channels_last = train::use_channels_last(config, precision);
-    if (channels_last) net->to(at::MemoryFormat::ChannelsLast);
-    const std::vector<at::Tensor> params = net->parameters();
+    auto comm = parallel::make_local_communicator();
+    train::TrainState state = train::make_train_state(config, shape, device, *comm);
+    const bool channels_last = train::use_channels_last(config, config.training.precision);
+    const std::vector<at::Tensor> params = state.net->parameters();
     // The zero-initialised layers (each block's last conv, proj_out, the output conv) would make
     // the network's output 0 and every gradient but the output conv's 0: the first-step check
     // against the baseline would then not see the network. They get small random values.
@@ -189,145 +152,104 @@ int main(int argc, char** argv) {
       auto pgen = at::make_generator<at::CPUGeneratorImpl>(99);
       for (const auto& p : params)
         if (p.abs().max().item<double>() == 0) {
-          p.copy_(at::randn(p.sizes(), pgen) * 0.02);
+          p.copy_(at::randn(p.sizes(), pgen).to(p.device()) * 0.02);
           ++perturbed;
         }
     }
-    net->to(device);
+    state.emas = train::make_emas(config.training.ema_rates, params);
     const diffusion::GaussianDiffusion diffusion =
         diffusion::to_device(train::make_diffusion(config), device);
-    const diffusion::LossSpec loss_spec = train::make_loss_spec(config);
-    const long T = diffusion.num_timesteps;
-    diffusion::TimestepSampler sampler = train::make_timestep_sampler(config, T, device);
-    const auto& tc = config.training;
-    train::AdamW optimizer = train::make_adamw(params, tc.lr, tc.weight_decay);
-    std::vector<train::Ema> emas = train::make_emas(tc.ema_rates, params);
+    parallel::GradReducer reducer(params, *comm);
+    const train::StepContext context{train::make_denoiser(state.net, config),
+                                     diffusion,
+                                     train::make_loss_spec(config),
+                                     config.training,
+                                     *comm,
+                                     &reducer};
 
     const int64_t C = shape.channels, H = shape.image_size;
     auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
-    // Drawn on the CPU (as the trainer draws them), then moved to the device.
-    const at::Tensor x = (at::rand({batch, C, H, H}, gen) * 2 - 1).to(device);
-    const at::Tensor t0 = diffusion::draw_timesteps(sampler, batch, gen).t.to(device);
-    const at::Tensor noise0 = at::randn({batch, C, H, H}, gen).to(device);
-    const at::Tensor labels =
-        shape.num_classes > 0 ? at::randint(shape.num_classes, {batch}, gen, at::kLong).to(device)
-                              : at::Tensor();
-    const at::Tensor ones = at::ones({batch}, at::TensorOptions(device).dtype(at::kDouble));
-
-    train::StepSettings settings;
-    settings.timestep_scale = train::timestep_scale(config);
-    settings.autocast = precision == "bf16";
-    settings.autocast_dtype = at::kBFloat16;
+    data::Batch batch_data;
+    batch_data.images = (at::rand({batch, C, H, H}, gen) * 2 - 1).to(device);
+    if (shape.num_classes > 0)
+      batch_data.labels = at::randint(shape.num_classes, {batch}, gen, at::kLong).to(device);
+    const uint64_t seed = static_cast<uint64_t>(config.seed);
 
     // The first step's losses and gradient norm on the fixed batch, dropout off: what the
-    // baseline must reproduce from the same weights.
-    net->eval();
-    const train::StepInputs check_inputs{x, t0, ones, noise0, labels};
-    const train::StepTerms check =
-        train::forward_backward(*net, diffusion, loss_spec, check_inputs, settings, nullptr);
-    const double check_grad_norm = grad_norm(params).item<double>();
-    // The timed copy of forward_backward on the same inputs: it must compute the same thing
-    // (checked in fp32 runs; bf16 runs the same code).
-    double copy_grad_norm = check_grad_norm, copy_loss_diff = 0;
-    const bool check_copy = precision == "fp32";
-    if (check_copy) {
-      optimizer.state->zero_grad();
-      const Timed copy =
-          timed_forward_backward(clock, *net, diffusion, loss_spec, check_inputs, settings);
-      copy_grad_norm = grad_norm(params).item<double>();
-      copy_loss_diff = (copy.terms.loss - check.loss).abs().max().item<double>();
-    }
-    net->train();
-    optimizer.state->zero_grad();
-    json check_json{
-        {"precision", precision},
-        {"loss_mean", check.loss.mean().item<double>()},
-        {"mse_mean", check.mse.mean().item<double>()},
-        {"vb_mean", check.vb.mean().item<double>()},
-        {"grad_norm", check_grad_norm},
-        {"timed_copy_loss_max_abs_diff", copy_loss_diff},
-        {"timed_copy_grad_norm", copy_grad_norm},
-        {"timed_copy_checked", check_copy},
-        {"timed_copy_matches", copy_loss_diff == 0 && copy_grad_norm == check_grad_norm}};
-    if (copy_loss_diff != 0 || copy_grad_norm != check_grad_norm)
-      spdlog::warn(
-          "the timed copy of forward_backward differs from it: loss by {}, grad norm {} vs {}",
-          copy_loss_diff, copy_grad_norm, check_grad_norm);
+    // baseline must reproduce from the same (exported) weights.
+    const train::StepInputs check_inputs =
+        train::draw_step_inputs(seed, 0, state.sampler, batch_data, batch);
+    json meta_model = model_json(unet_config, channels_last);
+    c10::Dict<std::string, at::Tensor> exported;
+    for (const auto& p : state.net->named_parameters())
+      exported.insert("state/" + p.key(), p.value().detach().cpu().contiguous().clone());
+    for (const auto& b : state.net->named_buffers())
+      exported.insert("state/" + b.key(), b.value().detach().cpu().contiguous().clone());
+    state.net->eval();
+    const train::StepResult check = train::train_step(state, context, check_inputs);
+    state.net->train();
+    const double check_grad_norm = check.grad_norm.item<double>();
+    json check_json{{"precision", precision},
+                    {"loss_mean", check.terms.loss.mean().item<double>()},
+                    {"mse_mean", check.terms.mse.mean().item<double>()},
+                    {"vb_mean", check.terms.vb.mean().item<double>()},
+                    {"grad_norm", check_grad_norm}};
 
     if (!export_path.empty()) {
-      c10::Dict<std::string, at::Tensor> d;
-      for (const auto& p : net->named_parameters())
-        d.insert("state/" + p.key(), p.value().detach().cpu().contiguous().clone());
-      for (const auto& b : net->named_buffers())
-        d.insert("state/" + b.key(), b.value().detach().cpu().contiguous().clone());
-      d.insert("batch/x", x.cpu());
-      d.insert("batch/t", t0.cpu());
-      d.insert("batch/noise", noise0.cpu());
-      if (labels.defined()) d.insert("batch/labels", labels.cpu());
-      d.insert("diffusion/betas", diffusion.betas.cpu());
-      d.insert("check/loss", check.loss.cpu());
-      d.insert("check/mse", check.mse.cpu());
-      d.insert("check/vb", check.vb.cpu());
-      d.insert("check/grad_norm", at::scalar_tensor(check_grad_norm, at::kDouble));
-      const std::vector<char> bytes = torch::pickle_save(d);
+      exported.insert("batch/x", batch_data.images.cpu());
+      exported.insert("batch/t", check_inputs.t.cpu());
+      exported.insert("batch/noise", check_inputs.noise.cpu());
+      if (batch_data.labels.defined()) exported.insert("batch/labels", batch_data.labels.cpu());
+      exported.insert("diffusion/betas", diffusion.betas.cpu());
+      exported.insert("check/loss", check.terms.loss.cpu());
+      exported.insert("check/mse", check.terms.mse.cpu());
+      exported.insert("check/vb", check.terms.vb.cpu());
+      exported.insert("check/grad_norm", at::scalar_tensor(check_grad_norm, at::kDouble));
+      const std::vector<char> bytes = torch::pickle_save(exported);
       std::ofstream(export_path, std::ios::binary)
           .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
       json meta{{"config", config_path},
                 {"sets", sets},
-                {"model", model_json(unet_config, channels_last)},
-                {"parameters", model::parameter_count(net)},
-                {"num_timesteps", T},
-                {"timestep_scale", settings.timestep_scale},
-                {"vb_scale", loss_spec.vb_scale},
-                {"lr", tc.lr},
-                {"weight_decay", tc.weight_decay},
-                {"ema_rates", tc.ema_rates},
-                {"ema_warmup", tc.ema_warmup},
+                {"model", meta_model},
+                {"parameters", model::parameter_count(state.net)},
+                {"num_timesteps", diffusion.num_timesteps},
+                {"timestep_scale", context.denoiser.timestep_scale},
+                {"vb_scale", context.loss.vb_scale},
+                {"lr", config.training.lr},
+                {"weight_decay", config.training.weight_decay},
+                {"ema_rates", config.training.ema_rates},
+                {"ema_warmup", config.training.ema_warmup},
                 {"check", check_json}};
       std::ofstream(export_path + ".json") << meta.dump(2) << '\n';
     }
 
-    // The timed steps: repeats x steps, after `warmup` untimed ones.
-    std::vector<double> step_ms, data_ms, sampler_ms, fwd_ms, bwd_ms, opt_ms, ema_ms;
-    std::vector<double> rate, r_step, r_data, r_sampler, r_fwd, r_bwd, r_fb, r_opt, r_ema;
-    int64_t n = 0;
+    // The timed steps: repeats x steps, after `warmup` untimed ones; each phase timed through
+    // the step's hook, the device synchronised at every phase boundary.
+    std::map<std::string, std::vector<double>> phase_ms;  // this repeat's steps
+    std::vector<double> step_ms, rate;
+    std::map<std::string, std::vector<double>> repeat_ms;  // per phase, a mean per repeat
+    const std::map<train::StepPhase, std::string> names{{train::StepPhase::forward, "forward"},
+                                                        {train::StepPhase::backward, "backward"},
+                                                        {train::StepPhase::all_reduce, "sampler"},
+                                                        {train::StepPhase::optimizer, "optimizer"},
+                                                        {train::StepPhase::ema, "ema"}};
     const auto one_step = [&] {
       const auto start = clock.now();
       auto phase = start;
-      const at::Tensor noise = at::randn({batch, C, H, H}, gen).to(device);
-      data_ms.push_back(clock.ms_since(phase));
+      const train::StepInputs inputs =
+          train::draw_step_inputs(seed, state.step, state.sampler, batch_data, batch);
+      phase_ms["data"].push_back(clock.ms_since(phase));
       phase = clock.now();
-      diffusion::TimestepDraw draw = diffusion::draw_timesteps(sampler, batch, gen);
-      draw.t = draw.t.to(device);
-      draw.weights = draw.weights.to(device);
-      sampler_ms.push_back(clock.ms_since(phase));
-      phase = clock.now();
-      optimizer.state->zero_grad();
-      const Timed fb = timed_forward_backward(clock, *net, diffusion, loss_spec,
-                                              {x, draw.t, draw.weights, noise, labels}, settings);
-      fwd_ms.push_back(fb.forward_ms);
-      bwd_ms.push_back(fb.backward_ms);
-      const train::StepTerms& terms = fb.terms;
-      phase = clock.now();
-      if (diffusion::records_losses(sampler)) {
-        diffusion::record_losses(sampler, draw.t, terms.loss);
-        sampler_ms.back() += clock.ms_since(phase);
-      }
-      phase = clock.now();
-      // As the trainer: the skip decision stays on the device.
-      const at::Tensor skip = at::isfinite(grad_norm(params)).logical_not().to(at::kFloat);
-      train::adamw_step(optimizer, tc.lr, skip);
-      opt_ms.push_back(clock.ms_since(phase));
-      phase = clock.now();
-      train::update_emas(emas, params, n, tc.ema_warmup, skip);
-      ema_ms.push_back(clock.ms_since(phase));
+      train::train_step(state, context, inputs, [&](train::StepPhase ended) {
+        phase_ms[names.at(ended)].push_back(clock.ms_since(phase));
+        phase = clock.now();
+      });
       step_ms.push_back(clock.ms_since(start));
-      ++n;
     };
     for (int64_t r = -1; r < repeats; ++r) {
       const int64_t count = r < 0 ? warmup : steps;
-      for (auto* v : {&step_ms, &data_ms, &sampler_ms, &fwd_ms, &bwd_ms, &opt_ms, &ema_ms})
-        v->clear();
+      phase_ms.clear();
+      step_ms.clear();
       for (int64_t s = 0; s < count; ++s)
         one_step();
       if (r < 0) continue;
@@ -335,15 +257,14 @@ int main(int argc, char** argv) {
       for (double v : step_ms)
         total += v;
       rate.push_back(1000.0 * static_cast<double>(batch * steps) / total);
-      r_step.push_back(mean(step_ms));
-      r_data.push_back(mean(data_ms));
-      r_sampler.push_back(mean(sampler_ms));
-      r_fwd.push_back(mean(fwd_ms));
-      r_bwd.push_back(mean(bwd_ms));
-      r_fb.push_back(r_fwd.back() + r_bwd.back());
-      r_opt.push_back(mean(opt_ms));
-      r_ema.push_back(mean(ema_ms));
+      repeat_ms["step"].push_back(mean(step_ms));
+      for (const auto& [name, values] : phase_ms)
+        repeat_ms[name].push_back(mean(values) * static_cast<double>(values.size()) /
+                                  static_cast<double>(steps));  // per step (microbatches summed)
     }
+    repeat_ms["forward_backward"] = repeat_ms["forward"];
+    for (std::size_t i = 0; i < repeat_ms["forward_backward"].size(); ++i)
+      repeat_ms["forward_backward"][i] += repeat_ms["backward"][i];
 
     if (!profile_path.empty()) {
       // Three more steps under LibTorch's profiler (one is too noisy): a Chrome trace of every
@@ -358,8 +279,8 @@ int main(int argc, char** argv) {
     j["implementation"] = "difftrain";
     j["config"] = config_path;
     j["sets"] = sets;
-    j["model"] = model_json(unet_config, channels_last);
-    j["parameters"] = model::parameter_count(net);
+    j["model"] = meta_model;
+    j["parameters"] = model::parameter_count(state.net);
     j["zero_init_tensors_randomised"] = perturbed;
     j["batch"] = batch;
     j["threads"] = threads;
@@ -368,14 +289,20 @@ int main(int argc, char** argv) {
     j["repeats"] = repeats;
     j["warmup"] = warmup;
     j["images_per_s"] = summary(rate);
-    j["step_ms"] = summary(r_step);
-    j["breakdown_ms"] = {{"data", summary(r_data)},           {"sampler", summary(r_sampler)},
-                         {"forward", summary(r_fwd)},         {"backward", summary(r_bwd)},
-                         {"forward_backward", summary(r_fb)}, {"all_reduce", nullptr},
-                         {"optimizer", summary(r_opt)},       {"ema", summary(r_ema)}};
+    j["step_ms"] = summary(repeat_ms["step"]);
+    j["breakdown_ms"] = {{"data", summary(repeat_ms["data"])},
+                         {"sampler", summary(repeat_ms["sampler"])},
+                         {"forward", summary(repeat_ms["forward"])},
+                         {"backward", summary(repeat_ms["backward"])},
+                         {"forward_backward", summary(repeat_ms["forward_backward"])},
+                         {"all_reduce", nullptr},
+                         {"optimizer", summary(repeat_ms["optimizer"])},
+                         {"ema", summary(repeat_ms["ema"])}};
     j["notes"] =
-        "per-repeat means of each phase, min/median/max over repeats; all_reduce: one rank "
-        "(see scaling); forward and backward timed by a copy of forward_backward (see check)";
+        "the product's step (train::train_step), timed by phase through its hook; per-repeat "
+        "means of each phase, min/median/max over repeats; data: the step's timesteps and noise "
+        "(draw_step_inputs); sampler: the reducer's finish (one rank) and the loss recording; "
+        "all_reduce: one rank (see scaling)";
     j["check"] = check_json;
     j["device"] = device.str();
     j["rss_mb"] = train::resident_memory_mb();

@@ -5,9 +5,10 @@ only, so any python3 runs it; the PyTorch baseline runs in the venv's python).
   bench/run.py [--quick] [--out bench/results/latest.json] [--python .venv/bin/python]
 
 Figures: loader throughput (build/bench_loader); training-step throughput and breakdown of
-difftrain against the PyTorch eager baseline, plain and tuned (build/bench_train_step,
-bench/baseline/train_step.py) for the demo model and the CIFAR-10 hybrid model, fp32 and bf16,
-1 and 2 threads, with the achieved FLOP/s against this CPU's peak; sampling throughput (DDIM-50,
+difftrain's own step (train::train_step) against the PyTorch eager baseline, plain and tuned
+(build/bench_train_step, bench/baseline/train_step.py) for the demo model and the CIFAR-10 hybrid model, fp32 and bf16,
+1 and 2 threads, with the achieved FLOP/s against this CPU's peak; `difftrain train` end to end
+(the quickstart's 2 ranks, images/s from its metrics); sampling throughput (DDIM-50,
 DDPM) and peak RSS over a demo training run (build/difftrain); bench/bench_scaling.sh's
 results when that script exists. Every timed figure has min / median / max over repeats.
 """
@@ -279,12 +280,6 @@ def train_step_benchmarks(args, env, tmp, plan):
             entry["runs"].append(row)
         checks = [r["pytorch_" + v]["check"] for r in entry["runs"] for v in ["plain", "tuned"]
                   if "pytorch_" + v in r and r["pytorch_" + v]["check"]["same_precision_as_export"]]
-        copies = [r["difftrain"]["check"].get("timed_copy_matches") for r in entry["runs"]
-                  if r.get("difftrain", {}).get("check", {}).get("timed_copy_checked")]
-        entry["timed_copy_check"] = {
-            "what": "difftrain's timed copy of forward_backward gives the same losses and "
-                    "gradient norm as forward_backward (fp32 runs)",
-            "ok": bool(copies) and all(copies)}
         entry["same_computation_check"] = {
             "what": ("first step, same weights and batch, dropout off, fp32: C++ vs PyTorch "
                      "loss and gradient norm"),
@@ -407,6 +402,41 @@ def training_run(args, env, tmp, steps, log_every, threads):
     return result, os.path.join(run_dir, "checkpoints", ckpts[-1]) if ckpts else None
 
 
+def end_to_end_run(args, env, tmp, seconds):
+    """`difftrain train` as the quickstart runs it (the demo config, 2 ranks x 1 thread under
+    mpirun, data loading, logging and all) for `seconds`: images/s from its metrics.jsonl, every
+    log line but the first (start-up)."""
+    if not os.path.exists(os.path.join(ROOT, "data/fashion_mnist/train/manifest.json")):
+        return {"skipped": "no data/fashion_mnist/train (launch/quickstart.sh prepares it)"}
+    run_dir = os.path.join(tmp, "end_to_end")
+    cmd = ["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none", "-x",
+           "OMP_NUM_THREADS=1", "-x", "OMP_WAIT_POLICY"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    cmd += [os.path.join(BUILD, "difftrain"), "train", "--config", "configs/fashion_mnist.yaml",
+            "--set", f"training.max_time={seconds}", "--set", "training.max_steps=0",
+            "--set", f"logging.run_dir={run_dir}", "--set", "logging.log_every=20",
+            "--set", "logging.bpd_every=0", "--set", "training.checkpoint_every=100000"]
+    log(f"end to end: difftrain train, demo config, 2 ranks x 1 thread, {seconds} s")
+    rc, _, _, wall, peak = check_run(cmd, dict(env, OMP_NUM_THREADS="1"), "difftrain train")
+    if rc != 0:
+        return {"skipped": "difftrain train failed"}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        lines = [j for j in map(json.loads, f) if "images_per_s" in j]
+    return {
+        "config": "configs/fashion_mnist.yaml",
+        "ranks": 2,
+        "threads_per_rank": 1,
+        "seconds": seconds,
+        "steps": lines[-1]["step"] if lines else 0,
+        "wall_s": wall,
+        "peak_rss_mb": peak,
+        "images_per_s": summary([j["images_per_s"] for j in lines[1:]] or
+                                [j["images_per_s"] for j in lines]),
+        "what": "difftrain train under mpirun, data loading, logging and checkpointing included",
+    }
+
+
 def sampling_benchmark(args, env, tmp, checkpoint, threads):
     if not checkpoint:
         return {"skipped": "no checkpoint (the training run did not run)"}
@@ -438,8 +468,8 @@ def main():
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv/bin/python"))
     ap.add_argument("--channels-last-everywhere", action="store_true",
                     help="also time difftrain with model.channels_last for fp32")
-    ap.add_argument("--only", help="comma-separated subset: loader,train_step,training,"
-                                   "sampling,scaling")
+    ap.add_argument("--only", help="comma-separated subset: loader,train_step,end_to_end,"
+                                   "training,sampling,scaling")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     want = (lambda k: only is None or k in only)
@@ -510,6 +540,9 @@ def main():
         if want("train_step"):
             result["train_step"] = timed("train_step", train_step_benchmarks, args, env, tmp,
                                            plan)
+        if want("end_to_end"):
+            result["end_to_end"] = timed("end_to_end", end_to_end_run, args, env, tmp,
+                                         30 if args.quick else 120)
         checkpoint = None
         if want("training") or want("sampling"):
             result["training_memory"], checkpoint = timed(

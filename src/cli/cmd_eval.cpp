@@ -77,8 +77,9 @@ Plan prepare(const Options& o, const parallel::World& world) {
   if (o.num < 0) throw std::invalid_argument("--num must be >= 0 (0 = all images)");
   Plan p;
   p.manifest = data::read_manifest(o.data);
-  p.model =
-      load_trained_model(o.source, parallel::rank_device(world, o.source.device), &p.manifest);
+  p.model = load_trained_model(
+      o.source, parallel::rank_device(world, parallel::parse_device_request(o.source.device)),
+      &p.manifest);
   const TrainedModel& m = p.model;
   const data::Manifest& d = p.manifest;
   if (m.config.training.threads > 0)
@@ -182,7 +183,7 @@ at::Tensor evaluate_range(const Plan& p, const Options& o, int64_t first, int64_
     };
     c10::InferenceMode guard;
     const diffusion::BoundTerms terms = diffusion::calc_bpd_loop(
-        m.diffusion, network_fn(m, y), x, /*clip_denoised=*/true, noise, on_step);
+        m.diffusion, m.denoiser.with_labels(y), x, /*clip_denoised=*/true, noise, on_step);
     sums += diffusion::bound_sums(terms).cpu();
     if (progress) fmt::print(stderr, "\r{:60}\r", "");
     const double seconds =
@@ -212,10 +213,10 @@ void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary
       {"num_images", s.count},
       {"seed", o.seed},
       {"diffusion",
-       {{"schedule", m.config.diffusion.schedule},
+       {{"schedule", diffusion::to_string(m.config.diffusion.schedule)},
         {"steps", T},
-        {"model_mean_type", m.config.diffusion.model_mean_type},
-        {"model_var_type", m.config.diffusion.model_var_type},
+        {"model_mean_type", diffusion::to_string(m.config.diffusion.model_mean_type)},
+        {"model_var_type", diffusion::to_string(m.config.diffusion.model_var_type)},
         {"zero_terminal_snr", m.config.diffusion.zero_terminal_snr}}},
       {"clip_denoised", true},
       {"padded_to",

@@ -1,6 +1,8 @@
 // `difftrain loss-eval`: evaluates the loss terms on recorded inputs (golden README layouts) so
 // that the loss can be compared with any other implementation.
 #include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -31,17 +33,11 @@ struct Tolerance {
   double rtol;
 };
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i)
-    r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 void expect_shape(const h5::File& f, const std::string& name, const std::vector<int64_t>& want) {
   const auto got = f.shape(name);
   if (got != want)
-    f.fail("dataset '" + name + "' has shape " + shape_str(got) + ", expected " + shape_str(want));
+    f.fail("dataset '" + name + "' has shape " + fmt::format("{}", got) + ", expected " +
+           fmt::format("{}", want));
 }
 
 // Parses a root attribute with one of the diffusion parsers, naming the file on failure.
@@ -109,8 +105,8 @@ bool check_results(const h5::File& f, const std::vector<Result>& results, Tolera
     }
     const auto want = f.shape(name);
     if (want != std::vector<int64_t>(r.got.sizes().begin(), r.got.sizes().end()))
-      f.fail("dataset '" + name + "' has shape " + shape_str(want) + ", expected " +
-             shape_str({r.got.sizes().begin(), r.got.sizes().end()}));
+      f.fail("dataset '" + name + "' has shape " + fmt::format("{}", want) + ", expected " +
+             c10::str(r.got.sizes()));
     const at::Tensor expected = h5::read_tensor(f, name, at::kDouble);
     const at::Tensor bound = tol.atol * r.scale + tol.rtol * expected.abs();
     const at::Tensor ratio = (r.got.to(at::kDouble) - expected).abs() / bound;
@@ -131,7 +127,7 @@ int eval_per_sample(const h5::File& f, const Options& o, c10::ScalarType dtype) 
   const auto loss_type = parse_attr(f, "loss_type", diffusion::parse_loss_type);
   const auto x_shape = f.shape("x_start");
   if (x_shape.size() < 2)
-    f.fail("dataset 'x_start' must be [N, C, ...], got " + shape_str(x_shape));
+    f.fail("dataset 'x_start' must be [N, C, ...], got " + fmt::format("{}", x_shape));
   const int64_t N = x_shape[0];
   expect_shape(f, "noise", x_shape);
   expect_shape(f, "t", {N});
@@ -169,7 +165,7 @@ int eval_full_bound(const h5::File& f, const Options& o, c10::ScalarType dtype) 
   const bool clip_denoised = f.attr_int("clip_denoised") != 0;
   const auto x_shape = f.shape("x_start");
   if (x_shape.size() < 2)
-    f.fail("dataset 'x_start' must be [N, C, ...], got " + shape_str(x_shape));
+    f.fail("dataset 'x_start' must be [N, C, ...], got " + fmt::format("{}", x_shape));
   std::vector<int64_t> noise_shape = x_shape;
   noise_shape.insert(noise_shape.begin(), T);
   expect_shape(f, "noise", noise_shape);

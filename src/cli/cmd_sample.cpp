@@ -88,7 +88,8 @@ std::string respacing_spec(const Options& o, long T) {
 Plan prepare(const Options& o, const parallel::World& world) {
   check_options(o);
   Plan p;
-  p.model = load_trained_model(o.source, parallel::rank_device(world, o.source.device));
+  p.model = load_trained_model(
+      o.source, parallel::rank_device(world, parallel::parse_device_request(o.source.device)));
   const TrainedModel& m = p.model;
   if (m.config.training.threads > 0)
     at::set_num_threads(static_cast<int>(m.config.training.threads));
@@ -160,7 +161,7 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
       generators.push_back(train::cpu_generator(
           train::step_seed(o.seed, i, train::RngStream::noise, kSampleStreamTag)));
     const at::Tensor y = classes > 0 ? labels.narrow(0, b0, b).to(m.device) : at::Tensor();
-    diffusion::ModelFn model = network_fn(m, y);
+    diffusion::ModelFn model = m.denoiser.with_labels(y);
     if (p.timestep_map.defined()) model = diffusion::respaced_model(model, p.timestep_map);
 
     diffusion::SampleOptions so;

@@ -25,10 +25,11 @@ struct Options {
   std::string fault;
   int fault_rank = -1;
   bool print_config = false;
+  bool allow_objective_change = false;
 };
 
 int train_on(parallel::World& world, const Options& o) {
-  train::Config config = train::load_config(o.config, o.overrides);
+  const train::Config config = train::load_config(o.config, o.overrides);
   train::validate(config);
   train::validate_for_world(config, world.size());
   if (o.print_config) {
@@ -47,7 +48,8 @@ int train_on(parallel::World& world, const Options& o) {
       *comm, &watchdog,
       [&](const std::string& what) { parallel::barrier_with_timeout(world, 10 * timeout, what); },
       device};
-  const train::TrainResult r = train::train(config, cluster, {o.resume, o.fault, o.fault_rank});
+  const train::TrainResult r =
+      train::train(config, cluster, {o.resume, o.fault, o.fault_rank, o.allow_objective_change});
   if (world.rank() == 0) {
     spdlog::info("{} after {} steps; run directory: {}", r.interrupted ? "stopped" : "finished",
                  r.step, r.run_dir);
@@ -76,6 +78,9 @@ void add_train_command(CLI::App& app, int& exit_code) {
                   "Debug: hang@STEP, exit@STEP, kill@STEP, term@STEP, nan@STEP or diverge@STEP");
   cmd->add_option("--fault-rank", o->fault_rank,
                   "Debug: the rank --fault applies to (default all)");
+  cmd->add_flag("--allow-objective-change", o->allow_objective_change,
+                "Resume a checkpoint trained with another schedule, T, target, variance, loss or "
+                "timestep scaling (fine-tuning on purpose)");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return train_on(world, *o); });
   });

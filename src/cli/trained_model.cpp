@@ -13,6 +13,7 @@
 
 #include "data/error.hpp"
 #include "diffusion/respace.hpp"
+#include "parallel/rank_device.hpp"
 #include "train/checkpoint.hpp"
 
 namespace difftrain::cli {
@@ -88,7 +89,15 @@ void add_model_source_options(CLI::App& cmd, ModelSource& source) {
                  "first of the config's training.ema_rates)");
   cmd.add_option("--device", source.device,
                  "auto (a GPU per local rank when there are GPUs), cpu, cuda or cuda:N")
-      ->default_val("auto");
+      ->default_val("auto")
+      ->check([](const std::string& text) {
+        try {
+          parallel::parse_device_request(text);
+          return std::string();
+        } catch (const std::invalid_argument& e) {
+          return std::string(e.what());
+        }
+      });
 }
 
 TrainedModel load_trained_model(const ModelSource& source, const c10::Device& device,
@@ -113,15 +122,16 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& de
   m.shape = model_shape(m, fallback);
   m.device = device;
 
-  m.net = model::UNet(train::unet_config(m.config, m.shape));
-  train::load_model_weights(m.checkpoint, *m.net, m.ema_rate);
-  m.net->to(device);
+  model::UNet net(train::unet_config(m.config, m.shape));
+  train::load_model_weights(m.checkpoint, *net, m.ema_rate);
+  net->to(device);
   // Sampling and evaluation run in fp32: auto is channels-first there.
-  if (train::use_channels_last(m.config, "fp32")) m.net->to(at::MemoryFormat::ChannelsLast);
-  m.net->eval();  // dropout off
+  if (train::use_channels_last(m.config, train::Precision::fp32))
+    net->to(at::MemoryFormat::ChannelsLast);
+  net->eval();  // dropout off
+  m.denoiser = train::make_denoiser(net, m.config);
 
   m.diffusion = diffusion::to_device(train::make_diffusion(m.config), device);
-  m.timestep_scale = train::timestep_scale(m.config);
 
   // An EMA averages over about 1 / (1 - rate) steps: early in a run it is still close to the
   // initial weights (unless training.ema_warmup shortened it).
@@ -132,13 +142,6 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& de
         "the initial ones; --ema none uses the trained weights",
         *m.ema_rate, 1.0 / (1.0 - *m.ema_rate), m.checkpoint, m.step);
   return m;
-}
-
-diffusion::ModelFn network_fn(const TrainedModel& m, const at::Tensor& y) {
-  model::UNet net = m.net;
-  return diffusion::scaled_timestep_model(
-      [net, y](const at::Tensor& x, const at::Tensor& t) mutable { return net->forward(x, t, y); },
-      m.timestep_scale);
 }
 
 void check_output_directory(const std::string& path, const std::string& what) {

@@ -14,6 +14,7 @@
 #include "diffusion/schedule.hpp"
 #include "model/unet.hpp"
 #include "train/config.hpp"
+#include "train/denoiser.hpp"
 #include "train/setup.hpp"
 
 namespace CLI {
@@ -44,10 +45,9 @@ struct TrainedModel {
   train::DataShape shape;                        // what the network sees (after data.pad_to)
   std::optional<data::Manifest> train_manifest;  // the config's data.train, when readable
   std::optional<double> ema_rate;                // the weights loaded; nullopt = raw weights
-  model::UNet net{nullptr};                      // in eval mode, on `device`
+  train::Denoiser denoiser;                      // the network in eval mode, on `device`
   c10::Device device = c10::kCPU;
   diffusion::GaussianDiffusion diffusion;  // the training diffusion, tables on `device`
-  double timestep_scale = 1.0;             // the network sees t * timestep_scale
 };
 
 // Throws (a one-line message naming the file or key) when there is no checkpoint, it is invalid,
@@ -57,10 +57,6 @@ struct TrainedModel {
 // (parallel::rank_device of source.device).
 TrainedModel load_trained_model(const ModelSource& source, const c10::Device& device,
                                 const data::Manifest* fallback = nullptr);
-
-// The network as a ModelFn of the training diffusion: t holds original timestep indices; y the
-// class labels (undefined for unconditional models).
-diffusion::ModelFn network_fn(const TrainedModel& m, const at::Tensor& y);
 
 // Creates the directory of `path` and checks that a file can be created in it (by creating and
 // removing one: permission bits do not stop root), so that a long job does not fail at the end.

@@ -1,4 +1,4 @@
-// The layout inside one shard file (README: Data, Layout): standard HDF5 that h5py reads as is.
+// The layout inside one shard file (docs/data.md, Layout): standard HDF5 that h5py reads as is.
 //   /images  uint8 [n, H, W, C], chunked one sample per chunk, optionally gzip or lzf
 //   /labels  int64 [n], only in labeled sets
 //   root attributes (informative): format, format_version, height, width, channels,

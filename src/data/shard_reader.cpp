@@ -1,5 +1,8 @@
 #include "data/shard_reader.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <filesystem>
 
@@ -11,13 +14,6 @@ namespace difftrain::data {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i)
-    r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 // Runs f, turning the HDF5 layer's errors (which already name the file) into data::Error.
 template <typename F>
@@ -35,13 +31,13 @@ void check_structure(const h5::File& f, const Manifest& m, const ShardInfo& info
   if (dtype != "uint8") f.fail("dataset 'images' has dtype " + dtype + ", expected uint8");
   const auto shape = f.shape(shard::kImages);
   if (shape.size() != 4)
-    f.fail("dataset 'images' has rank " + std::to_string(shape.size()) + " " + shape_str(shape) +
-           ", expected 4 [n, H, W, C]");
+    f.fail("dataset 'images' has rank " + std::to_string(shape.size()) + " " +
+           fmt::format("{}", shape) + ", expected 4 [n, H, W, C]");
   if (shape[0] == 0) f.fail("the shard is empty (dataset 'images' has 0 samples)");
   const std::vector<int64_t> want{info.num_samples, m.height, m.width, m.channels};
   if (shape != want)
-    f.fail("dataset 'images' has shape " + shape_str(shape) + ", the manifest says " +
-           shape_str(want));
+    f.fail("dataset 'images' has shape " + fmt::format("{}", shape) + ", the manifest says " +
+           fmt::format("{}", want));
   const std::string compression = f.compression(shard::kImages);
   if (compression == "lzf" && !h5::filter_available(h5::Compression::lzf))
     f.fail("images are lzf-compressed and the lzf filter is not installed (hdf5-plugin-lzf)");
@@ -53,7 +49,7 @@ void check_structure(const h5::File& f, const Manifest& m, const ShardInfo& info
     f.fail("dataset 'labels' has dtype " + ltype + ", expected int64");
   const auto lshape = f.shape(shard::kLabels);
   if (lshape != std::vector<int64_t>{info.num_samples})
-    f.fail("dataset 'labels' has shape " + shape_str(lshape) + ", expected [" +
+    f.fail("dataset 'labels' has shape " + fmt::format("{}", lshape) + ", expected [" +
            std::to_string(info.num_samples) + "]");
 }
 

@@ -10,16 +10,6 @@
 #include "diffusion/weighting.hpp"
 
 namespace difftrain::diffusion {
-namespace {
-
-std::string shape_str(const at::Tensor& x) {
-  std::string s = "[";
-  for (int64_t i = 0; i < x.dim(); ++i)
-    s += (i ? ", " : "") + std::to_string(x.size(i));
-  return s + "]";
-}
-
-}  // namespace
 
 at::Tensor extract(const at::Tensor& table, const at::Tensor& t, const at::Tensor& like) {
   std::vector<int64_t> shape(like.dim(), 1);
@@ -93,8 +83,8 @@ void check_model_output(const GaussianDiffusion& d, const at::Tensor& model_outp
   for (int64_t i = 2; ok && i < x_t.dim(); ++i)
     ok = model_output.size(i) == x_t.size(i);
   if (!ok)
-    throw std::invalid_argument("model output has shape " + shape_str(model_output) + " but x_t " +
-                                shape_str(x_t) + " with variance type " +
+    throw std::invalid_argument("model output has shape " + c10::str(model_output.sizes()) +
+                                " but x_t " + c10::str(x_t.sizes()) + " with variance type " +
                                 to_string(d.model_var_type) + " needs " + std::to_string(want) +
                                 " channels");
 }

@@ -118,10 +118,4 @@ ModelFn respaced_model(const ModelFn& base_model, const at::Tensor& timestep_map
   };
 }
 
-ModelFn scaled_timestep_model(NetworkFn network, double scale) {
-  return [network = std::move(network), scale](const at::Tensor& x_t, const at::Tensor& t) {
-    return network(x_t, t.to(at::kFloat) * scale);
-  };
-}
-
 }  // namespace difftrain::diffusion

@@ -37,10 +37,4 @@ RespacedDiffusion respace(const GaussianDiffusion& base, const std::vector<long>
 // The network of the base diffusion seen from the respaced one: index i -> timestep_map[i].
 ModelFn respaced_model(const ModelFn& base_model, const at::Tensor& timestep_map);
 
-// A network as trained, called with the float timestep t * scale (scale = 1000 / T with
-// rescale_timesteps, Improved DDPM; 1 otherwise) ...
-using NetworkFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& t_scaled)>;
-// ... as a ModelFn of the training diffusion (original indices t).
-ModelFn scaled_timestep_model(NetworkFn network, double scale);
-
 }  // namespace difftrain::diffusion

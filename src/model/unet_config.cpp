@@ -1,5 +1,7 @@
 #include "model/unet_config.hpp"
 
+#include <c10/util/StringUtil.h>
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -13,13 +15,6 @@ std::string field(const char* name, int64_t value) {
 
 void require_positive(const char* name, int64_t value) {
   if (value <= 0) throw std::invalid_argument(field(name, value) + " must be positive");
-}
-
-std::string join(const std::vector<int64_t>& values) {
-  std::string out;
-  for (size_t i = 0; i < values.size(); ++i)
-    out += (i ? ", " : "") + std::to_string(values[i]);
-  return out;
 }
 
 bool contains(const std::vector<int64_t>& values, int64_t v) {
@@ -118,7 +113,7 @@ void validate(const UNetConfig& c) {
           "UNetConfig.attention_resolutions contains " + std::to_string(res) +
           ", which is not a feature-map size of this UNet; the sizes for image_size " +
           std::to_string(c.image_size) + " with " + std::to_string(sizes.size()) + " levels are " +
-          join(sizes));
+          c10::Join(", ", sizes));
 
   check_heads(c);
 }

@@ -339,9 +339,6 @@ void GradReducer::set_sync(bool sync) {
   state_->check_idle("set_sync");
   state_->sync = sync;
 }
-bool GradReducer::sync() const {
-  return state_->sync;
-}
 void GradReducer::finish() {
   state_->finish();
 }

@@ -78,7 +78,6 @@ class GradReducer {
   // false: the following backward passes only accumulate locally (microbatches of gradient
   // accumulation); true (the default): the next backward communicates. Set before backward.
   void set_sync(bool sync);
-  bool sync() const;
 
   // After a synchronised backward: launches the buckets not yet launched, waits for all of them,
   // and leaves every .grad() holding the average over ranks. A no-op when sync is false.

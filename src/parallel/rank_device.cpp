@@ -3,6 +3,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
 
+#include <charconv>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -18,28 +19,49 @@ std::string visible_devices_note() {
 
 }  // namespace
 
-c10::Device device_for_rank(const std::string& request, int local_rank, int local_ranks,
+DeviceRequest parse_device_request(std::string_view text) {
+  using Kind = DeviceRequest::Kind;
+  if (text == "auto") return {Kind::automatic, -1};
+  if (text == "cpu") return {Kind::cpu, -1};
+  if (text == "cuda") return {Kind::cuda, -1};
+  if (text.substr(0, 5) == "cuda:") {
+    const std::string_view digits = text.substr(5);
+    int index = -1;
+    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
+    if (!digits.empty() && error == std::errc() && end == digits.data() + digits.size() &&
+        index >= 0)
+      return {Kind::cuda, index};
+  }
+  throw std::invalid_argument("unknown device '" + std::string(text) +
+                              "' (valid: auto, cpu, cuda, cuda:N)");
+}
+
+std::string to_string(const DeviceRequest& request) {
+  switch (request.kind) {
+    case DeviceRequest::Kind::automatic:
+      return "auto";
+    case DeviceRequest::Kind::cpu:
+      return "cpu";
+    case DeviceRequest::Kind::cuda:
+      return request.index < 0 ? "cuda" : "cuda:" + std::to_string(request.index);
+  }
+  return "?";
+}
+
+c10::Device device_for_rank(const DeviceRequest& request, int local_rank, int local_ranks,
                             int visible_gpus) {
-  if (request == "cpu") return c10::kCPU;
-  if (request.rfind("cuda:", 0) == 0) {
-    const std::string index = request.substr(5);
-    char* end = nullptr;
-    const long n = std::strtol(index.c_str(), &end, 10);
-    if (index.empty() || *end != '\0' || n < 0)
-      throw std::invalid_argument("config key 'device' = '" + request +
-                                  "': valid values are auto, cpu, cuda and cuda:N");
-    if (n >= visible_gpus)
-      throw std::invalid_argument("config key 'device' = '" + request + "' but this node has " +
+  using Kind = DeviceRequest::Kind;
+  if (request.kind == Kind::cpu) return c10::kCPU;
+  if (request.index >= 0) {
+    if (request.index >= visible_gpus)
+      throw std::invalid_argument("device '" + to_string(request) + "' but this node has " +
                                   std::to_string(visible_gpus) + " visible GPU(s)" +
                                   visible_devices_note());
-    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(n));
+    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(request.index));
   }
-  if (request != "auto" && request != "cuda")
-    throw std::invalid_argument("config key 'device' = '" + request +
-                                "': valid values are auto, cpu, cuda and cuda:N");
   if (visible_gpus == 0) {
-    if (request == "cuda")
-      throw std::invalid_argument("config key 'device' = 'cuda' but this node has no visible GPU" +
+    if (request.kind == Kind::cuda)
+      throw std::invalid_argument("device 'cuda' but this node has no visible GPU" +
                                   visible_devices_note());
     return c10::kCPU;
   }
@@ -51,9 +73,10 @@ c10::Device device_for_rank(const std::string& request, int local_rank, int loca
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
 }
 
-c10::Device rank_device(const World& world, const std::string& request) {
+c10::Device rank_device(const World& world, const DeviceRequest& request) {
   // Asking the CUDA runtime costs a context probe: skip it when the CPU is asked for.
-  const int gpus = request == "cpu" ? 0 : static_cast<int>(torch::cuda::device_count());
+  const int gpus =
+      request.kind == DeviceRequest::Kind::cpu ? 0 : static_cast<int>(torch::cuda::device_count());
   c10::Device device = c10::kCPU;
   try {
     device = device_for_rank(request, world.local_rank(), world.local_size(), gpus);

@@ -94,7 +94,7 @@ void adamw_step(AdamW& adam, double lr, const at::Tensor& skip) {
   adam.steps.sub_(skip);
 }
 
-void write_step_count(AdamW& adam) {
+void write_step_count(const AdamW& adam) {
   const auto n = static_cast<int64_t>(adam.steps.item<float>());
   for (auto& group : adam.state->param_groups())
     for (const at::Tensor& p : group.params())

@@ -37,7 +37,7 @@ void adamw_step(AdamW& adam, double lr, const at::Tensor& skip);
 
 // Checkpoint round trip: copy `steps` into the per-parameter state (a host sync) before saving;
 // after loading, copy it back and give the moments their parameter's device and memory layout.
-void write_step_count(AdamW& adam);
+void write_step_count(const AdamW& adam);  // the moments live behind the shared optimizer
 void read_step_count(AdamW& adam);
 
 }  // namespace difftrain::train

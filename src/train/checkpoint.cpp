@@ -67,13 +67,6 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   return archive;
 }
 
-std::string shape_str(at::IntArrayRef s) {
-  std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i)
-    r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 at::Tensor read_tensor(torch::serialize::InputArchive& a, const std::string& path,
                        const std::string& key) {
   at::Tensor t;
@@ -93,8 +86,8 @@ int64_t read_int(torch::serialize::InputArchive& a, const std::string& path,
 void copy_checked(const std::string& path, const std::string& name, const at::Tensor& dst,
                   const at::Tensor& src) {
   if (dst.sizes() != src.sizes())
-    throw CheckpointError(path + ": '" + name + "' has shape " + shape_str(src.sizes()) +
-                          " in the checkpoint but " + shape_str(dst.sizes()) +
+    throw CheckpointError(path + ": '" + name + "' has shape " + c10::str(src.sizes()) +
+                          " in the checkpoint but " + c10::str(dst.sizes()) +
                           " in the model (a checkpoint of another config?)");
   torch::NoGradGuard no_grad;
   dst.copy_(src);
@@ -141,30 +134,22 @@ void check_no_unexpected_tensors(torch::serialize::InputArchive& a, const std::s
 
 }  // namespace
 
-void save_checkpoint(const std::string& path, const TrainStateRefs& s,
-                     const std::string& config_yaml) {
+void save_checkpoint(const std::string& path, const TrainState& s, const std::string& config_yaml) {
   torch::serialize::OutputArchive a;
   a.write("format_version", c10::IValue(static_cast<int64_t>(kCheckpointFormatVersion)));
   a.write("config_yaml", c10::IValue(config_yaml));
   a.write("step", c10::IValue(s.step));
-  a.write("data_epoch", c10::IValue(s.data_epoch));
-  a.write("data_batch", c10::IValue(s.data_batch));
-  for (const auto& [name, t] : named_state(s.model))
-    a.write("model/" + name, t.detach());
+  a.write("data_epoch", c10::IValue(s.cursor.epoch));
+  a.write("data_batch", c10::IValue(s.cursor.batch));
   a.write("ema_count", c10::IValue(static_cast<int64_t>(s.emas.size())));
-  for (std::size_t i = 0; i < s.emas.size(); ++i) {
+  for (std::size_t i = 0; i < s.emas.size(); ++i)
     a.write("ema/" + std::to_string(i) + "/rate", c10::IValue(s.emas[i].rate));
-    for (std::size_t j = 0; j < s.emas[i].params.size(); ++j)
-      a.write(ema_key(i, j), s.emas[i].params[j]);
-  }
+  for (const auto& [key, t] : named_state_tensors(s))
+    a.write(key, t.detach());
   torch::serialize::OutputArchive optimizer;
   write_step_count(s.optimizer);
   s.optimizer.state->save(optimizer);
   a.write("optimizer", optimizer);
-  a.write("sampler/loss_history", s.sampler.loss_history);
-  a.write("sampler/loss_counts", s.sampler.loss_counts);
-  a.write("scaler/scale", s.scaler.scale);
-  a.write("scaler/growth_tracker", s.scaler.growth_tracker);
 
   std::ostringstream out;
   a.save_to(out);
@@ -182,41 +167,34 @@ void save_checkpoint(const std::string& path, const TrainStateRefs& s,
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     f.flush();
-    if (!f) throw CheckpointError(tmp + ": cannot write checkpoint (disk full?)");
+    if (!f) {
+      f.close();
+      std::error_code ignored;
+      fs::remove(tmp, ignored);
+      throw CheckpointError(tmp + ": cannot write checkpoint (disk full?); removed it, the " +
+                            "previous checkpoints are unchanged");
+    }
   }
   fs::rename(tmp, path);
 }
 
-std::string load_checkpoint(const std::string& path, TrainStateRefs& s) {
+void load_checkpoint(const std::string& path, TrainState& s, bool sampler_history) {
   auto a = open_archive(path);
-  check_no_unexpected_tensors(a, path, s.model);
-  for (const auto& [name, t] : named_state(s.model))
-    copy_checked(path, name, t, read_tensor(a, path, "model/" + name));
+  check_no_unexpected_tensors(a, path, *s.net);
   const int64_t ema_count = read_int(a, path, "ema_count");
   if (ema_count != static_cast<int64_t>(s.emas.size()))
     throw CheckpointError(path + ": checkpoint has " + std::to_string(ema_count) +
                           " EMA rates, the config " + std::to_string(s.emas.size()));
-  for (std::size_t i = 0; i < s.emas.size(); ++i)
-    for (std::size_t j = 0; j < s.emas[i].params.size(); ++j)
-      copy_checked(path, ema_key(i, j), s.emas[i].params[j], read_tensor(a, path, ema_key(i, j)));
+  for (const auto& [key, t] : named_state_tensors(s))
+    if (sampler_history || key.rfind("sampler/", 0) != 0)
+      copy_checked(path, key, t, read_tensor(a, path, key));
   torch::serialize::InputArchive optimizer;
   if (!a.try_read("optimizer", optimizer))
     throw CheckpointError(path + ": checkpoint has no optimizer state");
   s.optimizer.state->load(optimizer);
   read_step_count(s.optimizer);
-  copy_checked(path, "sampler/loss_history", s.sampler.loss_history,
-               read_tensor(a, path, "sampler/loss_history"));
-  copy_checked(path, "sampler/loss_counts", s.sampler.loss_counts,
-               read_tensor(a, path, "sampler/loss_counts"));
-  copy_checked(path, "scaler/scale", s.scaler.scale, read_tensor(a, path, "scaler/scale"));
-  copy_checked(path, "scaler/growth_tracker", s.scaler.growth_tracker,
-               read_tensor(a, path, "scaler/growth_tracker"));
   s.step = read_int(a, path, "step");
-  s.data_epoch = read_int(a, path, "data_epoch");
-  s.data_batch = read_int(a, path, "data_batch");
-  c10::IValue config;
-  a.read("config_yaml", config);
-  return config.toStringRef();
+  s.cursor = {read_int(a, path, "data_epoch"), read_int(a, path, "data_batch")};
 }
 
 std::string checkpoint_problem(const std::string& path) {

@@ -10,10 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "diffusion/timestep_sampler.hpp"
-#include "train/adamw.hpp"
-#include "train/ema.hpp"
-#include "train/loss_scaler.hpp"
+#include "train/train_state.hpp"
 
 namespace torch::nn {
 class Module;
@@ -27,23 +24,15 @@ struct CheckpointError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The live training state, by reference: saving reads it, loading writes into it.
-struct TrainStateRefs {
-  torch::nn::Module& model;
-  AdamW& optimizer;
-  std::vector<Ema>& emas;
-  diffusion::TimestepSampler& sampler;
-  LossScaler& scaler;
-  int64_t& step;        // optimizer steps done
-  int64_t& data_epoch;  // the data cursor: next global batch to read
-  int64_t& data_batch;
-};
-
-void save_checkpoint(const std::string& path, const TrainStateRefs& state,
+// Writes the whole training state and the run's resolved config to `path` (a temporary file
+// renamed into place; when the write fails, the temporary file is removed and an older
+// checkpoint stays as it was).
+void save_checkpoint(const std::string& path, const TrainState& state,
                      const std::string& config_yaml);
-// Loads into the live objects; shapes must match (a checkpoint from another config is an error
-// naming the first mismatching tensor). Returns the config stored in the checkpoint.
-std::string load_checkpoint(const std::string& path, TrainStateRefs& state);
+// Loads into the live state; shapes must match (a checkpoint from another config is an error
+// naming the first mismatching tensor). Without `sampler_history` the timestep sampler keeps its
+// fresh state: the loss history of another objective says nothing about this one.
+void load_checkpoint(const std::string& path, TrainState& state, bool sampler_history = true);
 
 // Checks the trailer and CRC without loading. Returns an empty string when valid, else why not.
 std::string checkpoint_problem(const std::string& path);

@@ -2,13 +2,17 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <regex>
 #include <sstream>
+#include <string_view>
 #include <utility>
 
 #include "diffusion/schedule.hpp"
@@ -17,6 +21,46 @@
 namespace difftrain::train {
 namespace {
 
+template <typename E, std::size_t N>
+using Names = std::array<std::pair<const char*, E>, N>;
+
+constexpr Names<ChannelsLast, 3> kChannelsLast{
+    {{"auto", ChannelsLast::automatic}, {"true", ChannelsLast::on}, {"false", ChannelsLast::off}}};
+constexpr Names<Loss, 4> kLosses{{{"hybrid", Loss::hybrid},
+                                  {"simple", Loss::simple},
+                                  {"vlb", Loss::vlb},
+                                  {"vlb_unscaled", Loss::vlb_unscaled}}};
+constexpr Names<Precision, 3> kPrecisions{
+    {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}, {"fp16", Precision::fp16}}};
+
+template <typename E, std::size_t N>
+E parse_name(std::string_view name, const Names<E, N>& table) {
+  std::vector<std::string> valid;
+  for (const auto& [key, value] : table) {
+    if (name == key) return value;
+    valid.emplace_back(key);
+  }
+  throw std::invalid_argument("'" + std::string(name) +
+                              "' is not one of: " + fmt::format("{}", fmt::join(valid, ", ")));
+}
+
+template <typename E, std::size_t N>
+std::string name_of(E v, const Names<E, N>& table) {
+  for (const auto& [key, value] : table)
+    if (value == v) return key;
+  return "?";
+}
+
+ChannelsLast parse_channels_last(std::string_view name) {
+  return parse_name(name, kChannelsLast);
+}
+Loss parse_loss(std::string_view name) {
+  return parse_name(name, kLosses);
+}
+Precision parse_precision(std::string_view name) {
+  return parse_name(name, kPrecisions);
+}
+
 // One schema for reading and writing: visit() names every key once, and a Reader or a Writer
 // walks it. A key added here is parsed, validated for unknown siblings and saved in the run's
 // resolved config.
@@ -24,11 +68,11 @@ template <typename V>
 void visit(V& v, Config& c) {
   v.key("seed", c.seed);
   v.key("deterministic", c.deterministic);
-  v.key("device", c.device);
+  v.choice("device", c.device, parallel::parse_device_request);
   v.section("data", [&] {
     v.key("train", c.data.train);
     v.key("validation", c.data.validation);
-    v.key("last_batch", c.data.last_batch);
+    v.choice("last_batch", c.data.last_batch, data::parse_last_batch);
     v.key("random_flip", c.data.random_flip);
     v.key("pad_to", c.data.pad_to);
     v.key("class_conditional", c.data.class_conditional);
@@ -47,20 +91,20 @@ void visit(V& v, Config& c) {
     v.key("dropout", c.model.dropout);
     v.key("use_scale_shift_norm", c.model.use_scale_shift_norm);
     v.key("conv_resample", c.model.conv_resample);
-    v.key("channels_last", c.model.channels_last);
+    v.choice("channels_last", c.model.channels_last, parse_channels_last);
   });
   v.section("diffusion", [&] {
-    v.key("schedule", c.diffusion.schedule);
+    v.choice("schedule", c.diffusion.schedule, diffusion::parse_beta_schedule);
     v.key("steps", c.diffusion.steps);
     v.key("zero_terminal_snr", c.diffusion.zero_terminal_snr);
-    v.key("model_mean_type", c.diffusion.model_mean_type);
-    v.key("model_var_type", c.diffusion.model_var_type);
-    v.key("loss", c.diffusion.loss);
+    v.choice("model_mean_type", c.diffusion.model_mean_type, diffusion::parse_model_mean_type);
+    v.choice("model_var_type", c.diffusion.model_var_type, diffusion::parse_model_var_type);
+    v.choice("loss", c.diffusion.loss, parse_loss);
     v.key("vlb_weight", c.diffusion.vlb_weight);
-    v.key("weighting", c.diffusion.weighting);
+    v.choice("weighting", c.diffusion.weighting, diffusion::parse_simple_weighting);
     v.key("min_snr_gamma", c.diffusion.min_snr_gamma);
     v.key("sigmoid_bias", c.diffusion.sigmoid_bias);
-    v.key("timestep_sampler", c.diffusion.timestep_sampler);
+    v.choice("timestep_sampler", c.diffusion.timestep_sampler, diffusion::parse_timestep_sampler);
     v.key("stratified_timesteps", c.diffusion.stratified_timesteps);
     v.key("logit_normal_mean", c.diffusion.logit_normal_mean);
     v.key("logit_normal_std", c.diffusion.logit_normal_std);
@@ -78,7 +122,7 @@ void visit(V& v, Config& c) {
     v.key("max_time", c.training.max_time);
     v.key("ema_rates", c.training.ema_rates);
     v.key("ema_warmup", c.training.ema_warmup);
-    v.key("precision", c.training.precision);
+    v.choice("precision", c.training.precision, parse_precision);
     v.key("loss_scale_init", c.training.loss_scale_init);
     v.key("loss_scale_growth_interval", c.training.loss_scale_growth_interval);
     v.key("loss_scale_min", c.training.loss_scale_min);
@@ -117,13 +161,6 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
-std::string join(const std::vector<std::string>& items) {
-  std::string s;
-  for (const auto& i : items)
-    s += (s.empty() ? "" : ", ") + i;
-  return s;
-}
-
 std::string unknown_key_message(const std::string& where, const std::string& key,
                                 const std::vector<std::string>& valid) {
   std::string msg = "unknown key '" + where + key + "'";
@@ -135,7 +172,7 @@ std::string unknown_key_message(const std::string& where, const std::string& key
     msg += " (did you mean '" + where + *closest + "'?)";
   return msg + "; valid keys" +
          (where.empty() ? "" : " in '" + where.substr(0, where.size() - 1) + "'") + ": " +
-         join(valid);
+         fmt::format("{}", fmt::join(valid, ", "));
 }
 
 template <typename T>
@@ -171,6 +208,20 @@ class Reader {
     } catch (const YAML::Exception&) {
       throw ConfigError(origin_ + ": key '" + f.prefix + name + "' must be " + type_name<T>() +
                         ", got '" + YAML::Dump(n) + "'");
+    }
+  }
+
+  // A named choice, read into its enum by `parse` (which throws naming the valid names).
+  template <typename T, typename Parse>
+  void choice(const char* name, T& value, Parse parse) {
+    std::string text;
+    key(name, text);
+    if (text.empty()) return;
+    try {
+      value = parse(text);
+    } catch (const std::exception& e) {
+      throw ConfigError(origin_ + ": config key '" + stack_.back().prefix + name +
+                        "': " + e.what());
     }
   }
 
@@ -219,6 +270,10 @@ class Writer {
       out_ << YAML::Flow << value;
     else
       out_ << value;
+  }
+  template <typename T, typename Parse>
+  void choice(const char* name, const T& value, Parse) {
+    out_ << YAML::Key << name << YAML::Value << to_string(value);
   }
   void section(const char* name, const std::function<void()>& body) {
     out_ << YAML::Key << name << YAML::Value << YAML::BeginMap;
@@ -272,22 +327,6 @@ void check(bool ok, const std::string& key, const T& value, const std::string& r
   throw ConfigError(s.str());
 }
 
-void check_one_of(const std::string& key, const std::string& value,
-                  const std::vector<std::string>& valid) {
-  if (std::find(valid.begin(), valid.end(), value) == valid.end())
-    throw ConfigError("config key '" + key + "' = '" + value + "' is not one of: " + join(valid));
-}
-
-// Runs a diffusion parser, reporting its error under the config key.
-template <typename Parse>
-auto parse_key(const std::string& key, const std::string& value, Parse parse) {
-  try {
-    return parse(value);
-  } catch (const std::invalid_argument& e) {
-    throw ConfigError("config key '" + key + "': " + e.what());
-  }
-}
-
 YAML::Node load_yaml(const std::string& yaml, const std::string& origin) {
   YAML::Node root;
   try {
@@ -299,6 +338,16 @@ YAML::Node load_yaml(const std::string& yaml, const std::string& origin) {
   return root.IsNull() ? YAML::Node(YAML::NodeType::Map) : root;
 }
 }  // namespace
+
+std::string to_string(ChannelsLast v) {
+  return name_of(v, kChannelsLast);
+}
+std::string to_string(Loss v) {
+  return name_of(v, kLosses);
+}
+std::string to_string(Precision v) {
+  return name_of(v, kPrecisions);
+}
 
 Config parse_config(const std::string& yaml, const std::vector<std::string>& overrides,
                     const std::string& origin) {
@@ -331,18 +380,38 @@ std::string to_yaml(const Config& config) {
   return std::string(out.c_str()) + "\n";
 }
 
+std::vector<std::string> objective_changes(const Config& before, const Config& now) {
+  const auto& a = before.diffusion;
+  const auto& b = now.diffusion;
+  std::vector<std::string> changes;
+  const auto compare = [&](const char* key, const auto& x, const auto& y) {
+    if (x == y) return;
+    const auto name = [](const auto& v) {
+      if constexpr (std::is_arithmetic_v<std::decay_t<decltype(v)>>)
+        return fmt::format("{}", v);
+      else
+        return to_string(v);
+    };
+    changes.push_back(fmt::format("diffusion.{}: {} -> {}", key, name(x), name(y)));
+  };
+  compare("schedule", a.schedule, b.schedule);
+  compare("steps", a.steps, b.steps);
+  compare("zero_terminal_snr", a.zero_terminal_snr, b.zero_terminal_snr);
+  compare("model_mean_type", a.model_mean_type, b.model_mean_type);
+  compare("model_var_type", a.model_var_type, b.model_var_type);
+  compare("loss", a.loss, b.loss);
+  compare("rescale_timesteps", a.rescale_timesteps, b.rescale_timesteps);
+  return changes;
+}
+
 void validate(const Config& c) {
-  if (!std::regex_match(c.device, std::regex("cuda:[0-9]+")))
-    check_one_of("device", c.device, {"auto", "cpu", "cuda", "cuda:N"});
   check(c.seed >= 0, "seed", c.seed, "must be >= 0");
 
   check(!c.data.train.empty(), "data.train", "''", "must name a training manifest.json");
-  check_one_of("data.last_batch", c.data.last_batch, {"drop", "wrap"});
   check(c.data.pad_to >= 0, "data.pad_to", c.data.pad_to, "must be >= 0");
   check(c.data.prefetch >= 1, "data.prefetch", c.data.prefetch, "must be >= 1");
 
   const auto& m = c.model;
-  check_one_of("model.channels_last", m.channels_last, {"auto", "true", "false"});
   check(m.image_size >= 0, "model.image_size", m.image_size, "must be >= 0 (0 = from the data)");
   check(m.in_channels >= 0, "model.in_channels", m.in_channels, "must be >= 0 (0 = from the data)");
   check(m.num_classes >= 0, "model.num_classes", m.num_classes, "must be >= 0 (0 = from the data)");
@@ -361,55 +430,39 @@ void validate(const Config& c) {
         "must be >= 1 (or set num_head_channels)");
 
   const auto& d = c.diffusion;
-  const auto schedule = parse_key("diffusion.schedule", d.schedule, diffusion::parse_beta_schedule);
-  const auto mean_type =
-      parse_key("diffusion.model_mean_type", d.model_mean_type, diffusion::parse_model_mean_type);
-  const auto var_type =
-      parse_key("diffusion.model_var_type", d.model_var_type, diffusion::parse_model_var_type);
   try {
-    diffusion::get_named_beta_schedule(schedule, d.steps);
+    diffusion::get_named_beta_schedule(d.schedule, d.steps);
   } catch (const std::invalid_argument& e) {
     throw ConfigError(std::string("config key 'diffusion.steps': ") + e.what());
   }
-  check_one_of("diffusion.loss", d.loss, {"hybrid", "simple", "vlb", "vlb_unscaled"});
-  if (d.loss == "hybrid" && !diffusion::is_learned(var_type))
+  if (d.loss == Loss::hybrid && !diffusion::is_learned(d.model_var_type))
     throw ConfigError(
         "config key 'diffusion.loss' = 'hybrid' needs a learned variance: set "
         "diffusion.model_var_type to learned_range or learned (it is '" +
-        d.model_var_type + "')");
-  if (d.loss == "simple" && diffusion::is_learned(var_type))
+        diffusion::to_string(d.model_var_type) + "')");
+  if (d.loss == Loss::simple && diffusion::is_learned(d.model_var_type))
     throw ConfigError(
         "config key 'diffusion.loss' = 'simple' trains no variance: use a fixed "
         "diffusion.model_var_type (fixed_small, fixed_large) or the hybrid loss");
   check(d.vlb_weight > 0, "diffusion.vlb_weight", d.vlb_weight, "must be > 0");
-  const auto weighting =
-      parse_key("diffusion.weighting", d.weighting, diffusion::parse_simple_weighting);
   check(d.min_snr_gamma > 0 && std::isfinite(d.min_snr_gamma), "diffusion.min_snr_gamma",
         d.min_snr_gamma, "must be a finite number > 0");
   check(std::isfinite(d.sigmoid_bias), "diffusion.sigmoid_bias", d.sigmoid_bias, "must be finite");
-  if (d.zero_terminal_snr && mean_type == diffusion::ModelMeanType::epsilon)
-    throw ConfigError(
-        "config key 'diffusion.zero_terminal_snr' = true is undefined with "
-        "diffusion.model_mean_type = 'epsilon': at t = T-1 abar = 0 and x_0 = (x_t - sqrt(1 - "
-        "abar) eps) / sqrt(abar) divides by zero; use model_mean_type 'v' (or 'start_x')");
-  if (weighting != diffusion::SimpleWeighting::none) {
-    if (mean_type == diffusion::ModelMeanType::previous_x)
-      throw ConfigError("config key 'diffusion.weighting' = '" + d.weighting +
-                        "' is undefined for diffusion.model_mean_type = 'previous_x' (the "
-                        "weightings are defined on the x_0 error); use 'none', or the epsilon, "
-                        "start_x or v target");
-    if (d.loss == "vlb" || d.loss == "vlb_unscaled")
-      throw ConfigError("config key 'diffusion.weighting' = '" + d.weighting +
-                        "' weights the mse term, which diffusion.loss = '" + d.loss +
-                        "' does not have; use 'none', or the hybrid or simple loss");
-  }
-  try {  // the diffusion library's own check, so that the two never disagree
-    diffusion::check_objective(mean_type, weighting, d.zero_terminal_snr, d.min_snr_gamma);
+  if (d.weighting != diffusion::SimpleWeighting::none &&
+      (d.loss == Loss::vlb || d.loss == Loss::vlb_unscaled))
+    throw ConfigError("config key 'diffusion.weighting' = '" + diffusion::to_string(d.weighting) +
+                      "' weights the mse term, which diffusion.loss = '" + to_string(d.loss) +
+                      "' does not have; use 'none', or the hybrid or simple loss");
+  try {  // the diffusion library's rules for target, weighting and schedule, stated once there
+    diffusion::check_objective(d.model_mean_type, d.weighting, d.zero_terminal_snr,
+                               d.min_snr_gamma);
   } catch (const std::invalid_argument& e) {
-    throw ConfigError(std::string("config keys 'diffusion.*': ") + e.what());
+    throw ConfigError(
+        fmt::format("config keys 'diffusion.model_mean_type' = '{}', 'diffusion.weighting' = '{}', "
+                    "'diffusion.zero_terminal_snr' = {}: {}",
+                    diffusion::to_string(d.model_mean_type), diffusion::to_string(d.weighting),
+                    d.zero_terminal_snr, e.what()));
   }
-  check_one_of("diffusion.timestep_sampler", d.timestep_sampler,
-               {"uniform", "loss-second-moment", "logit_normal", "stratified"});
   check(std::isfinite(d.logit_normal_mean), "diffusion.logit_normal_mean", d.logit_normal_mean,
         "must be finite");
   check(d.logit_normal_std > 0 && std::isfinite(d.logit_normal_std), "diffusion.logit_normal_std",
@@ -427,7 +480,6 @@ void validate(const Config& c) {
   check(t.max_time >= 0, "training.max_time", t.max_time, "must be >= 0 seconds (0 = no limit)");
   for (double r : t.ema_rates)
     check(r > 0 && r < 1, "training.ema_rates", r, "must be in (0, 1)");
-  check_one_of("training.precision", t.precision, {"fp32", "bf16", "fp16"});
   check(t.loss_scale_init > 0, "training.loss_scale_init", t.loss_scale_init, "must be > 0");
   check(t.loss_scale_growth_interval >= 1, "training.loss_scale_growth_interval",
         t.loss_scale_growth_interval, "must be >= 1");

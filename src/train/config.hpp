@@ -1,6 +1,7 @@
 // The experiment configuration: one YAML file with sections data, model, diffusion, training and
 // logging, plus `--set section.key=value` overrides. Every key has a default here; unknown keys,
-// wrong types and out-of-range values are ConfigErrors that name the key.
+// wrong types, unknown names and out-of-range values are ConfigErrors that name the key. Named
+// choices are read into enums once, here: nothing else compares config strings.
 #pragma once
 
 #include <cstdint>
@@ -8,16 +9,32 @@
 #include <string>
 #include <vector>
 
+#include "data/sample_order.hpp"
+#include "diffusion/timestep_sampler.hpp"
+#include "diffusion/types.hpp"
+#include "parallel/rank_device.hpp"
+
 namespace difftrain::train {
 
 struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// model.channels_last: auto | true | false.
+enum class ChannelsLast { automatic, on, off };
+// diffusion.loss, each a LossSpec (make_loss_spec in setup.hpp): the hybrid L_simple + lambda
+// L_vlb, L_simple alone, L_vlb rescaled by T, or L_vlb as is.
+enum class Loss { hybrid, simple, vlb, vlb_unscaled };
+// training.precision: autocast of the network's forward to bf16 or fp16 (with loss scaling).
+enum class Precision { fp32, bf16, fp16 };
+std::string to_string(ChannelsLast v);
+std::string to_string(Loss v);
+std::string to_string(Precision v);
+
 struct DataConfig {
-  std::string train;                // manifest.json of the training shards
-  std::string validation;           // manifest.json of held-out shards ("" = none)
-  std::string last_batch = "drop";  // drop | wrap
+  std::string train;       // manifest.json of the training shards
+  std::string validation;  // manifest.json of held-out shards ("" = none)
+  data::LastBatch last_batch = data::LastBatch::drop;  // drop | wrap
   bool random_flip = false;
   int64_t pad_to = 0;  // pad images to this size (e.g. 28 -> 32) when they do not halve cleanly
   bool class_conditional = false;
@@ -39,22 +56,25 @@ struct ModelConfig {
   bool conv_resample = true;
   // Channels-last weights and activations: auto (under bf16 / fp16 autocast, where the
   // convolutions are faster so), true or false.
-  std::string channels_last = "auto";
+  ChannelsLast channels_last = ChannelsLast::automatic;
 };
 
 struct DiffusionConfig {
-  std::string schedule = "cosine";  // linear | cosine | sigmoid
+  diffusion::BetaSchedule schedule = diffusion::BetaSchedule::cosine;  // linear | cosine | sigmoid
   int64_t steps = 4000;
-  bool zero_terminal_snr = false;           // rescale the schedule so abar_{T-1} = 0 (Lin et al.)
-  std::string model_mean_type = "epsilon";  // epsilon | start_x | previous_x | v
-  std::string model_var_type = "learned_range";
-  std::string loss = "hybrid";     // hybrid | simple | vlb | vlb_unscaled
-  double vlb_weight = 0.001;       // lambda of the hybrid loss
-  std::string weighting = "none";  // w(t) on the mse term: none | min_snr | snr | sigmoid
+  bool zero_terminal_snr = false;  // rescale the schedule so abar_{T-1} = 0 (Lin et al.)
+  // epsilon | start_x | previous_x | v
+  diffusion::ModelMeanType model_mean_type = diffusion::ModelMeanType::epsilon;
+  // fixed_small | fixed_large | learned | learned_range
+  diffusion::ModelVarType model_var_type = diffusion::ModelVarType::learned_range;
+  Loss loss = Loss::hybrid;   // hybrid | simple | vlb | vlb_unscaled
+  double vlb_weight = 0.001;  // lambda of the hybrid loss
+  // w(t) on the mse term: none | min_snr | snr | sigmoid
+  diffusion::SimpleWeighting weighting = diffusion::SimpleWeighting::none;
   double min_snr_gamma = 5.0;
   double sigmoid_bias = 0.0;
   // uniform | loss-second-moment | logit_normal | stratified (= uniform, stratified)
-  std::string timestep_sampler = "uniform";
+  diffusion::TimestepSamplerKind timestep_sampler = diffusion::TimestepSamplerKind::uniform;
   bool stratified_timesteps = false;  // stratify the global batch's draws of any density
   double logit_normal_mean = 0.0;
   double logit_normal_std = 1.0;
@@ -72,8 +92,8 @@ struct TrainingConfig {
   int64_t max_steps = 0;        // 0 = no limit
   double max_time = 0.0;        // seconds of training; 0 = no limit
   std::vector<double> ema_rates{0.9999};
-  bool ema_warmup = false;         // rate_n = min(rate, (1 + n) / (10 + n))
-  std::string precision = "fp32";  // fp32 | bf16 | fp16
+  bool ema_warmup = false;                // rate_n = min(rate, (1 + n) / (10 + n))
+  Precision precision = Precision::fp32;  // fp32 | bf16 | fp16
   double loss_scale_init = 65536.0;
   int64_t loss_scale_growth_interval = 2000;
   double loss_scale_min = 1.0;
@@ -105,7 +125,7 @@ struct Config {
   bool deterministic = false;
   // auto | cpu | cuda | cuda:N: a GPU per local rank (auto: when there are GPUs), or GPU N for
   // every rank of a node (parallel/rank_device.hpp)
-  std::string device = "auto";
+  parallel::DeviceRequest device;
   DataConfig data;
   ModelConfig model;
   DiffusionConfig diffusion;
@@ -123,6 +143,11 @@ std::string to_yaml(const Config& config);
 // does not know are listed in `unknown_keys` instead of being errors.
 Config parse_stored_config(const std::string& yaml, const std::string& origin,
                            std::vector<std::string>& unknown_keys);
+
+// What the weights of a run were trained for: the diffusion keys that define the objective
+// (schedule, steps, zero_terminal_snr, model_mean_type, model_var_type, loss, rescale_timesteps).
+// One line "key: before -> now" for each that differs; none when `now` continues `before`.
+std::vector<std::string> objective_changes(const Config& before, const Config& now);
 
 // Value ranges and combinations that need no data: throws ConfigError naming the key.
 void validate(const Config& config);

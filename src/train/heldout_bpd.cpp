@@ -8,8 +8,6 @@
 #include "data/loader.hpp"
 #include "data/manifest.hpp"
 #include "diffusion/bpd_estimate.hpp"
-#include "diffusion/respace.hpp"
-#include "model/unet.hpp"
 #include "parallel/communicator.hpp"
 #include "train/step_rng.hpp"
 
@@ -31,33 +29,28 @@ HeldOutBatch read_heldout_batch(const Config& config, const DataShape& shape, in
         "config key 'logging.bpd_batch' = " + std::to_string(config.logging.bpd_batch) + " but " +
         manifest.path + " holds " + std::to_string(manifest.num_samples()) + " images");
 
-  data::LoaderOptions lo;
+  // The training loader's geometry on the held-out set: one fixed batch, no flips.
+  data::LoaderOptions lo = loader_options(config, shape, rank, world, device);
   lo.manifest = config.data.validation;
   lo.global_batch = config.logging.bpd_batch;
-  lo.rank = rank;
-  lo.world = world;
-  lo.seed = static_cast<uint64_t>(config.seed);
-  lo.labels = shape.num_classes > 0;
+  lo.last_batch = data::LastBatch::drop;
+  lo.random_flip = false;
   lo.prefetch = 1;
-  if (config.data.pad_to > 0) lo.pad_to = config.data.pad_to;
-  lo.device = device;
   data::Loader loader(lo);
   const data::Batch b = loader.next();
   return {b.images, b.labels, config.logging.bpd_batch, b.row_offset};
 }
 
-HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
-                                const Config& config, const HeldOutBatch& batch,
-                                parallel::Communicator& comm) {
-  const bool was_training = net.is_training();
-  net.eval();
+HeldOutBpd estimate_heldout_bpd(const Denoiser& denoiser,
+                                const diffusion::GaussianDiffusion& diffusion, const Config& config,
+                                const HeldOutBatch& batch, parallel::Communicator& comm) {
+  model::UNet net = denoiser.net;
+  const bool was_training = net->is_training();
+  net->eval();
   torch::NoGradGuard no_grad;
 
   const at::Tensor& x = batch.images;
-  const at::Tensor y = batch.labels;
-  const auto model = diffusion::scaled_timestep_model(
-      [&net, y](const at::Tensor& x_t, const at::Tensor& t) { return net.forward(x_t, t, y); },
-      timestep_scale(config));
+  const diffusion::ModelFn model = denoiser.with_labels(batch.labels);
   const uint64_t seed = static_cast<uint64_t>(config.seed);
   // eps at timestep t: drawn for the whole fixed batch, this rank takes its rows.
   const auto noise = [&](long t) {
@@ -74,7 +67,7 @@ HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianD
   timesteps.t = timesteps.t.narrow(0, batch.row_offset, x.size(0));
   const diffusion::BpdEstimate e =
       diffusion::estimate_bpd(diffusion, model, x, timesteps, /*clip_denoised=*/true, noise);
-  net.train(was_training);
+  net->train(was_training);
 
   // Sums over images on every rank: sum, sum of squares, prior.
   at::Tensor sums =

@@ -12,13 +12,11 @@
 
 #include "diffusion/schedule.hpp"
 #include "train/config.hpp"
+#include "train/denoiser.hpp"
 #include "train/setup.hpp"
 
 namespace difftrain::parallel {
 class Communicator;
-}
-namespace difftrain::model {
-class UNetImpl;
 }
 
 namespace difftrain::train {
@@ -43,8 +41,8 @@ struct HeldOutBpd {
 
 // Runs in eval mode without gradients (the module's training mode is restored), on the raw
 // weights; every rank gets the same result (one all-reduce).
-HeldOutBpd estimate_heldout_bpd(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
-                                const Config& config, const HeldOutBatch& batch,
-                                parallel::Communicator& comm);
+HeldOutBpd estimate_heldout_bpd(const Denoiser& denoiser,
+                                const diffusion::GaussianDiffusion& diffusion, const Config& config,
+                                const HeldOutBatch& batch, parallel::Communicator& comm);
 
 }  // namespace difftrain::train

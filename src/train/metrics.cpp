@@ -22,6 +22,7 @@ enum Slot : int64_t {
   kGradNorm = kQuartileCount + 4,
   kSteps,
   kSkipped,
+  kLongestSkipRun,
   kSlots
 };
 
@@ -31,6 +32,7 @@ Metrics::Metrics(const c10::Device& device, long num_timesteps, int64_t timestep
     : num_timesteps_(num_timesteps), buckets_(timestep_buckets) {
   const auto f64 = at::TensorOptions(device).dtype(at::kDouble);
   sums_ = at::zeros({kSlots}, f64);
+  skips_in_a_row_ = at::zeros({1}, f64);
   per_t_ = at::zeros({buckets_, 6}, f64);
   nonfinite_per_t_ = at::zeros({num_timesteps}, at::TensorOptions(device).dtype(at::kInt));
 }
@@ -56,6 +58,9 @@ void Metrics::add_step(const at::Tensor& grad_norm, const at::Tensor& skipped) {
   sums_.narrow(0, kGradNorm, 1).add_(applied_norm);
   sums_.narrow(0, kSteps, 1).add_(1.0);
   sums_.narrow(0, kSkipped, 1).add_(skipped.to(at::kDouble));
+  skips_in_a_row_.mul_(skipped).add_(skipped);
+  at::Tensor longest = sums_.narrow(0, kLongestSkipRun, 1);
+  at::maximum_out(longest, longest, skips_in_a_row_);
 }
 
 std::vector<int64_t> Metrics::nonfinite_timesteps_and_reset() {
@@ -81,6 +86,7 @@ MetricsSummary Metrics::reduce_and_reset(parallel::Communicator& comm) {
   const double ranks = static_cast<double>(comm.size());
   s.steps = static_cast<int64_t>(v[kSteps] / ranks);
   s.skipped_steps = static_cast<int64_t>(v[kSkipped] / ranks);
+  s.longest_skip_run = static_cast<int64_t>(v[kLongestSkipRun] / ranks);
   s.grad_norm = mean(v[kGradNorm] / ranks, static_cast<double>(s.steps - s.skipped_steps));
   return s;
 }

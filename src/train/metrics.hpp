@@ -21,6 +21,7 @@ struct MetricsSummary {
   std::array<double, 4> loss_quartile;  // mean loss by quartile of t (q0 = smallest t)
   double grad_norm = 0;                 // mean over steps
   int64_t samples = 0, steps = 0, skipped_steps = 0;
+  int64_t longest_skip_run = 0;  // the most consecutive skipped steps within the period
 };
 
 class Metrics {
@@ -31,11 +32,6 @@ class Metrics {
   // weighted_mse + vb, weighted_mse = w(t) * mse (diffusion.weighting).
   void add_samples(const at::Tensor& t, const at::Tensor& loss, const at::Tensor& mse,
                    const at::Tensor& weighted_mse, const at::Tensor& vb);
-  // The reference loss (weighting none): weighted_mse = mse.
-  void add_samples(const at::Tensor& t, const at::Tensor& loss, const at::Tensor& mse,
-                   const at::Tensor& vb) {
-    add_samples(t, loss, mse, mse, vb);
-  }
   // `skipped`: 0-dim float32, 1 when the step was not applied (non-finite loss or gradients).
   void add_step(const at::Tensor& grad_norm, const at::Tensor& skipped);
 
@@ -52,6 +48,7 @@ class Metrics {
   long num_timesteps_;
   int64_t buckets_;
   at::Tensor sums_;             // [kSlots] float64, see metrics.cpp
+  at::Tensor skips_in_a_row_;   // [1] float64: skipped steps up to the last one (across periods)
   at::Tensor per_t_;            // [buckets, 6] float64: count, loss, loss^2, mse, weighted mse, vb
   at::Tensor nonfinite_per_t_;  // [T] int32: non-finite per-sample losses at each timestep
 };

@@ -1,10 +1,12 @@
 #include "train/setup.hpp"
 
+#include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
+#include "data/loader.hpp"
 #include "data/manifest.hpp"
-#include "diffusion/weighting.hpp"
 
 namespace difftrain::train {
 
@@ -59,13 +61,24 @@ DataShape data_shape(const Config& c, const data::Manifest* manifest) {
   return s;
 }
 
+void check_paths(const Config& c) {
+  const std::pair<const char*, std::string> paths[] = {{"data.train", c.data.train},
+                                                       {"data.validation", c.data.validation}};
+  for (const auto& [key, path] : paths) {
+    std::error_code ec;
+    if (!path.empty() && !std::filesystem::exists(path, ec))
+      throw ConfigError("config key '" + std::string(key) + "' = '" + path +
+                        "': no such file or directory");
+  }
+}
+
 model::UNetConfig unet_config(const Config& c, const DataShape& shape) {
-  const auto var_type = diffusion::parse_model_var_type(c.diffusion.model_var_type);
   model::UNetConfig u;
   u.image_size = shape.image_size;
   u.in_channels = shape.channels;
   u.model_channels = c.model.model_channels;
-  u.out_channels = diffusion::is_learned(var_type) ? 2 * shape.channels : shape.channels;
+  u.out_channels =
+      diffusion::is_learned(c.diffusion.model_var_type) ? 2 * shape.channels : shape.channels;
   u.num_res_blocks = c.model.num_res_blocks;
   u.attention_resolutions = c.model.attention_resolutions;
   u.dropout = c.model.dropout;
@@ -84,56 +97,74 @@ model::UNetConfig unet_config(const Config& c, const DataShape& shape) {
 }
 
 diffusion::GaussianDiffusion make_diffusion(const Config& c) {
-  const auto mean_type = diffusion::parse_model_mean_type(c.diffusion.model_mean_type);
-  try {
-    diffusion::check_objective(mean_type, diffusion::parse_simple_weighting(c.diffusion.weighting),
-                               c.diffusion.zero_terminal_snr, c.diffusion.min_snr_gamma);
-  } catch (const std::invalid_argument& e) {
-    throw ConfigError(std::string("config keys 'diffusion.*': ") + e.what());
-  }
-  at::Tensor betas = diffusion::get_named_beta_schedule(
-      diffusion::parse_beta_schedule(c.diffusion.schedule), c.diffusion.steps);
-  if (c.diffusion.zero_terminal_snr) betas = diffusion::rescale_zero_terminal_snr(betas);
-  return diffusion::make_gaussian_diffusion(
-      betas, mean_type, diffusion::parse_model_var_type(c.diffusion.model_var_type));
+  const auto& d = c.diffusion;
+  at::Tensor betas = diffusion::get_named_beta_schedule(d.schedule, d.steps);
+  if (d.zero_terminal_snr) betas = diffusion::rescale_zero_terminal_snr(betas);
+  return diffusion::make_gaussian_diffusion(betas, d.model_mean_type, d.model_var_type);
 }
 
 diffusion::LossSpec make_loss_spec(const Config& c) {
-  const auto var_type = diffusion::parse_model_var_type(c.diffusion.model_var_type);
-  const long T = c.diffusion.steps;
-  const std::string& loss = c.diffusion.loss;
+  const auto& d = c.diffusion;
+  const long T = d.steps;
   diffusion::LossSpec spec;
-  if (loss == "hybrid")
-    spec = diffusion::hybrid_loss_spec(c.diffusion.vlb_weight, T);
-  else if (loss == "simple")
-    spec = diffusion::loss_spec(diffusion::LossType::mse, var_type, T);
-  else if (loss == "vlb")
-    spec = diffusion::loss_spec(diffusion::LossType::rescaled_kl, var_type, T);
-  else
-    spec = diffusion::loss_spec(diffusion::LossType::kl, var_type, T);  // vlb_unscaled
-  spec.weighting = diffusion::parse_simple_weighting(c.diffusion.weighting);
-  spec.min_snr_gamma = c.diffusion.min_snr_gamma;
-  spec.sigmoid_bias = c.diffusion.sigmoid_bias;
+  switch (d.loss) {
+    case Loss::hybrid:
+      spec = diffusion::hybrid_loss_spec(d.vlb_weight, T);
+      break;
+    case Loss::simple:
+      spec = diffusion::loss_spec(diffusion::LossType::mse, d.model_var_type, T);
+      break;
+    case Loss::vlb:
+      spec = diffusion::loss_spec(diffusion::LossType::rescaled_kl, d.model_var_type, T);
+      break;
+    case Loss::vlb_unscaled:
+      spec = diffusion::loss_spec(diffusion::LossType::kl, d.model_var_type, T);
+      break;
+  }
+  spec.weighting = d.weighting;
+  spec.min_snr_gamma = d.min_snr_gamma;
+  spec.sigmoid_bias = d.sigmoid_bias;
   return spec;
 }
 
 diffusion::TimestepSampler make_timestep_sampler(const Config& c, long num_timesteps,
                                                  const c10::Device& device) {
   diffusion::TimestepSamplerOptions o;
-  o.kind = diffusion::parse_timestep_sampler(c.diffusion.timestep_sampler);
+  o.kind = c.diffusion.timestep_sampler;
   o.stratified = c.diffusion.stratified_timesteps;
   o.logit_normal_mean = c.diffusion.logit_normal_mean;
   o.logit_normal_std = c.diffusion.logit_normal_std;
   return diffusion::make_timestep_sampler(o, num_timesteps, device);
 }
 
-double timestep_scale(const Config& c) {
-  return c.diffusion.rescale_timesteps ? 1000.0 / static_cast<double>(c.diffusion.steps) : 1.0;
+data::LoaderOptions loader_options(const Config& c, const DataShape& shape, int rank, int world,
+                                   const c10::Device& device) {
+  data::LoaderOptions lo;
+  lo.manifest = c.data.train;
+  lo.global_batch = c.training.batch_size;
+  lo.rank = rank;
+  lo.world = world;
+  lo.seed = static_cast<uint64_t>(c.seed);
+  lo.last_batch = c.data.last_batch;
+  lo.random_flip = c.data.random_flip;
+  lo.labels = shape.num_classes > 0;
+  lo.prefetch = static_cast<int>(c.data.prefetch);
+  if (c.data.pad_to > 0) lo.pad_to = c.data.pad_to;
+  lo.device = device;
+  return lo;
 }
 
-bool use_channels_last(const Config& config, const std::string& precision) {
-  const std::string& v = config.model.channels_last;
-  return v == "true" || (v == "auto" && precision != "fp32");
+Config resolved_config(const Config& config, const DataShape& shape) {
+  Config resolved = config;
+  resolved.model.image_size = shape.image_size;
+  resolved.model.in_channels = shape.channels;
+  resolved.model.num_classes = shape.num_classes;
+  return resolved;
+}
+
+bool use_channels_last(const Config& config, Precision precision) {
+  const ChannelsLast v = config.model.channels_last;
+  return v == ChannelsLast::on || (v == ChannelsLast::automatic && precision != Precision::fp32);
 }
 
 }  // namespace difftrain::train

@@ -12,7 +12,8 @@
 
 namespace difftrain::data {
 struct Manifest;
-}
+struct LoaderOptions;
+}  // namespace difftrain::data
 
 namespace difftrain::train {
 
@@ -27,9 +28,13 @@ struct DataShape {
 // model.in_channels must be set. Throws ConfigError naming the key.
 DataShape data_shape(const Config& config, const data::Manifest* manifest);
 
+// Every path the config names exists (data.train, data.validation even when unused): a typo is
+// an error at start, naming the key, not at the first held-out estimate hours later.
+void check_paths(const Config& config);
+
 model::UNetConfig unet_config(const Config& config, const DataShape& shape);
 // The schedule (rescaled to a zero terminal SNR with diffusion.zero_terminal_snr) and the
-// target; throws ConfigError for an undefined objective (validate() rejects those first).
+// target, of a validated config.
 diffusion::GaussianDiffusion make_diffusion(const Config& config);
 // Which terms, the factor on L_t and the weighting of the mse term.
 diffusion::LossSpec make_loss_spec(const Config& config);
@@ -37,12 +42,17 @@ diffusion::LossSpec make_loss_spec(const Config& config);
 diffusion::TimestepSampler make_timestep_sampler(const Config& config, long num_timesteps,
                                                  const c10::Device& device);
 
-// The timestep the network sees: t * 1000 / T with diffusion.rescale_timesteps (Improved DDPM),
-// else t.
-double timestep_scale(const Config& config);
+// The training loader of this rank: data.train split over `world` ranks, with the config's
+// flips, padding and last-batch rule, staged for `device`.
+data::LoaderOptions loader_options(const Config& config, const DataShape& shape, int rank,
+                                   int world, const c10::Device& device);
+
+// The config as the run resolved it: with the shape the data gave the model, so that its
+// checkpoints load where the data is not (sample and eval on another machine).
+Config resolved_config(const Config& config, const DataShape& shape);
 
 // model.channels_last resolved: auto means channels-last when the network runs under autocast
 // (`precision` bf16 or fp16).
-bool use_channels_last(const Config& config, const std::string& precision);
+bool use_channels_last(const Config& config, Precision precision);
 
 }  // namespace difftrain::train

@@ -4,50 +4,129 @@
 
 #include <cmath>
 
+#include "common/host_to_device.hpp"
+#include "data/loader.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
-#include "model/unet.hpp"
+#include "diffusion/timestep_sampler.hpp"
+#include "parallel/communicator.hpp"
 #include "parallel/grad_reducer.hpp"
 #include "train/autocast_scope.hpp"
+#include "train/step_rng.hpp"
+#include "train/train_state.hpp"
 
 namespace difftrain::train {
+namespace {
 
-StepTerms forward_backward(model::UNetImpl& net, const diffusion::GaussianDiffusion& diffusion,
-                           const diffusion::LossSpec& loss_spec, const StepInputs& in,
-                           const StepSettings& s, parallel::GradReducer* reducer, bool nan) {
+void phase_ended(const PhaseHook& hook, StepPhase phase) {
+  if (hook) hook(phase);
+}
+
+std::vector<at::Tensor> grads_of(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  return grads;
+}
+
+// The global L2 norm of the gradients, on the device (no host synchronisation).
+at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads, const c10::Device& device) {
+  if (grads.empty()) return at::zeros({}, at::TensorOptions(device).dtype(at::kFloat));
+  return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
+}
+
+}  // namespace
+
+StepInputs draw_step_inputs(uint64_t seed, int64_t step, const diffusion::TimestepSampler& sampler,
+                            const data::Batch& batch, int64_t global_batch) {
+  const int64_t b = batch.images.size(0);
+  const diffusion::TimestepDraw draw = diffusion::draw_timesteps(
+      sampler, global_batch, cpu_generator(step_seed(seed, step, RngStream::timesteps)));
+  const at::Tensor noise =
+      step_noise(seed, step, batch.row_offset, b, batch.images.sizes().slice(1));
+  return {batch.images, draw.t.narrow(0, batch.row_offset, b),
+          draw.weights.narrow(0, batch.row_offset, b), host_to_device(noise, batch.images.device()),
+          batch.labels};
+}
+
+double learning_rate(const TrainingConfig& t, int64_t step) {
+  double lr = t.lr;
+  if (t.warmup_steps > 0) lr *= std::min(1.0, static_cast<double>(step + 1) / t.warmup_steps);
+  if (t.lr_anneal_steps > 0)
+    lr *= std::max(0.0, 1.0 - static_cast<double>(step) / t.lr_anneal_steps);
+  return lr;
+}
+
+StepTerms forward_backward(const StepContext& c, const StepInputs& in, const at::Tensor& loss_scale,
+                           bool nan_loss, const PhaseHook& on_phase_end) {
   const int64_t b = in.x_start.size(0);
-  const int64_t micro = s.microbatch > 0 ? s.microbatch : b;
-  StepTerms out;
+  const int64_t micro = c.training.microbatch > 0 ? c.training.microbatch : b;
+  const Precision precision = c.training.precision;
   const auto f64 = in.x_start.options().dtype(at::kDouble);
-  out.loss = at::empty({b}, f64);
-  out.mse = at::empty({b}, f64);
-  out.vb = at::empty({b}, f64);
-  out.weighted_mse = at::empty({b}, f64);
+  StepTerms out{at::empty({b}, f64), at::empty({b}, f64), at::empty({b}, f64), at::empty({b}, f64)};
   for (int64_t m0 = 0; m0 < b; m0 += micro) {
-    if (reducer) reducer->set_sync(m0 + micro >= b);
+    if (c.reducer) c.reducer->set_sync(m0 + micro >= b);
     const at::Tensor x0 = in.x_start.narrow(0, m0, micro), t = in.t.narrow(0, m0, micro),
                      eps = in.noise.narrow(0, m0, micro);
     const at::Tensor y = in.labels.defined() ? in.labels.narrow(0, m0, micro) : at::Tensor();
-    const at::Tensor x_t = diffusion::q_sample(diffusion, x0, t, eps);
+    const at::Tensor x_t = diffusion::q_sample(c.diffusion, x0, t, eps);
     at::Tensor model_output;
     {
-      AutocastScope scope(x0.device().type(), s.autocast, s.autocast_dtype);
-      model_output = net.forward(x_t, t.to(at::kFloat) * s.timestep_scale, y);
+      AutocastScope autocast(x0.device().type(), precision != Precision::fp32,
+                             precision == Precision::bf16 ? at::kBFloat16 : at::kHalf);
+      model_output = c.denoiser(x_t, t, y);
     }
-    auto terms = diffusion::training_terms(diffusion, loss_spec, model_output.to(at::kFloat), x0,
+    auto terms = diffusion::training_terms(c.diffusion, c.loss, model_output.to(at::kFloat), x0,
                                            x_t, t, eps);
-    if (nan) terms.loss = terms.loss * NAN;
+    if (nan_loss) terms.loss = terms.loss * NAN;
     // The importance weight 1/(T p(t)) multiplies the whole per-sample loss (the weighting w(t)
     // is inside terms.loss already). Dividing by the rank's batch (not the microbatch) makes the
     // microbatches average.
     at::Tensor loss = (terms.loss * in.weights.narrow(0, m0, micro)).sum() / static_cast<double>(b);
-    if (s.loss_scale.defined()) loss = loss * s.loss_scale;
+    if (loss_scale.defined()) loss = loss * loss_scale;
+    phase_ended(on_phase_end, StepPhase::forward);
     loss.backward();
+    phase_ended(on_phase_end, StepPhase::backward);
     out.loss.narrow(0, m0, micro).copy_(terms.loss.detach());
     out.mse.narrow(0, m0, micro).copy_(terms.mse.detach());
     out.vb.narrow(0, m0, micro).copy_(terms.vb.detach());
     out.weighted_mse.narrow(0, m0, micro).copy_(terms.weighted_mse.detach());
   }
   return out;
+}
+
+StepResult train_step(TrainState& s, const StepContext& c, const StepInputs& in,
+                      const PhaseHook& on_phase_end, bool nan_loss) {
+  const std::vector<at::Tensor> params = s.net->parameters();
+  StepResult r;
+
+  // Forward and backward; the gradients are all-reduced bucket by bucket as backward produces them.
+  if (c.reducer)
+    c.reducer->zero_grad();
+  else
+    s.optimizer.state->zero_grad();
+  r.terms = forward_backward(c, in, s.scaler.enabled ? s.scaler.scale : at::Tensor(), nan_loss,
+                             on_phase_end);
+  if (c.reducer) c.reducer->finish();
+  // Every rank records the whole global batch, in global order, so that the samplers stay equal.
+  if (diffusion::records_losses(s.sampler))
+    diffusion::record_losses(s.sampler, c.comm.all_gather(in.t), c.comm.all_gather(r.terms.loss));
+  phase_ended(on_phase_end, StepPhase::all_reduce);
+
+  // The update. The gradients are the ranks' average already, so every rank takes the same skip
+  // decision, on the device: a non-finite norm, or an fp16 overflow.
+  const std::vector<at::Tensor> grads = grads_of(params);
+  const at::Tensor overflow = unscale_and_update(s.scaler, grads);
+  r.grad_norm = global_grad_norm(grads, in.x_start.device());
+  r.skipped = at::logical_or(overflow.to(at::kBool), at::isfinite(r.grad_norm).logical_not())
+                  .to(at::kFloat);
+  if (c.training.grad_clip > 0)
+    at::_foreach_mul_(grads, (c.training.grad_clip / (r.grad_norm + 1e-6)).clamp_max(1.0));
+  adamw_step(s.optimizer, learning_rate(c.training, s.step), r.skipped);
+  phase_ended(on_phase_end, StepPhase::optimizer);
+  update_emas(s.emas, params, s.step, c.training.ema_warmup, r.skipped);
+  phase_ended(on_phase_end, StepPhase::ema);
+  ++s.step;
+  return r;
 }
 
 }  // namespace difftrain::train

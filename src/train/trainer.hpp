@@ -1,5 +1,5 @@
 // `difftrain train`: the training loop on one or many ranks, written against parallel::Communicator
-// only (a world of one process is the local communicator).
+// only (a world of one process is the local communicator, and runs the same path).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -26,6 +26,9 @@ struct TrainOptions {
   // (the loss is NaN), "diverge@STEP" (perturbs this rank's parameters: replicas differ).
   std::string fault;
   int fault_rank = -1;  // the rank the fault applies to; -1 = every rank
+  // Resuming with another objective (schedule, T, target, variance, loss, timestep scaling) than
+  // the checkpoint's is an error naming the keys, unless this is set: fine-tuning on purpose.
+  bool allow_objective_change = false;
 };
 
 struct Cluster {

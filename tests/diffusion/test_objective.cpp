@@ -1,5 +1,5 @@
-// The objective family of issue 8: the v target, the weightings of the simple term, the sigmoid
-// schedule, zero terminal SNR, and the timestep densities. Expected values are written down from
+// The objective family: the v target, the weightings of the simple term, the sigmoid schedule and
+// zero terminal SNR. Expected values are written down from
 // the formulas (closed forms at known SNRs, the scalar reference of reference.hpp).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -233,9 +233,9 @@ INSTANTIATE_TEST_SUITE_P(
 // The new targets and schedules (v, sigmoid, zero terminal SNR) against the scalar reference,
 // every variance and loss type.
 using RefCombo = std::tuple<dd::BetaSchedule, bool, ModelMeanType, dd::ModelVarType, dd::LossType>;
-class NewObjectives : public ::testing::TestWithParam<RefCombo> {};
+class TargetAndSchedule : public ::testing::TestWithParam<RefCombo> {};
 
-TEST_P(NewObjectives, MatchScalarReference) {
+TEST_P(TargetAndSchedule, MatchScalarReference) {
   const auto [schedule, zero_terminal, mean, var, loss_type] = GetParam();
   const long T = schedule == dd::BetaSchedule::linear ? 100 : 30;
   const auto d = make(schedule, T, zero_terminal, mean, var);
@@ -266,7 +266,7 @@ std::vector<RefCombo> new_objectives() {
   return combos;
 }
 
-INSTANTIATE_TEST_SUITE_P(Objective, NewObjectives, ::testing::ValuesIn(new_objectives()),
+INSTANTIATE_TEST_SUITE_P(Objective, TargetAndSchedule, ::testing::ValuesIn(new_objectives()),
                          [](const auto& info) {
                            return dd::to_string(std::get<0>(info.param)) +
                                   (std::get<1>(info.param) ? "_zero_terminal_snr_" : "_") +
@@ -391,113 +391,6 @@ TEST(ZeroTerminalSnr, VAndStartXSampleAndEvaluateFinitely) {
       EXPECT_EQ(bound.prior_bpd.abs().max().item<double>(), 0.0);
     }
   }
-}
-
-// --- Timestep densities -----------------------------------------------------------------------
-
-dd::TimestepSampler sampler(dd::TimestepSamplerKind kind, long T, bool stratified = false) {
-  dd::TimestepSamplerOptions o;
-  o.kind = kind;
-  o.stratified = stratified;
-  o.logit_normal_mean = 0.5;
-  o.logit_normal_std = 0.8;
-  return dd::make_timestep_sampler(o, T, at::kCPU);
-}
-
-TEST(TimestepDensity, LogitNormalProbabilitiesAreTheBinMasses) {
-  const long T = 50;
-  const auto s = sampler(dd::TimestepSamplerKind::logit_normal, T);
-  const at::Tensor p = dd::timestep_probabilities(s);
-  EXPECT_NEAR(p.sum().item<double>(), 1.0, 1e-12);
-  // Phi((logit(u) - 0.5) / 0.8) at the edges t/T, (t+1)/T, mixed with 0.001 of the uniform.
-  const auto cdf = [](double u) {
-    if (u <= 0) return 0.0;
-    if (u >= 1) return 1.0;
-    return 0.5 * std::erfc(-(std::log(u / (1 - u)) - 0.5) / 0.8 / std::sqrt(2.0));
-  };
-  for (long t : {0L, 1L, 17L, 31L, 48L, 49L}) {
-    const double mass = cdf(double(t + 1) / T) - cdf(double(t) / T);
-    EXPECT_NEAR(p[t].item<double>(), 0.999 * mass + 0.001 / T, 1e-12) << "t = " << t;
-  }
-  // The floor bounds the importance weight 1 / (T p(t)) by 1000.
-  EXPECT_LE((1.0 / (T * p)).max().item<double>(), 1000.0 + 1e-9);
-}
-
-TEST(TimestepDensity, StratifiedGlobalBatchCoversEveryTimestepEvenly) {
-  const long T = 40;
-  const auto s = sampler(dd::TimestepSamplerKind::stratified, T);
-  for (int64_t k : {1, 3}) {
-    const auto d = dd::draw_timesteps(s, k * T, generator(11 + k));
-    // n = k T strata of [0, 1): each t exactly k times, in a random order.
-    EXPECT_TRUE(at::equal(at::bincount(d.t, {}, T), at::full({T}, k, at::kLong)));
-    EXPECT_TRUE(at::all(d.weights == 1.0).item<bool>());
-    EXPECT_FALSE(at::equal(d.t.slice(0, 0, T), at::arange(T, at::kLong)));
-  }
-  // A global batch of 16 over T = 40: every stratum of 2.5 timesteps holds one draw, so the 4
-  // ranks' slices of 4 together cover [0, T) evenly.
-  const auto d = dd::draw_timesteps(s, 16, generator(3));
-  const at::Tensor sorted = std::get<0>(d.t.sort());
-  for (int64_t i = 0; i < 16; ++i) {
-    EXPECT_GE(sorted[i].item<long>(), static_cast<long>(std::floor(i * 2.5)));
-    EXPECT_LE(sorted[i].item<long>(), static_cast<long>(std::floor((i + 1) * 2.5)));
-  }
-}
-
-// Every density, plain or stratified, reweighted by 1 / (T p(t)): the estimate of the mean of a
-// fixed loss table agrees with the uniform one (the exact mean) within its standard error.
-TEST(TimestepDensity, ReweightedEstimateIsUnbiased) {
-  const long T = 50;
-  const at::Tensor t_all = at::arange(T, f64);
-  const at::Tensor loss_table = 1.0 + at::sin(t_all).square() * t_all / 10 + 5.0 * (t_all < 3);
-  const double exact = loss_table.mean().item<double>();
-
-  auto importance = sampler(dd::TimestepSamplerKind::loss_second_moment, T);
-  for (int i = 0; i < 10; ++i)
-    dd::record_losses(importance, at::arange(T, at::kLong), loss_table);
-  auto importance_stratified = importance;
-  importance_stratified.stratified = true;
-
-  const std::vector<std::pair<std::string, dd::TimestepSampler>> samplers{
-      {"uniform", sampler(dd::TimestepSamplerKind::uniform, T)},
-      {"stratified", sampler(dd::TimestepSamplerKind::stratified, T)},
-      {"logit_normal", sampler(dd::TimestepSamplerKind::logit_normal, T)},
-      {"logit_normal stratified", sampler(dd::TimestepSamplerKind::logit_normal, T, true)},
-      {"loss-second-moment", importance},
-      {"loss-second-moment stratified", importance_stratified}};
-  for (const auto& [name, s] : samplers) {
-    SCOPED_TRACE(name);
-    // The exact expectation sum_t p(t) w(t) L(t) is the uniform mean.
-    const at::Tensor p = dd::timestep_probabilities(s);
-    EXPECT_NEAR((p * (1.0 / (T * p)) * loss_table).sum().item<double>(), exact, 1e-12);
-    // And the draws: 3000 global batches of 32; batch means are independent.
-    const int64_t batches = 3000, B = 32;
-    auto gen = generator(99);
-    std::vector<double> means;
-    for (int64_t k = 0; k < batches; ++k) {
-      const auto d = dd::draw_timesteps(s, B, gen);
-      means.push_back((d.weights * loss_table.index_select(0, d.t)).mean().item<double>());
-    }
-    const at::Tensor m = at::tensor(means, f64);
-    const double estimate = m.mean().item<double>();
-    const double stderr_ = m.std().item<double>() / std::sqrt(double(batches));
-    EXPECT_NEAR(estimate, exact, 4 * stderr_ + 1e-12) << "stderr " << stderr_;
-  }
-}
-
-TEST(TimestepDensity, StratifiedDrawsHaveLowerVariance) {
-  const long T = 50;
-  const at::Tensor loss_table = at::linspace(0.0, 4.0, T, f64).square();
-  const auto spread = [&](const dd::TimestepSampler& s) {
-    auto gen = generator(4);
-    std::vector<double> means;
-    for (int k = 0; k < 400; ++k) {
-      const auto d = dd::draw_timesteps(s, 25, gen);
-      means.push_back((d.weights * loss_table.index_select(0, d.t)).mean().item<double>());
-    }
-    return at::tensor(means, f64).std().item<double>();
-  };
-  EXPECT_LT(spread(sampler(dd::TimestepSamplerKind::stratified, T)),
-            0.5 * spread(sampler(dd::TimestepSamplerKind::uniform, T)));
 }
 
 }  // namespace

@@ -34,7 +34,7 @@ class Collectives : public ::testing::TestWithParam<c10::DeviceType> {
       if (!why_not.empty()) GTEST_SKIP() << "NCCL case skipped: " << why_not;
       // More ranks than GPUs (the GPU check's 2 ranks on one GPU) share GPU 0 on purpose.
       const bool share = g_world->local_size() > static_cast<int>(torch::cuda::device_count());
-      device_ = rank_device(*g_world, share ? "cuda:0" : "auto");
+      device_ = rank_device(*g_world, parse_device_request(share ? "cuda:0" : "auto"));
       comm_ = make_nccl_communicator(*g_world, device_, g_watchdog);
     } else {
       comm_ = make_mpi_communicator(*g_world, g_watchdog);

@@ -1,5 +1,5 @@
-// Single-process tests of src/parallel: the watchdog, the local communicator, the gradient
-// reducer's bucketing and hook mechanics, and the NCCL backend's presence in the binary.
+// Single-process tests of src/parallel: the watchdog, the local communicator, the gradient reducer's
+// bucketing and hook mechanics, and the NCCL backend's presence in the binary.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -190,18 +190,21 @@ TEST(GradReducer, BucketViewsKeepEachParameterLayout) {
 // One GPU per local rank; the config's device request; more ranks than GPUs is an error naming
 // both numbers, never a wrap-around onto GPU 0.
 TEST(RankDevice, MapsLocalRanksToVisibleGpus) {
-  EXPECT_EQ(device_for_rank("auto", 0, 1, 0), c10::Device(c10::kCPU));
-  EXPECT_EQ(device_for_rank("cpu", 3, 8, 8), c10::Device(c10::kCPU));
+  const auto on = [](const std::string& request, int rank, int ranks, int gpus) {
+    return device_for_rank(parse_device_request(request), rank, ranks, gpus);
+  };
+  EXPECT_EQ(on("auto", 0, 1, 0), c10::Device(c10::kCPU));
+  EXPECT_EQ(on("cpu", 3, 8, 8), c10::Device(c10::kCPU));
   for (int gpus : {1, 2, 8})
     for (int r = 0; r < gpus; ++r) {
-      EXPECT_EQ(device_for_rank("auto", r, gpus, gpus), c10::Device(c10::kCUDA, r));
-      EXPECT_EQ(device_for_rank("cuda", r, gpus, gpus), c10::Device(c10::kCUDA, r));
+      EXPECT_EQ(on("auto", r, gpus, gpus), c10::Device(c10::kCUDA, r));
+      EXPECT_EQ(on("cuda", r, gpus, gpus), c10::Device(c10::kCUDA, r));
     }
-  EXPECT_EQ(device_for_rank("auto", 1, 2, 8), c10::Device(c10::kCUDA, 1));    // fewer ranks: fine
-  EXPECT_EQ(device_for_rank("cuda:1", 0, 4, 2), c10::Device(c10::kCUDA, 1));  // shared on purpose
-  const auto error = [](const std::string& request, int rank, int ranks, int gpus) {
+  EXPECT_EQ(on("auto", 1, 2, 8), c10::Device(c10::kCUDA, 1));  // fewer ranks than GPUs: fine
+  EXPECT_EQ(on("cuda:1", 0, 4, 2), c10::Device(c10::kCUDA, 1));  // shared on purpose
+  const auto error = [&](const std::string& request, int rank, int ranks, int gpus) {
     try {
-      device_for_rank(request, rank, ranks, gpus);
+      on(request, rank, ranks, gpus);
     } catch (const std::invalid_argument& e) {
       return std::string(e.what());
     }
@@ -212,9 +215,11 @@ TEST(RankDevice, MapsLocalRanksToVisibleGpus) {
       << error("auto", 2, 4, 2);
   EXPECT_NE(error("cuda", 0, 1, 0).find("no visible GPU"), std::string::npos);
   EXPECT_NE(error("cuda:2", 0, 1, 2).find("2 visible GPU(s)"), std::string::npos);
-  EXPECT_NE(error("gpu", 0, 1, 1).find("valid values are auto, cpu, cuda and cuda:N"),
-            std::string::npos);
-  EXPECT_NE(error("cuda:x", 0, 1, 1).find("valid values"), std::string::npos);
+  EXPECT_NE(error("gpu", 0, 1, 1).find("valid: auto, cpu, cuda, cuda:N"), std::string::npos);
+  EXPECT_NE(error("cuda:x", 0, 1, 1).find("valid"), std::string::npos);
+  EXPECT_NE(error("cuda:", 0, 1, 1).find("valid"), std::string::npos);
+  for (const char* text : {"auto", "cpu", "cuda", "cuda:3"})
+    EXPECT_EQ(to_string(parse_device_request(text)), text);
 }
 
 // The embedding, registered last and unused, lands in bucket 0 at first and holds back every

@@ -104,20 +104,20 @@ TEST(Respace, KeepingEveryStepGivesTheBaseDiffusion) {
   EXPECT_TRUE(at::allclose(r.diffusion.posterior_variance, base.posterior_variance, 1e-9, 1e-15));
 }
 
-TEST(Respace, TheNetworkSeesTheOriginalScaledTimestep) {
+TEST(Respace, TheNetworkSeesTheOriginalTimestep) {
   const GaussianDiffusion base = make_gaussian_diffusion(
       BetaSchedule::linear, 1000, ModelMeanType::epsilon, ModelVarType::fixed_small);
   const RespacedDiffusion r = respace(base, space_timesteps(1000, "ddim50"));
   at::Tensor seen;
-  const NetworkFn network = [&](const at::Tensor& x, const at::Tensor& t) {
+  const ModelFn network = [&](const at::Tensor& x, const at::Tensor& t) {
     seen = t;
     return x;
   };
-  // Rescaled timesteps of a T = 1000 run: t * 1000 / 1000; of a T = 4000 run: t / 4.
-  const ModelFn model = respaced_model(scaled_timestep_model(network, 0.25), r.timestep_map);
+  // ddim50 of T = 1000 keeps every 20th step: indices 0, 1, 49 are timesteps 0, 20, 980.
+  const ModelFn model = respaced_model(network, r.timestep_map);
   model(at::zeros({3, 1, 2, 2}), at::tensor({0L, 1L, 49L}));
-  EXPECT_EQ(seen.scalar_type(), at::kFloat);
-  EXPECT_TRUE(at::equal(seen, at::tensor({0.0f, 5.0f, 245.0f})));
+  EXPECT_EQ(seen.scalar_type(), at::kLong);
+  EXPECT_TRUE(at::equal(seen, at::tensor({0L, 20L, 980L})));
 }
 
 TEST(Respace, RejectsUnorderedTimesteps) {

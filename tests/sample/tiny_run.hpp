@@ -18,6 +18,7 @@
 #include "train/ema.hpp"
 #include "train/loss_scaler.hpp"
 #include "train/setup.hpp"
+#include "train/train_state.hpp"
 
 namespace difftrain::testing {
 
@@ -81,21 +82,22 @@ inline void write_tiny_checkpoint(const std::string& path, const std::string& we
     for (auto& p : net->parameters())
       p.add_(at::randn(p.sizes(), g, at::TensorOptions().dtype(at::kFloat)) * 0.05);
   }
-  train::AdamW optimizer = train::make_adamw(net->parameters(), 1e-4, 0.0);
-  std::vector<train::Ema> emas = train::make_emas(c.training.ema_rates, net->parameters());
+  train::TrainState state;
+  state.net = net;
+  state.optimizer = train::make_adamw(net->parameters(), 1e-4, 0.0);
+  state.emas = train::make_emas(c.training.ema_rates, net->parameters());
   {
     // The EMA weights differ from the raw ones, so the choice shows in the outputs.
     torch::NoGradGuard no_grad;
-    for (auto& e : emas)
+    for (auto& e : state.emas)
       for (auto& p : e.params)
         p.mul_(0.9);
   }
-  auto sampler = diffusion::make_timestep_sampler(diffusion::TimestepSamplerKind::uniform,
-                                                  c.diffusion.steps, at::kCPU);
-  auto scaler = train::make_loss_scaler(false, 65536, 2000, 1, at::kCPU);
-  int64_t epoch = 0, batch = 0;
-  train::TrainStateRefs refs{*net, optimizer, emas, sampler, scaler, step, epoch, batch};
-  train::save_checkpoint(path, refs, stored_yaml);
+  state.sampler = diffusion::make_timestep_sampler(diffusion::TimestepSamplerKind::uniform,
+                                                   c.diffusion.steps, at::kCPU);
+  state.scaler = train::make_loss_scaler(false, 65536, 2000, 1, at::kCPU);
+  state.step = step;
+  train::save_checkpoint(path, state, stored_yaml);
 }
 
 }  // namespace difftrain::testing

@@ -1,0 +1,29 @@
+// The network as the diffusion calls it: eps_theta(x_t, t, y) for integer timesteps t of the
+// training diffusion, where the network itself sees t * timestep_scale (t * 1000 / T with
+// diffusion.rescale_timesteps, as improved-diffusion's _WrappedModel). Training, held-out
+// bits/dim, sampling and evaluation all call the network through it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "diffusion/bound.hpp"
+#include "model/unet.hpp"
+
+namespace difftrain::train {
+
+struct Config;
+
+struct Denoiser {
+  model::UNet net{nullptr};
+  double timestep_scale = 1.0;
+
+  // x_t [N, C, H, W], t [N] int64 timesteps, y [N] class labels or undefined.
+  at::Tensor operator()(const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& y = {}) const;
+  // The same for the diffusion code (bound, samplers, bits/dim estimates), labels fixed.
+  diffusion::ModelFn with_labels(const at::Tensor& y) const;
+};
+
+// The config's timestep scale: 1000 / T with diffusion.rescale_timesteps, else 1.
+Denoiser make_denoiser(model::UNet net, const Config& config);
+
+}  // namespace difftrain::train

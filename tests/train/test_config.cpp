@@ -1,0 +1,127 @@
+// The config: defaults, typed choices, errors that name the key.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "train/config.hpp"
+#include "train/setup.hpp"
+#include "trainer_fixture.hpp"
+
+namespace tr = difftrain::train;
+using difftrain::testing::tiny_config;
+
+namespace {
+
+TEST(Config, ChannelsLastAutoMeansUnderAutocast) {
+  auto c = tr::parse_config(tiny_config("unused", "runs/x"));
+  EXPECT_EQ(c.model.channels_last, tr::ChannelsLast::automatic);
+  EXPECT_FALSE(tr::use_channels_last(c, tr::Precision::fp32));
+  EXPECT_TRUE(tr::use_channels_last(c, tr::Precision::bf16));
+  EXPECT_TRUE(tr::use_channels_last(c, tr::Precision::fp16));
+  c = tr::parse_config(tiny_config("unused", "runs/x"), {"model.channels_last=true"});
+  EXPECT_TRUE(tr::use_channels_last(c, tr::Precision::fp32));
+  c = tr::parse_config(tiny_config("unused", "runs/x"), {"model.channels_last=false"});
+  EXPECT_FALSE(tr::use_channels_last(c, tr::Precision::bf16));
+}
+
+// Each config error names its key.
+void expect_config_error(const std::vector<std::string>& overrides, const std::string& message,
+                         int world = 1) {
+  try {
+    const auto c = tr::parse_config(tiny_config("data/manifest.json", "runs/x"), overrides);
+    tr::validate(c);
+    tr::validate_for_world(c, world);
+    tr::unet_config(c, {16, 1, 0});
+    FAIL() << "no error for " << overrides[0];
+  } catch (const tr::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos)
+        << "expected '" << message << "' in: " << e.what();
+  }
+}
+
+TEST(Config, MissingSectionsTakeTheDefaults) {
+  const auto c = tr::parse_config("data: {train: x.json}\n");
+  EXPECT_EQ(c.training.batch_size, 128);
+  EXPECT_EQ(c.logging.run_dir, "runs/default");
+  EXPECT_EQ(tr::parse_config(tr::to_yaml(c)).data.train, "x.json");
+}
+
+TEST(Config, ErrorsNameTheKey) {
+  expect_config_error({"training.lrr=0.1"},
+                      "unknown key 'training.lrr' (did you mean 'training.lr'?)");
+  expect_config_error({"trainig.lr=0.1"}, "unknown key 'trainig' (did you mean 'training'?)");
+  expect_config_error({"training.lr=fast"}, "key 'training.lr' must be a number");
+  expect_config_error({"model.channels_last=maybe"}, "model.channels_last");
+  expect_config_error({"training.lr=-0.1"}, "'training.lr' = -0.1 must be > 0");
+  expect_config_error({"diffusion.steps=1"}, "'diffusion.steps': diffusion steps T = 1");
+  expect_config_error({"diffusion.schedule=linear", "diffusion.steps=10"}, "T = 10");
+  expect_config_error({"model.model_channels=48"}, "not divisible by the 32 GroupNorm groups");
+  expect_config_error({"model.attention_resolutions=[12]"}, "attention_resolutions");
+  expect_config_error({"training.batch_size=9"}, "does not divide into 2 ranks", 2);
+  expect_config_error({"training.microbatch=3"}, "does not divide the per-rank batch of 4", 2);
+  expect_config_error({"diffusion.model_var_type=fixed_small"},
+                      "'hybrid' needs a learned variance");
+  expect_config_error({"diffusion.model_var_type=learnd"}, "unknown model_var_type 'learnd'");
+  expect_config_error({"training.precision=fp8"},
+                      "'training.precision': 'fp8' is not one of: fp32, bf16, fp16");
+}
+
+}  // namespace
+
+namespace {
+
+// The keys that define what the weights were trained for; the others (learning rate, EMA, batch,
+// logging, weighting, ...) can change on resume.
+TEST(Config, ObjectiveChangesNameTheKeys) {
+  const auto c = tr::parse_config(tiny_config("unused", "runs/x"));
+  EXPECT_TRUE(tr::objective_changes(c, c).empty());
+  const auto other =
+      tr::parse_config(tiny_config("unused", "runs/x"),
+                       {"diffusion.schedule=linear", "diffusion.steps=1000", "training.lr=0.5",
+                        "diffusion.weighting=min_snr", "training.ema_rates=[0.5]"});
+  const std::vector<std::string> changes = tr::objective_changes(c, other);
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_EQ(changes[0], "diffusion.schedule: cosine -> linear");
+  EXPECT_EQ(changes[1], "diffusion.steps: 50 -> 1000");
+  const auto v = tr::parse_config(
+      tiny_config("unused", "runs/x"),
+      {"diffusion.model_mean_type=v", "diffusion.loss=vlb", "diffusion.rescale_timesteps=false"});
+  EXPECT_EQ(tr::objective_changes(c, v),
+            (std::vector<std::string>{"diffusion.model_mean_type: epsilon -> v",
+                                      "diffusion.loss: hybrid -> vlb",
+                                      "diffusion.rescale_timesteps: true -> false"}));
+}
+
+// A named choice is read once into its enum and written back under the same name.
+TEST(Config, ChoicesRoundTripThroughYaml) {
+  const auto c = tr::parse_config(
+      tiny_config("unused", "runs/x"),
+      {"device=cuda:1", "data.last_batch=wrap", "model.channels_last=false",
+       "diffusion.model_var_type=learned", "diffusion.timestep_sampler=loss-second-moment",
+       "training.precision=fp16"});
+  EXPECT_EQ(c.device, difftrain::parallel::parse_device_request("cuda:1"));
+  EXPECT_EQ(c.data.last_batch, difftrain::data::LastBatch::wrap);
+  EXPECT_EQ(c.model.channels_last, tr::ChannelsLast::off);
+  EXPECT_EQ(c.training.precision, tr::Precision::fp16);
+  const auto back = tr::parse_config(tr::to_yaml(c));
+  EXPECT_EQ(tr::to_yaml(back), tr::to_yaml(c));
+  EXPECT_NE(tr::to_yaml(c).find("timestep_sampler: loss-second-moment"), std::string::npos);
+  EXPECT_NE(tr::to_yaml(c).find("device: cuda:1"), std::string::npos);
+  const auto error = [](const std::string& override) {
+    try {
+      tr::parse_config("data: {train: x.json}\n", {override});
+    } catch (const tr::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error("device=gpu").find("config key 'device': unknown device 'gpu'"),
+            std::string::npos)
+      << error("device=gpu");
+  EXPECT_NE(error("data.last_batch=keep").find("'data.last_batch'"), std::string::npos);
+  EXPECT_NE(error("diffusion.loss=l2").find("'diffusion.loss': 'l2' is not one of: hybrid"),
+            std::string::npos);
+}
+
+}  // namespace

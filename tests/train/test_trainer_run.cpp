@@ -1,0 +1,319 @@
+// The trainer in this process, as `difftrain train` runs it on one rank: exact resume, checkpoints
+// under signals and corruption, class conditioning, bad steps, the run directory's files, held-out
+// bits/dim, and the config checks that need data.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <sys/resource.h>
+#include <chrono>
+#include <cmath>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+
+#include "diffusion/bound.hpp"
+#include "train/denoiser.hpp"
+#include "train/heldout_bpd.hpp"
+#include "train/step_rng.hpp"
+#include "trainer_fixture.hpp"
+
+namespace fs = std::filesystem;
+namespace tr = difftrain::train;
+using difftrain::testing::checkpoint_tensors;
+using difftrain::testing::resume_auto;
+using difftrain::testing::TempDir;
+using difftrain::testing::with_fault;
+
+namespace {
+
+using TrainerRun = difftrain::testing::TrainerFixture;
+
+TEST_F(TrainerRun, ExactResumeIsBitIdentical) {
+  const auto straight = train(config("straight"));
+  ASSERT_EQ(straight.step, 6);
+  const auto first = train(config("resumed", {"training.max_steps=3"}));
+  ASSERT_EQ(first.step, 3);
+  const auto second = train(config("resumed"), resume_auto());
+  ASSERT_EQ(second.step, 6);
+  const auto a = checkpoint_tensors(config("straight"), straight.last_checkpoint);
+  const auto b = checkpoint_tensors(config("resumed"), second.last_checkpoint);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [key, t] : a)
+    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+}
+
+TEST_F(TrainerRun, CorruptLatestCheckpointFallsBackToThePrevious) {
+  const auto r = train(config("run"));
+  const auto all = tr::list_checkpoints(dir / "run");
+  ASSERT_EQ(all.size(), 2u);  // steps 6 and 3
+  fs::resize_file(all[0], fs::file_size(all[0]) - 100);
+  EXPECT_NE(tr::checkpoint_problem(all[0]), "");
+  EXPECT_EQ(tr::latest_valid_checkpoint(dir / "run"), all[1]);
+  const auto resumed = train(config("run", {"training.max_steps=7"}), resume_auto());
+  EXPECT_EQ(resumed.step, 7);
+  EXPECT_TRUE(tr::checkpoint_problem(resumed.last_checkpoint).empty());
+}
+
+TEST_F(TrainerRun, StopSignalLeavesAValidCheckpoint) {
+  const auto c = config("signal", {"training.max_steps=100000", "logging.log_every=1"});
+  std::thread killer([&] {
+    const fs::path metrics = fs::path(dir / "signal") / "metrics.jsonl";
+    for (int i = 0; i < 600 && (!fs::exists(metrics) || fs::file_size(metrics) == 0); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::raise(SIGTERM);
+  });
+  const auto r = train(c);
+  killer.join();
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_GT(r.step, 0);
+  EXPECT_LT(r.step, 100000);
+  EXPECT_TRUE(tr::checkpoint_problem(r.last_checkpoint).empty());
+  EXPECT_EQ(tr::read_checkpoint_info(r.last_checkpoint).step, r.step);
+}
+
+TEST_F(TrainerRun, ClassConditionalModelLearnsItsLabelEmbedding) {
+  const auto c = config("cond", {"data.class_conditional=true", "training.max_steps=3"});
+  const auto r = train(c);
+  const auto t = checkpoint_tensors(c, r.last_checkpoint);
+  ASSERT_TRUE(t.count("model/label_emb.weight"));
+  torch::manual_seed(c.seed);  // the initial weights, as the trainer draws them
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  difftrain::model::UNet init(tr::unet_config(c, tr::data_shape(c, &manifest)));
+  EXPECT_FALSE(
+      at::equal(t.at("model/label_emb.weight"), init->named_parameters()["label_emb.weight"]));
+}
+
+TEST_F(TrainerRun, NonFiniteLossSkipsTheStepThenStops) {
+  // One bad step is skipped and training goes on.
+  const auto r = train(config("nan"), with_fault("nan@2"));
+  EXPECT_EQ(r.step, 6);
+  // The skip is decided on the device; the log line covering step 2 counts it.
+  int64_t skipped = 0, logged_steps = 0;
+  std::ifstream metrics(dir / "nan/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);)
+    if (auto j = nlohmann::json::parse(line); j.contains("skipped_steps")) {
+      skipped += j["skipped_steps"].get<int64_t>();
+      logged_steps += j["step"].get<int64_t>() > 0;
+    }
+  EXPECT_EQ(skipped, 1);
+  EXPECT_EQ(logged_steps, 3);  // log_every 2 over 6 steps
+  // With max_bad_steps = 1 the first bad step stops training with an error.
+  try {
+    train(config("nan_stop", {"training.max_bad_steps=1"}), with_fault("nan@1"));
+    FAIL() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TrainerRun, WritesResolvedConfigAndMetrics) {
+  const auto r = train(config("files"));
+  const auto resolved = tr::parse_config(difftrain::testing::read_text(dir / "files/config.yaml"));
+  EXPECT_EQ(resolved.training.max_steps, 6);
+  // Resolved: the shape the data gave the model is filled in.
+  EXPECT_EQ(resolved.model.image_size, 16);
+  EXPECT_EQ(resolved.model.in_channels, 1);
+  auto as_given = resolved;
+  as_given.model.image_size = as_given.model.in_channels = 0;
+  EXPECT_EQ(tr::to_yaml(as_given), tr::to_yaml(config("files")));
+  std::ifstream metrics(dir / "files/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    ++lines;
+    EXPECT_NE(line.find("\"loss\""), std::string::npos);
+    EXPECT_NE(line.find("\"images_per_s\""), std::string::npos);
+  }
+  EXPECT_EQ(lines, 3);  // steps 2, 4, 6
+  EXPECT_TRUE(fs::exists(dir / "files/timestep_metrics.jsonl"));
+}
+
+// With logging.bpd_timesteps = T the stratified estimate evaluates every timestep once: the logged
+// value at step 0 must then be the full bound of the initial model on the fixed held-out batch.
+TEST_F(TrainerRun, LogsHeldOutBitsPerDimThatIsTheFullBoundWhenEveryTimestepIsUsed) {
+  const auto c = config("bpd", {"data.validation=" + manifest, "logging.bpd_every=3",
+                                "logging.bpd_batch=6", "logging.bpd_timesteps=50"});
+  train(c);
+  std::vector<nlohmann::json> records;
+  std::ifstream metrics(dir / "bpd/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);)
+    if (auto j = nlohmann::json::parse(line); j.contains("bpd_estimate")) records.push_back(j);
+  ASSERT_EQ(records.size(), 3u) << "steps 0, 3, 6";
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    EXPECT_EQ(records[i]["step"], 3 * static_cast<int64_t>(i));
+    EXPECT_EQ(records[i]["bpd_images"], 6);
+    EXPECT_GT(records[i]["bpd_standard_error"].get<double>(), 0);
+  }
+
+  const auto data = difftrain::data::read_manifest(c.data.train);
+  const auto shape = tr::data_shape(c, &data);
+  torch::manual_seed(c.seed);  // the trainer's initial weights
+  difftrain::model::UNet net(tr::unet_config(c, shape));
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const auto batch = tr::read_heldout_batch(c, shape, 0, 1, at::kCPU);
+  const auto d = tr::make_diffusion(c);
+  const auto model = tr::make_denoiser(net, c).with_labels({});
+  const auto noise = [&](long t) {
+    return at::randn(batch.images.sizes(),
+                     tr::cpu_generator(tr::step_seed(c.seed, t, tr::RngStream::evaluation, 1)));
+  };
+  const double full = difftrain::diffusion::calc_bpd_loop(d, model, batch.images, true, noise)
+                          .total_bpd.mean()
+                          .item<double>();
+  EXPECT_NEAR(records[0]["bpd_estimate"].get<double>(), full, 1e-5 * full);
+  EXPECT_GT(full, 1.0);
+}
+
+TEST_F(TrainerRun, HeldOutBatchOfAnotherShapeIsAConfigError) {
+  const std::string other =
+      difftrain::testing::write_synthetic_set(dir / "rgb", {8}, 14, 14, 3, 10).manifest;
+  const auto c =
+      config("shape", {"data.validation=" + other, "logging.bpd_every=3", "logging.bpd_batch=4"});
+  try {
+    train(c);
+    FAIL() << "expected a ConfigError";
+  } catch (const tr::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("data.validation"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("3-channel"), std::string::npos) << e.what();
+  }
+}
+
+// A checkpoint continues only the objective it was trained for: another schedule or T is an
+// error naming the keys, unless --allow-objective-change says it is on purpose.
+TEST_F(TrainerRun, ResumingWithAnotherObjectiveIsRefusedUnlessAllowed) {
+  train(config("objective", {"training.max_steps=3"}));
+  const auto other = config("objective", {"diffusion.schedule=linear", "diffusion.steps=100",
+                                          "logging.timestep_buckets=5"});
+  try {
+    train(other, resume_auto());
+    FAIL() << "resumed a cosine T=50 checkpoint as linear T=100";
+  } catch (const tr::ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("diffusion.schedule: cosine -> linear"), std::string::npos) << what;
+    EXPECT_NE(what.find("diffusion.steps: 50 -> 100"), std::string::npos) << what;
+    EXPECT_NE(what.find("--allow-objective-change"), std::string::npos) << what;
+  }
+  tr::TrainOptions allowed = resume_auto();
+  allowed.allow_objective_change = true;
+  EXPECT_EQ(train(other, allowed).step, 6);
+  // Changing what is not the objective (the learning rate) needs no flag.
+  EXPECT_EQ(train(config("objective", {"diffusion.schedule=linear", "diffusion.steps=100",
+                                       "training.lr=0.0005", "training.max_steps=8"}),
+                  resume_auto())
+                .step,
+            8);
+}
+
+// Every path in the config is checked at start, also data.validation when nothing reads it yet.
+TEST_F(TrainerRun, MissingValidationSetIsAnErrorAtStart) {
+  try {
+    train(config("paths", {"data.validation=" + (dir / "no/such/manifest.json")}));
+    FAIL() << "no error";
+  } catch (const tr::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("config key 'data.validation'"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "paths/checkpoints"));
+}
+
+// A write that fails (here: the file size limit, as a full disk) reports the file, removes the
+// temporary file and leaves the previous checkpoint as it was.
+TEST_F(TrainerRun, FailedCheckpointWriteRemovesItsTemporaryFileAndKeepsThePrevious) {
+  const auto c = config("full", {"training.max_steps=3"});
+  const auto r = train(c);
+  const std::string previous = r.last_checkpoint;
+  const auto bytes = fs::file_size(previous);
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  auto comm = difftrain::parallel::make_local_communicator();
+  tr::TrainState state = tr::make_train_state(c, tr::data_shape(c, &manifest), at::kCPU, *comm);
+  tr::load_checkpoint(previous, state);
+  const std::string next = tr::checkpoint_path(dir / "full", 4);
+
+  struct rlimit old {};
+  getrlimit(RLIMIT_FSIZE, &old);
+  struct rlimit small = old;
+  small.rlim_cur = 4096;
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);  // a failed write, not a dead process
+  setrlimit(RLIMIT_FSIZE, &small);
+  std::string what;
+  try {
+    tr::save_checkpoint(next, state, "{}");
+  } catch (const tr::CheckpointError& e) {
+    what = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  EXPECT_NE(what.find(next + ".tmp: cannot write checkpoint"), std::string::npos) << what;
+  EXPECT_FALSE(fs::exists(next + ".tmp"));
+  EXPECT_FALSE(fs::exists(next));
+  EXPECT_EQ(fs::file_size(previous), bytes);
+  EXPECT_TRUE(tr::checkpoint_problem(previous).empty());
+  EXPECT_EQ(tr::latest_valid_checkpoint(dir / "full"), previous);
+}
+
+// The whole path as a user runs it, on a tiny UNet and 16x16 images: train v-prediction with a
+// zero terminal SNR, Min-SNR weighting and stratified logit-normal timesteps; the per-timestep
+// statistics show mse, weighted mse and vb; sample and eval give finite results.
+TEST(ObjectiveRun, TrainSampleAndEvalWithVPredictionAndZeroTerminalSnr) {
+  using difftrain::testing::run;
+  difftrain::testing::TempDir dir;
+  const std::string manifest =
+      difftrain::testing::write_synthetic_set(dir / "data", {24}, 14, 14, 1, 10).manifest;
+  const std::string run_dir = dir / "run";
+  difftrain::testing::write_text(
+      dir / "config.yaml",
+      "seed: 1\ndevice: cpu\n"
+      "data: {train: " +
+          manifest +
+          ", pad_to: 16}\n"
+          "model: {model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1,"
+          " attention_resolutions: [8]}\n"
+          "diffusion: {schedule: sigmoid, steps: 20, zero_terminal_snr: true, model_mean_type: v,"
+          " loss: hybrid, weighting: min_snr, min_snr_gamma: 1.0, timestep_sampler: logit_normal,"
+          " stratified_timesteps: true}\n"
+          "training: {batch_size: 8, lr: 0.001, max_steps: 4, checkpoint_every: 4, ema_rates: "
+          "[0.5],"
+          " threads: 1}\n"
+          "logging: {run_dir: " +
+          run_dir +
+          ", log_every: 2, timestep_stats_every: 4,"
+          " timestep_buckets: 4}\n");
+  const std::string bin = "OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_BINARY);
+  auto r = run(bin + " train --config " + (dir / "config.yaml"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  std::ifstream stats(run_dir + "/timestep_metrics.jsonl");
+  std::string line;
+  ASSERT_TRUE(std::getline(stats, line)) << "no timestep statistics";
+  const auto buckets = nlohmann::json::parse(line)["timestep_buckets"];
+  ASSERT_EQ(buckets.size(), 4u);
+  int64_t count = 0;
+  for (const auto& b : buckets) {
+    count += b["count"].get<int64_t>();
+    if (b["count"].get<int64_t>() == 0) continue;
+    const double mse = b["mse_mean"], weighted = b["weighted_mse_mean"], vb = b["vb_mean"];
+    EXPECT_TRUE(std::isfinite(mse) && std::isfinite(weighted) && std::isfinite(vb)) << b;
+    // min(SNR, 1) / (SNR + 1) <= 1/2 for the v target.
+    EXPECT_LE(weighted, 0.5 * mse + 1e-9) << b;
+    EXPECT_NEAR(b["loss_mean"].get<double>(), weighted + vb, 1e-6 * (1 + weighted + vb)) << b;
+  }
+  EXPECT_EQ(count, 4 * 8);  // 4 steps of 8 since the start
+
+  r = run(bin + " sample --run " + run_dir + " --num 2 --sampler ddpm --out " + (dir / "ddpm"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run(bin + " sample --run " + run_dir + " --num 2 --sampler ddim --steps 5 --out " +
+          (dir / "ddim"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run(bin + " eval --run " + run_dir + " --data " + manifest + " --num 2 --out " +
+          (dir / "eval.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto report = nlohmann::json::parse(difftrain::testing::read_text(dir / "eval.json"));
+  EXPECT_TRUE(std::isfinite(report["total_bpd"].get<double>())) << report.dump();
+  EXPECT_EQ(report["prior_bpd"].get<double>(), 0.0);  // L_T = 0 at a zero terminal SNR
+}
+
+}  // namespace

@@ -1,0 +1,246 @@
+// The pieces of a training step on their own: microbatch averaging, the step's noise, each loss
+// falling on a fixed batch, EMA, the fp16 loss scaler.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "data/test_files.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
+#include "diffusion/respace.hpp"
+#include "model/unet.hpp"
+#include "parallel/communicator.hpp"
+#include "train/config.hpp"
+#include "train/denoiser.hpp"
+#include "train/ema.hpp"
+#include "train/loss_scaler.hpp"
+#include "train/metrics.hpp"
+#include "train/setup.hpp"
+#include "train/step_rng.hpp"
+#include "train/train_step.hpp"
+#include "trainer_fixture.hpp"
+
+namespace tr = difftrain::train;
+using difftrain::testing::TempDir;
+using difftrain::testing::tiny_config;
+
+namespace {
+
+TEST(TrainingStep, MicrobatchesAverageToTheFullBatchGradient) {
+  TempDir dir;
+  const auto c = tr::parse_config(tiny_config("unused", dir / "run"));
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  // Non-zero output layers, so that every parameter gets a gradient.
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters())
+      p.add_(at::randn_like(p) * 0.01);
+  }
+  const auto d = tr::make_diffusion(c);
+  const tr::StepInputs in{at::rand({8, 1, 16, 16}) * 2 - 1,
+                          at::arange(8, at::kLong) * 6,
+                          at::rand({8}) + 0.5,
+                          at::randn({8, 1, 16, 16}),
+                          {}};
+  auto comm = difftrain::parallel::make_local_communicator();
+  std::vector<std::vector<at::Tensor>> grads;
+  for (int64_t micro : {0, 2, 4}) {
+    for (auto& p : net->parameters())
+      p.mutable_grad() = at::Tensor();
+    tr::TrainingConfig training = c.training;
+    training.microbatch = micro;
+    const tr::StepContext context{tr::make_denoiser(net, c), d, tr::make_loss_spec(c), training,
+                                  *comm};
+    tr::forward_backward(context, in);
+    grads.emplace_back();
+    for (auto& p : net->parameters())
+      grads.back().push_back(p.grad().clone());
+  }
+  for (std::size_t i = 0; i < grads[0].size(); ++i) {
+    EXPECT_GT(grads[0][i].abs().max().item<float>(), 0.0f) << "parameter " << i;
+    EXPECT_TRUE(at::allclose(grads[1][i], grads[0][i], 1e-4, 1e-7)) << "parameter " << i;
+    EXPECT_TRUE(at::allclose(grads[2][i], grads[0][i], 1e-4, 1e-7)) << "parameter " << i;
+  }
+}
+
+// Row i of a step's noise comes from its own generator: a rank drawing rows [3, 6) gets what
+// those rows hold in the whole batch, so the split of the batch over ranks does not matter.
+TEST(TrainingStep, StepNoiseRowsDoNotDependOnTheSplit) {
+  const at::Tensor whole = tr::step_noise(7, 5, 0, 8, {1, 4, 4});
+  EXPECT_TRUE(at::equal(tr::step_noise(7, 5, 3, 3, {1, 4, 4}), whole.narrow(0, 3, 3)));
+  EXPECT_FALSE(at::equal(tr::step_noise(7, 6, 0, 8, {1, 4, 4}), whole));  // another step
+  EXPECT_NEAR(tr::step_noise(1, 0, 0, 64, {3, 16, 16}).std().item<double>(), 1.0, 0.02);
+}
+
+// On a fixed batch with fixed t and noise, each objective falls by a clear margin.
+void expect_loss_drops(const std::string& loss, const std::string& var_type) {
+  TempDir dir;
+  auto c = tr::parse_config(tiny_config("unused", dir / "run"),
+                            {"diffusion.loss=" + loss, "diffusion.model_var_type=" + var_type});
+  tr::validate(c);
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  const auto d = tr::make_diffusion(c);
+  const auto spec = tr::make_loss_spec(c);
+  const at::Tensor x0 = (at::rand({8, 1, 16, 16}) > 0.5).to(at::kFloat) * 2 - 1;
+  const at::Tensor t = at::arange(8, at::kLong) * 6;
+  const at::Tensor noise = at::randn({8, 1, 16, 16});
+  const at::Tensor x_t = difftrain::diffusion::q_sample(d, x0, t, noise);
+  torch::optim::AdamW opt(net->parameters(), torch::optim::AdamWOptions(2e-3).weight_decay(0));
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; ++step) {
+    opt.zero_grad();
+    const auto out = tr::make_denoiser(net, c)(x_t, t);
+    const at::Tensor l =
+        difftrain::diffusion::training_terms(d, spec, out, x0, x_t, t, noise).loss.mean();
+    l.backward();
+    opt.step();
+    (step == 0 ? first : last) = l.item<double>();
+  }
+  EXPECT_LT(last, 0.6 * first) << loss << ": " << first << " -> " << last;
+}
+
+TEST(TrainingStep, HybridLossDrops) {
+  expect_loss_drops("hybrid", "learned_range");
+}
+TEST(TrainingStep, SimpleLossDrops) {
+  expect_loss_drops("simple", "fixed_large");
+}
+TEST(TrainingStep, VlbLossDrops) {
+  expect_loss_drops("vlb", "learned_range");
+}
+
+TEST(Ema, FollowsTheFormulaWithWarmup) {
+  at::Tensor p = at::zeros({3});
+  auto emas = tr::make_emas({0.9999, 0.5}, {p});
+  double e0 = 0, e1 = 0;
+  for (int n = 0; n < 5; ++n) {
+    p.fill_(n + 1.0);
+    tr::update_emas(emas, {p}, n, /*warmup=*/true, at::zeros({}));
+    const double r0 = std::min(0.9999, (1.0 + n) / (10.0 + n)),
+                 r1 = std::min(0.5, (1.0 + n) / (10.0 + n));
+    e0 = r0 * e0 + (1 - r0) * (n + 1.0);
+    e1 = r1 * e1 + (1 - r1) * (n + 1.0);
+  }
+  EXPECT_NEAR(emas[0].params[0][0].item<float>(), e0, 1e-5);
+  EXPECT_NEAR(emas[1].params[0][0].item<float>(), e1, 1e-5);
+  EXPECT_DOUBLE_EQ(tr::ema_rate_at(0.9999, 0, false), 0.9999);
+}
+
+TEST(Ema, SkippedStepLeavesTheAverageUnchanged) {
+  at::Tensor p = at::full({3}, 2.0);
+  auto emas = tr::make_emas({0.5}, {at::zeros({3})});
+  tr::update_emas(emas, {p}, 100, /*warmup=*/false, at::ones({}));
+  EXPECT_TRUE(at::equal(emas[0].params[0], at::zeros({3})));
+  tr::update_emas(emas, {p}, 100, /*warmup=*/false, at::zeros({}));
+  EXPECT_TRUE(at::allclose(emas[0].params[0], at::ones({3})));
+}
+
+TEST(LossScaler, SkipsOnInfAndRecovers) {
+  const auto skipped = [](const at::Tensor& found_inf) { return found_inf.item<float>() == 1.0f; };
+  auto s = tr::make_loss_scaler(true, 1024.0, 3, 1.0, at::kCPU);
+  at::Tensor g = at::full({4}, 2048.0);
+  EXPECT_FALSE(skipped(tr::unscale_and_update(s, {g})));
+  EXPECT_TRUE(at::allclose(g, at::full({4}, 2.0)));  // unscaled
+  g[1] = INFINITY;
+  EXPECT_TRUE(skipped(tr::unscale_and_update(s, {g})));  // skipped ...
+  EXPECT_EQ(s.scale.item<float>(), 512.0f);              // ... and the scale halved
+  for (int i = 0; i < 3; ++i) {
+    at::Tensor ok = at::ones({4});
+    EXPECT_FALSE(skipped(tr::unscale_and_update(s, {ok})));
+  }
+  EXPECT_EQ(s.scale.item<float>(), 1024.0f);  // grew back after growth_interval good steps
+  auto tiny = tr::make_loss_scaler(true, 2.0, 100, 1.0, at::kCPU);
+  at::Tensor bad = at::full({1}, NAN);
+  EXPECT_TRUE(skipped(tr::unscale_and_update(tiny, {bad})));
+  EXPECT_NO_THROW(tr::check_loss_scale(tiny));  // 1.0: at the minimum, not below
+  tr::unscale_and_update(tiny, {bad});
+  EXPECT_THROW(tr::check_loss_scale(tiny), tr::LossScaleCollapsed);
+  // Disabled (fp32, bf16): never skips, never unscales.
+  auto off = tr::make_loss_scaler(false, 1.0, 100, 1.0, at::kCPU);
+  EXPECT_FALSE(skipped(tr::unscale_and_update(off, {bad})));
+}
+
+}  // namespace
+
+namespace {
+
+// The one place the network is called: it sees t * 1000 / T (diffusion.rescale_timesteps), also
+// through a respaced sampler's index -> timestep map.
+TEST(Denoiser, TheNetworkSeesTheScaledOriginalTimestep) {
+  TempDir dir;
+  const tr::Config c = tr::parse_config(tiny_config("unused", dir / "run"));
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  {
+    torch::NoGradGuard no_grad;  // the output layer starts at zero: make the output depend on t
+    for (auto& p : net->parameters())
+      p.add_(at::randn_like(p) * 0.01);
+  }
+  net->eval();
+  const tr::Denoiser denoiser = tr::make_denoiser(net, c);
+  EXPECT_DOUBLE_EQ(denoiser.timestep_scale, 1000.0 / 50);
+  const at::Tensor x = at::randn({3, 1, 16, 16});
+  const at::Tensor t = at::tensor({0L, 7L, 49L});
+  const at::Tensor direct = net->forward(x, t.to(at::kFloat) * 20.0);
+  EXPECT_TRUE(at::allclose(denoiser(x, t), direct, 1e-6, 1e-7));
+  EXPECT_TRUE(at::allclose(denoiser.with_labels({})(x, t), direct, 1e-6, 1e-7));
+  EXPECT_FALSE(at::allclose(net->forward(x, t.to(at::kFloat)), direct, 1e-6, 1e-7));
+  const auto r = difftrain::diffusion::respace(tr::make_diffusion(c),
+                                               difftrain::diffusion::space_timesteps(50, "10"));
+  const at::Tensor index = at::tensor({0L, 9L, 9L});
+  const at::Tensor original = r.timestep_map.index_select(0, index);
+  EXPECT_TRUE(at::allclose(
+      difftrain::diffusion::respaced_model(denoiser.with_labels({}), r.timestep_map)(x, index),
+      net->forward(x, original.to(at::kFloat) * 20.0), 1e-6, 1e-7));
+  tr::Config unscaled = c;
+  unscaled.diffusion.rescale_timesteps = false;
+  EXPECT_DOUBLE_EQ(tr::make_denoiser(net, unscaled).timestep_scale, 1.0);
+}
+
+// The telemetry between log lines: means over samples, loss by quartile of t, the gradient norm
+// over applied steps only, skipped steps and their longest run, per-t buckets, non-finite losses.
+TEST(Metrics, SumsOverSamplesAndStepsAndResets) {
+  auto comm = difftrain::parallel::make_local_communicator();
+  tr::Metrics m(at::kCPU, /*num_timesteps=*/8, /*timestep_buckets=*/2);
+  const auto d = [](std::vector<double> v) { return at::tensor(v, at::kDouble); };
+  const at::Tensor t = at::tensor({0L, 3L, 4L, 7L});
+  m.add_samples(t, d({1, 2, 3, 4}), d({0.5, 1, 1.5, 2}), d({0.5, 1, 1.5, 2}), d({0.5, 1, 1.5, 2}));
+  m.add_samples(at::tensor({1L, 6L}), d({NAN, 6}), d({0, 3}), d({0, 3}), d({0, 3}));
+  const auto step = [&](double norm, double skipped) {
+    m.add_step(at::scalar_tensor(norm, at::kFloat), at::scalar_tensor(skipped, at::kFloat));
+  };
+  step(2, 0);
+  step(NAN, 1);
+  step(NAN, 1);
+  step(4, 0);
+  step(NAN, 1);
+  const std::vector<int64_t> bad = m.nonfinite_timesteps_and_reset();
+  EXPECT_EQ(bad, std::vector<int64_t>{1});
+  const tr::MetricsSummary s = m.reduce_and_reset(*comm);
+  EXPECT_EQ(s.samples, 6);
+  EXPECT_TRUE(std::isnan(s.loss));  // a non-finite loss shows in the mean
+  EXPECT_DOUBLE_EQ(s.mse, (0.5 + 1 + 1.5 + 2 + 0 + 3) / 6);
+  EXPECT_DOUBLE_EQ(s.loss_quartile[1], 2.0);  // q = floor(4t / T): quartile 1 holds t = 3 alone
+  EXPECT_EQ(s.steps, 5);
+  EXPECT_EQ(s.skipped_steps, 3);
+  EXPECT_EQ(s.longest_skip_run, 2);
+  EXPECT_DOUBLE_EQ(s.grad_norm, 3.0);  // mean of the applied steps' norms, 2 and 4
+  const nlohmann::json stats = m.timestep_stats_and_reset(*comm);
+  ASSERT_EQ(stats["timestep_buckets"].size(), 2u);
+  EXPECT_EQ(stats["timestep_buckets"][0]["count"], 3);  // t = 0, 3, 1
+  EXPECT_EQ(stats["timestep_buckets"][1]["count"], 3);  // t = 4, 7, 6
+  EXPECT_DOUBLE_EQ(stats["timestep_buckets"][1]["mse_mean"].get<double>(), (1.5 + 2 + 3) / 3);
+  // Reset: the next period starts from zero, but a run of skips continues across periods.
+  step(NAN, 1);
+  const tr::MetricsSummary next = m.reduce_and_reset(*comm);
+  EXPECT_EQ(next.samples, 0);
+  EXPECT_EQ(next.steps, 1);
+  EXPECT_EQ(next.longest_skip_run, 2);  // the run that ended the last period continues
+  EXPECT_TRUE(m.nonfinite_timesteps_and_reset().empty());
+}
+
+}  // namespace

@@ -1,0 +1,139 @@
+// What the trainer tests share: a tiny config on a synthetic data set, a fixture that trains it in
+// this process, and comparisons of checkpoints (bitwise, or within the tolerance of W ranks
+// against 1).
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "data/manifest.hpp"
+#include "data/test_files.hpp"
+#include "model/unet.hpp"
+#include "parallel/communicator.hpp"
+#include "train/checkpoint.hpp"
+#include "train/config.hpp"
+#include "train/setup.hpp"
+#include "train/train_state.hpp"
+#include "train/trainer.hpp"
+
+namespace difftrain::testing {
+
+namespace tr = difftrain::train;
+
+// A tiny UNet on 16x16 grayscale images: fast enough for dozens of steps per test.
+inline std::string tiny_config(const std::string& manifest, const std::string& run_dir,
+                               const std::string& extra = "") {
+  return "seed: 3\ndevice: cpu\n"
+         "data: {train: " +
+         manifest +
+         ", pad_to: 16}\n"
+         "model: {model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1,"
+         " attention_resolutions: [8], dropout: 0.0}\n"
+         "diffusion: {schedule: cosine, steps: 50, loss: hybrid}\n"
+         "training: {batch_size: 8, lr: 0.001, max_steps: 6, checkpoint_every: 3,"
+         " ema_rates: [0.9, 0.99], threads: 1}\n"
+         "logging: {run_dir: " +
+         run_dir +
+         ", log_every: 2, timestep_stats_every: 3,"
+         " timestep_buckets: 5}\n" +
+         extra;
+}
+
+struct TrainerFixture : ::testing::Test {
+  TempDir dir;
+  std::string manifest;
+  void SetUp() override {
+    at::set_num_threads(1);
+    manifest =
+        difftrain::testing::write_synthetic_set(dir / "data", {40, 24}, 14, 14, 1, 10).manifest;
+  }
+  tr::Config config(const std::string& run, const std::vector<std::string>& overrides = {},
+                    const std::string& extra = "") {
+    return tr::parse_config(tiny_config(manifest, dir / run, extra), overrides);
+  }
+  tr::TrainResult train(const tr::Config& c, const tr::TrainOptions& o = {}) {
+    auto comm = difftrain::parallel::make_local_communicator();
+    tr::Cluster cluster{*comm, nullptr, {}};
+    return tr::train(c, cluster, o);
+  }
+};
+
+inline tr::TrainOptions resume_auto() {
+  tr::TrainOptions o;
+  o.resume = "auto";
+  return o;
+}
+
+inline tr::TrainOptions with_fault(const std::string& fault) {
+  tr::TrainOptions o;
+  o.fault = fault;
+  return o;
+}
+
+// Every tensor a checkpoint holds, by key, for bitwise comparison.
+inline std::map<std::string, at::Tensor> checkpoint_tensors(const tr::Config& c,
+                                                            const std::string& path) {
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  auto comm = difftrain::parallel::make_local_communicator();
+  tr::TrainState state = tr::make_train_state(c, tr::data_shape(c, &manifest), at::kCPU, *comm);
+  tr::load_checkpoint(path, state);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [key, t] : tr::named_state_tensors(state))
+    out[key] = t.clone();
+  const auto params = state.net->parameters();
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    auto& st = static_cast<torch::optim::AdamWParamState&>(
+        *state.optimizer.state->state().at(params[j].unsafeGetTensorImpl()));
+    out["adam/exp_avg/" + std::to_string(j)] = st.exp_avg();
+    out["adam/exp_avg_sq/" + std::to_string(j)] = st.exp_avg_sq();
+    out["adam/step/" + std::to_string(j)] = torch::tensor(st.step());
+  }
+  out["cursor"] = torch::tensor({state.step, state.cursor.epoch, state.cursor.batch});
+  return out;
+}
+
+// Parameters (and the data cursor) of two checkpoints: equal within the tolerance of W ranks
+// against 1 rank, or bitwise.
+inline void expect_same_model(const tr::Config& c, const std::string& a_path,
+                              const std::string& b_path, bool bitwise) {
+  const auto a = checkpoint_tensors(c, a_path);
+  const auto b = checkpoint_tensors(c, b_path);
+  for (const auto& [key, t] : a) {
+    if (bitwise) {
+      EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+      continue;
+    }
+    if (key.rfind("model/", 0) == 0 || key == "cursor") {
+      EXPECT_TRUE(at::allclose(t, b.at(key), 1e-4, 1e-5))
+          << key << ": max difference " << (t - b.at(key)).abs().max().item<double>() << " of "
+          << t.abs().max().item<double>();
+    }
+  }
+}
+
+// ||theta_W - theta_1|| / ||theta_1 - theta_0|| over every parameter: how far one run ended from
+// the other, relative to how far training moved the weights at all. A wrong update of every
+// element (gradients applied to the wrong weights) gives about sqrt(2); rounding, far less.
+inline double relative_update_difference(const tr::Config& c, const std::string& a_path,
+                                         const std::string& b_path) {
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  torch::manual_seed(c.seed);  // the trainer's initial weights
+  difftrain::model::UNet initial(tr::unet_config(c, tr::data_shape(c, &manifest)));
+  const auto a = checkpoint_tensors(c, a_path);
+  const auto b = checkpoint_tensors(c, b_path);
+  double apart = 0, moved = 0;
+  for (const auto& p : initial->named_parameters()) {
+    const at::Tensor& end_a = a.at("model/" + p.key());
+    apart += (end_a - b.at("model/" + p.key())).square().sum().item<double>();
+    moved += (end_a - p.value()).square().sum().item<double>();
+  }
+  return std::sqrt(apart / moved);
+}
+
+}  // namespace difftrain::testing
