@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every benchmark, writes bench/results/latest.json and regenerates the performance section
-# of README.md from it:
+# Runs every benchmark, writes bench/results/latest.json and regenerates the bench tables of
+# docs/performance.md from it:
 #   bench/run.sh [--quick] [--no-build] [--only loader,train_step,training,sampling,scaling]
 # --quick finishes in a few minutes on 2 cores, the full run in under 30 minutes. Run it on a
 # quiet machine: every figure is a min / median / max over repeats, but other load still shows.
@@ -24,4 +24,4 @@ if ((BUILD)); then
   flock /tmp/difftrain-ninja.lock ninja -C build -j2 "${TARGETS[@]}"
 fi
 "$PYTHON" bench/run.py --python "$PYTHON" "${ARGS[@]}"
-"$PYTHON" bench/update_readme.py bench/results/latest.json README.md
+"$PYTHON" bench/update_readme.py bench/results/latest.json docs/performance.md
