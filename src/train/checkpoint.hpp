@@ -39,8 +39,9 @@ struct TrainStateRefs {
   int64_t& data_batch;
 };
 
+// `imported_from`: the weight file of a checkpoint that `difftrain import` made ("" otherwise).
 void save_checkpoint(const std::string& path, const TrainStateRefs& state,
-                     const std::string& config_yaml);
+                     const std::string& config_yaml, const std::string& imported_from = "");
 // Loads into the live objects; shapes must match (a checkpoint from another config is an error
 // naming the first mismatching tensor). Returns the config stored in the checkpoint.
 std::string load_checkpoint(const std::string& path, TrainStateRefs& state);
@@ -51,6 +52,7 @@ std::string checkpoint_problem(const std::string& path);
 struct CheckpointInfo {
   int64_t step = 0;
   std::string config_yaml;
+  std::string imported_from;  // see save_checkpoint
 };
 CheckpointInfo read_checkpoint_info(const std::string& path);
 // Reads the model weights (or the EMA weights at `ema_rate`) into `model`.
