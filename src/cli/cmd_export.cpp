@@ -90,31 +90,32 @@ json export_json(const TrainedModel& m, const OutputPaths& p, const weights::Sta
                              {"value", u.value},
                              {"affects", u.affects_sampling ? "sampling" : "training"},
                              {"reason", u.reason}});
-  json j{
-      {"weights", fs::path(p.weights).filename().string()},
-      {"format", p.format},
-      {"tensors", state.size()},
-      {"parameters", model::parameter_count(m.net)},
-      {"source",
-       {{"checkpoint", m.checkpoint},
-        {"step", m.step},
-        {"ema_rate", m.ema_rate ? json(*m.ema_rate) : json(nullptr)}}},
-      {"model", model_json(m.net->config())},
-      {"diffusion",
-       {{"schedule", d.schedule},
-        {"steps", d.steps},
-        {"zero_terminal_snr", d.zero_terminal_snr},
-        {"model_mean_type", d.model_mean_type},
-        {"model_var_type", d.model_var_type},
-        {"rescale_timesteps", d.rescale_timesteps},
-        {"timestep_scale", m.timestep_scale}}},
-      {"improved_diffusion",
-       {{"flags", flags.flags},
-        {"can_sample", flags.can_sample()},
-        // Only where improved-diffusion samples these weights as difftrain does.
-        {"image_sample", flags.can_sample() ? json(weights::image_sample_command(flags, p.weights))
-                                            : json(nullptr)},
-        {"not_expressible", unexpressible}}}};
+  json j{{"weights", fs::path(p.weights).filename().string()},
+         {"format", p.format},
+         {"tensors", state.size()},
+         {"parameters", model::parameter_count(m.net)},
+         {"source",
+          {{"checkpoint", m.checkpoint},
+           {"step", m.step},
+           {"ema_rate", m.ema_rate ? json(*m.ema_rate) : json(nullptr)}}},
+         {"model", model_json(m.net->config())},
+         {"diffusion",
+          {{"schedule", d.schedule},
+           {"steps", d.steps},
+           {"zero_terminal_snr", d.zero_terminal_snr},
+           {"model_mean_type", d.model_mean_type},
+           {"model_var_type", d.model_var_type},
+           {"rescale_timesteps", d.rescale_timesteps},
+           {"timestep_scale", m.timestep_scale}}},
+         {"improved_diffusion",
+          {{"flags", flags.flags},
+           {"can_sample", flags.can_sample()},
+           // Only where improved-diffusion samples these weights as difftrain does, from a .pt
+           // (its scripts read weights with torch.load).
+           {"image_sample", flags.can_sample() && p.format == "pt"
+                                ? json(weights::image_sample_command(flags, p.weights))
+                                : json(nullptr)},
+           {"not_expressible", unexpressible}}}};
   if (with_test_batch) j["test_batch"] = fs::path(p.test_batch).filename().string();
   return j;
 }
@@ -145,13 +146,17 @@ int run(const Options& o) {
   for (const auto& u : flags.unexpressible)
     spdlog::warn("improved-diffusion cannot express {} = {} ({}){}", u.key, u.value, u.reason,
                  u.affects_sampling ? "" : "; training only, sampling is the same");
-  if (flags.can_sample())
-    spdlog::info("sample with improved-diffusion:\n  {}",
-                 weights::image_sample_command(flags, paths.weights));
-  else
+  if (!flags.can_sample())
     spdlog::warn(
         "improved-diffusion cannot sample these weights as difftrain does; its UNet "
         "names still match (the .json says what differs)");
+  else if (paths.format == "pt")
+    spdlog::info("sample with improved-diffusion:\n  {}",
+                 weights::image_sample_command(flags, paths.weights));
+  else
+    spdlog::info(
+        "improved-diffusion reads .pt files (torch.load): export with --format pt to "
+        "sample with its scripts/image_sample.py");
   return kOk;
 }
 

@@ -320,12 +320,12 @@ class Unpickler {
         push(reduce(*callable, *args));
         return;
       }
-      case 'b': {  // BUILD
-        Ref state = pop();
-        // An OrderedDict's attributes: a state dict's _metadata (module versions), not weights.
+      case 'b':  // BUILD
+        // Sets an OrderedDict's attributes: a state dict's _metadata (module versions), not
+        // weights, so it is dropped.
+        pop();
         if (top()->kind != Value::Kind::dict) malformed("BUILD on " + describe(*top()));
         return;
-      }
       default:
         throw WeightsError(fmt::format(
             "uses pickle opcode 0x{:02x} at byte {}, which a state dict does not", op, pos_ - 1));

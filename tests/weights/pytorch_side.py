@@ -14,6 +14,11 @@ UNetModel (the same module names). Each command prints one line of JSON for the 
       Saves the UNet EXPORT.json describes, with random weights (none zero), as improved-diffusion
       saves a model: torch.save(model.state_dict()), an OrderedDict with _metadata; once in
       float32 and once in float16.
+  pytorch_side.py write-shared-storage FILE.pt FILE.safetensors
+      FILE.pt: torch.save({"view": base[1:, ::2], "base": base}) with base = arange(12) as a
+      3 x 4 float32 matrix (two tensors of one storage, one at an offset with strides);
+      FILE.safetensors: the safetensors package's save_file of base (float16) and of the int64
+      arange(5).
   pytorch_side.py write-bad-files DIR
       DIR/legacy.pt (the pre-1.6 format), DIR/list.pt (not a dict) and DIR/checkpoint.pt (a
       state dict inside a training checkpoint).
@@ -91,6 +96,14 @@ def write_state_dict(export_json, seed, out_fp32, out_fp16):
             "tensors": len(state)}
 
 
+def write_shared_storage(pt_path, st_path):
+    from safetensors.torch import save_file
+    base = th.arange(12, dtype=th.float32).reshape(3, 4)
+    th.save({"view": base[1:, ::2], "base": base}, pt_path)
+    save_file({"half": base.half(), "long": th.arange(5)}, st_path)
+    return {"written": 2}
+
+
 def write_bad_files(directory):
     weights = {"w": th.zeros(2)}
     th.save(weights, os.path.join(directory, "legacy.pt"), _use_new_zipfile_serialization=False)
@@ -102,7 +115,8 @@ def write_bad_files(directory):
 def main():
     th.set_num_threads(1)
     commands = {"forward": forward, "compare-safetensors": compare_safetensors,
-                "write-state-dict": write_state_dict, "write-bad-files": write_bad_files}
+                "write-state-dict": write_state_dict, "write-shared-storage": write_shared_storage,
+                "write-bad-files": write_bad_files}
     print(json.dumps(commands[sys.argv[1]](*sys.argv[2:])))
 
 

@@ -14,6 +14,7 @@
 #include "common/process.hpp"
 #include "sample/tiny_run.hpp"
 #include "weights/pt_file.hpp"
+#include "weights/safetensors_file.hpp"
 
 namespace fs = std::filesystem;
 using difftrain::testing::ProcessResult;
@@ -217,6 +218,24 @@ TEST_F(ExportImport, AStateDictSavedByPyTorchImportsToTheSameOutputs) {
     EXPECT_GT(f["max_abs_out"].get<double>(), 1e-2) << f;
     EXPECT_EQ(f["type"], "OrderedDict");
   }
+}
+
+TEST_F(ExportImport, ReadsViewsOfOneStorageAndPythonsSafetensors) {
+  python("write-shared-storage " + path("views.pt") + " " + path("py.safetensors"));
+  const auto pt = difftrain::weights::load_pt(path("views.pt"));
+  ASSERT_EQ(pt.size(), 2u);
+  const at::Tensor base = torch::arange(12, torch::kFloat).reshape({3, 4});
+  EXPECT_EQ(pt[0].name, "view");
+  EXPECT_TRUE(torch::equal(pt[0].tensor, base.slice(0, 1).slice(1, 0, 4, 2))) << pt[0].tensor;
+  EXPECT_TRUE(torch::equal(pt[1].tensor, base));
+  const auto st = difftrain::weights::load_safetensors(path("py.safetensors"));
+  std::map<std::string, at::Tensor> m;
+  for (const auto& [name, t] : st)
+    m[name] = t;
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m["half"].scalar_type(), torch::kHalf);
+  EXPECT_TRUE(torch::equal(m["half"], base.to(torch::kHalf)));
+  EXPECT_TRUE(torch::equal(m["long"], torch::arange(5, torch::kLong)));
 }
 
 TEST_F(ExportImport, BadWeightFilesAreOneLineErrors) {
