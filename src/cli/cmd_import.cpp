@@ -35,8 +35,8 @@ weights::StateDict read_weights(const std::string& path) {
   return weights::load_pt(path);
 }
 
-// The image shape from model.image_size / in_channels / num_classes when the config sets them (a
-// published model's config need not point at its data), else from the data's manifest.
+// The image shape from model.image_size / in_channels / num_classes when the config sets them
+// (then the data need not be at hand, as for a published model), else from data.train's manifest.
 train::DataShape model_shape(const train::Config& c) {
   const bool sized = c.model.image_size > 0 && c.model.in_channels > 0 &&
                      (!c.data.class_conditional || c.model.num_classes > 0);
