@@ -47,6 +47,11 @@ else
     log "installing torch==$TORCH_VERSION from PyPI into $VENV (a few GB, once)"
     "$VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" numpy
   fi
+  # The weights tests read difftrain's safetensors files with the reference reader.
+  if ! compgen -G "$VENV/lib/python3*/site-packages/safetensors-*.dist-info" >/dev/null; then
+    log "installing safetensors from PyPI into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check safetensors
+  fi
   TORCH_PREFIX=$(echo "$VENV"/lib/python3*/site-packages/torch/share/cmake)
 fi
 

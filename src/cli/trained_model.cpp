@@ -135,7 +135,8 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& de
 
   // An EMA averages over about 1 / (1 - rate) steps: early in a run it is still close to the
   // initial weights (unless training.ema_warmup shortened it).
-  if (m.ema_rate && !m.config.training.ema_warmup &&
+  // (Imported weights start at step 0 but are not initial ones.)
+  if (m.ema_rate && !m.config.training.ema_warmup && info.imported_from.empty() &&
       static_cast<double>(m.step) < 1.0 / (1.0 - *m.ema_rate))
     spdlog::warn(
         "EMA {} averages over ~{:.0f} steps but {} is at step {}: its weights are still close to "

@@ -134,13 +134,15 @@ void check_no_unexpected_tensors(torch::serialize::InputArchive& a, const std::s
 
 }  // namespace
 
-void save_checkpoint(const std::string& path, const TrainState& s, const std::string& config_yaml) {
+void save_checkpoint(const std::string& path, const TrainState& s, const std::string& config_yaml,
+                     const std::string& imported_from) {
   torch::serialize::OutputArchive a;
   a.write("format_version", c10::IValue(static_cast<int64_t>(kCheckpointFormatVersion)));
   a.write("config_yaml", c10::IValue(config_yaml));
   a.write("step", c10::IValue(s.step));
   a.write("data_epoch", c10::IValue(s.cursor.epoch));
   a.write("data_batch", c10::IValue(s.cursor.batch));
+  if (!imported_from.empty()) a.write("imported_from", c10::IValue(imported_from));
   a.write("ema_count", c10::IValue(static_cast<int64_t>(s.emas.size())));
   for (std::size_t i = 0; i < s.emas.size(); ++i)
     a.write("ema/" + std::to_string(i) + "/rate", c10::IValue(s.emas[i].rate));
@@ -161,7 +163,7 @@ void save_checkpoint(const std::string& path, const TrainState& s, const std::st
   t.crc = crc_of(bytes, bytes.size());
   bytes.append(reinterpret_cast<const char*>(&t), sizeof t);
 
-  fs::create_directories(fs::path(path).parent_path());
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
@@ -213,6 +215,9 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
   if (!a.try_read("config_yaml", config) || !config.isString())
     throw CheckpointError(path + ": checkpoint has no config");
   info.config_yaml = config.toStringRef();
+  c10::IValue imported_from;
+  if (a.try_read("imported_from", imported_from) && imported_from.isString())
+    info.imported_from = imported_from.toStringRef();
   return info;
 }
 

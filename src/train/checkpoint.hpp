@@ -26,9 +26,10 @@ struct CheckpointError : std::runtime_error {
 
 // Writes the whole training state and the run's resolved config to `path` (a temporary file
 // renamed into place; when the write fails, the temporary file is removed and an older
-// checkpoint stays as it was).
+// checkpoint stays as it was). `imported_from`: the weight file of a checkpoint that
+// `difftrain import` made ("" otherwise).
 void save_checkpoint(const std::string& path, const TrainState& state,
-                     const std::string& config_yaml);
+                     const std::string& config_yaml, const std::string& imported_from = "");
 // Loads into the live state; shapes must match (a checkpoint from another config is an error
 // naming the first mismatching tensor). Without `sampler_history` the timestep sampler keeps its
 // fresh state: the loss history of another objective says nothing about this one.
@@ -40,6 +41,7 @@ std::string checkpoint_problem(const std::string& path);
 struct CheckpointInfo {
   int64_t step = 0;
   std::string config_yaml;
+  std::string imported_from;  // see save_checkpoint
 };
 CheckpointInfo read_checkpoint_info(const std::string& path);
 // Reads the model weights (or the EMA weights at `ema_rate`) into `model`.

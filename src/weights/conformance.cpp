@@ -1,0 +1,30 @@
+#include "weights/conformance.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+namespace difftrain::weights {
+
+StateDict conformance_batch(const train::Denoiser& denoiser, int64_t num_timesteps) {
+  constexpr int64_t kBatch = 4;
+  constexpr uint64_t kSeed = 20210218;  // fixed: the same x for every export of a config
+  const model::UNetConfig& c = denoiser.net->config();
+  auto g = at::make_generator<at::CPUGeneratorImpl>(kSeed);
+  const at::Tensor x =
+      at::randn({kBatch, c.in_channels, c.image_size, c.image_size}, g, at::kFloat);
+  const int64_t T = num_timesteps;
+  const at::Tensor timesteps = at::tensor({int64_t{0}, T / 3, 2 * T / 3, T - 1}, at::kLong);
+  // What the network receives (improved-diffusion's _scale_timesteps), recorded for others.
+  const at::Tensor t = timesteps.to(at::kFloat) * denoiser.timestep_scale;
+  at::Tensor y;
+  if (c.num_classes > 0) y = at::arange(kBatch, at::kLong).remainder(c.num_classes);
+
+  torch::NoGradGuard no_grad;
+  at::Tensor out = denoiser(x, timesteps, y).contiguous();
+  StateDict batch{{"x", x}, {"timesteps", timesteps}, {"t", t}};
+  if (y.defined()) batch.push_back({"y", y});
+  batch.push_back({"out", out});
+  return batch;
+}
+
+}  // namespace difftrain::weights

@@ -1,0 +1,307 @@
+// `difftrain export` and `difftrain import` as a user runs them, on tiny checkpoints written here,
+// checked against PyTorch: bench/baseline's eager improved-diffusion UNet loads the exports
+// strictly and reproduces the conformance vector, Python's safetensors package reads the
+// safetensors exports, and a state dict that PyTorch saved imports into the same outputs. Bad
+// files are one-line errors with exit code 2. The Python side is pytorch_side.py in the project's
+// .venv (launch/setup.sh installs torch and safetensors there).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/process.hpp"
+#include "sample/tiny_run.hpp"
+#include "weights/pt_file.hpp"
+#include "weights/safetensors_file.hpp"
+
+namespace fs = std::filesystem;
+using difftrain::testing::ProcessResult;
+using json = nlohmann::json;
+
+namespace {
+
+ProcessResult difftrain_cli(const std::string& args) {
+  return difftrain::testing::run_command("OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_BINARY) +
+                                         " " + args);
+}
+
+// Runs a command of pytorch_side.py and returns its JSON line.
+json python(const std::string& args) {
+  const ProcessResult r = difftrain::testing::run_command(
+      "OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_PYTHON) + " " + PYTORCH_SIDE + " " + args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const auto last_line = r.output.find_last_of('\n', r.output.size() - 2);
+  return json::parse(r.output.substr(last_line == std::string::npos ? 0 : last_line + 1), nullptr,
+                     false);
+}
+
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  return json::parse(f);
+}
+
+class ExportImport : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(DIFFTRAIN_PYTHON))
+      GTEST_SKIP() << DIFFTRAIN_PYTHON
+                   << " is missing (LibTorch from LIBTORCH_DIR): launch/setup.sh makes it";
+    dir_ = fs::temp_directory_path() /
+           ("difftrain_test_export_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    // 6x6 gray images padded to 8; and 8x8 RGB images of 3 classes for a conditional model.
+    const std::string yaml = difftrain::testing::tiny_config_yaml(
+        difftrain::testing::write_tiny_set(path("gray"), 8, 6, 6, 1, 0));
+    const std::string cond_yaml = difftrain::testing::tiny_config_yaml(
+        difftrain::testing::write_tiny_set(path("rgb"), 6, 8, 8, 3, 3), 0, true);
+    std::ofstream(path("gray.yaml")) << yaml;
+    std::ofstream(path("rgb.yaml")) << cond_yaml;
+    difftrain::testing::write_tiny_checkpoint(path("run/checkpoints/ckpt_000000100.pt"), yaml,
+                                              yaml);
+    difftrain::testing::write_tiny_checkpoint(path("cond.pt"), cond_yaml, cond_yaml);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string checkpoint() const { return path("run/checkpoints/ckpt_000000100.pt"); }
+
+  void run_ok(const std::string& args) {
+    const ProcessResult r = difftrain_cli(args);
+    ASSERT_EQ(r.exit_code, 0) << args << "\n" << r.output;
+  }
+
+  // The model a checkpoint's stored config builds, holding its raw weights or the EMA at `ema`.
+  static difftrain::model::UNet weights_of(const std::string& ckpt, std::optional<double> ema) {
+    namespace tr = difftrain::train;
+    const tr::Config c = tr::parse_config(tr::read_checkpoint_info(ckpt).config_yaml);
+    std::optional<difftrain::data::Manifest> m;
+    if (c.model.image_size == 0) m = difftrain::data::read_manifest(c.data.train);
+    difftrain::model::UNet net(tr::unet_config(c, tr::data_shape(c, m ? &*m : nullptr)));
+    tr::load_model_weights(ckpt, *net, ema);
+    return net;
+  }
+
+  fs::path dir_;
+};
+
+void expect_same_parameters(difftrain::model::UNet a, difftrain::model::UNet b) {
+  const auto pa = a->named_parameters(), pb = b->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto& p : pa)
+    EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+}
+
+TEST_F(ExportImport, ExportThenImportIsTheIdentity) {
+  for (const std::string ext : {"pt", "safetensors"}) {
+    SCOPED_TRACE(ext);
+    run_ok("export --run " + path("run") + " --ema none --out " + path("raw." + ext));
+    run_ok("export --checkpoint " + checkpoint() + " --ema 0.9 --out " + path("ema." + ext));
+    const ProcessResult r = difftrain_cli("import --weights " + path("raw." + ext) +
+                                          " --ema-weights " + path("ema." + ext) + " --config " +
+                                          path("gray.yaml") + " --out " + path("imported.pt"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("the optimizer starts fresh"), std::string::npos) << r.output;
+
+    expect_same_parameters(weights_of(path("imported.pt"), std::nullopt),
+                           weights_of(checkpoint(), std::nullopt));
+    expect_same_parameters(weights_of(path("imported.pt"), 0.9), weights_of(checkpoint(), 0.9));
+    const auto info = difftrain::train::read_checkpoint_info(path("imported.pt"));
+    EXPECT_EQ(info.step, 0);
+    EXPECT_EQ(info.imported_from, path("raw." + ext));
+  }
+}
+
+TEST_F(ExportImport, JsonSaysWhatTheWeightsAreAndTheVectorIsTheirOutput) {
+  run_ok("export --checkpoint " + checkpoint() + " --out " + path("w.pt") + " --with-test-batch");
+  const json j = read_json(path("w.json"));
+  EXPECT_EQ(j["weights"], "w.pt");
+  EXPECT_EQ(j["test_batch"], "w.test.pt");
+  EXPECT_EQ(j["source"]["step"], 100);
+  EXPECT_EQ(j["source"]["ema_rate"], 0.9) << "the config's first EMA rate is the default";
+  EXPECT_EQ(j["model"]["in_channels"], 1);
+  EXPECT_EQ(j["model"]["image_size"], 8);
+  EXPECT_EQ(j["model"]["out_channels"], 2);
+  const json& id = j["improved_diffusion"];
+  EXPECT_EQ(id["flags"]["num_channels"], 32);
+  EXPECT_EQ(id["flags"]["attention_resolutions"], "4");
+  EXPECT_EQ(id["flags"]["learn_sigma"], true);
+  EXPECT_EQ(id["flags"]["diffusion_steps"], 40);
+  EXPECT_EQ(id["flags"]["noise_schedule"], "linear");
+  // One gray channel at 8 px: improved-diffusion's create_model cannot build it.
+  EXPECT_EQ(id["can_sample"], false);
+  EXPECT_TRUE(id["image_sample"].is_null());
+  std::set<std::string> keys;
+  for (const auto& u : id["not_expressible"])
+    keys.insert(u["key"].get<std::string>());
+  EXPECT_EQ(keys, (std::set<std::string>{"model.in_channels", "model.image_size"}));
+
+  // The vector: x, t = timesteps * 1000 / 40, and the EMA model's output for them.
+  std::map<std::string, at::Tensor> v;
+  for (const auto& [name, t] : difftrain::weights::load_pt(path("w.test.pt")))
+    v[name] = t;
+  EXPECT_EQ(v.size(), 4u) << "x, timesteps, t, out: no labels for an unconditional model";
+  EXPECT_TRUE(torch::equal(v["t"], torch::tensor({0.f, 325.f, 650.f, 975.f})));
+  auto net = weights_of(checkpoint(), 0.9);
+  net->eval();
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::allclose(net->forward(v["x"], v["t"]), v["out"], 0, 1e-6));
+  EXPECT_GT(v["out"].abs().max().item<float>(), 1e-2) << "an output that says something";
+}
+
+TEST_F(ExportImport, PyTorchUNetLoadsTheExportStrictlyAndReproducesTheVector) {
+  std::string triples;
+  for (const std::string model : {"gray", "rgb"})
+    for (const std::string ext : {"pt", "safetensors"}) {
+      const std::string out = path(model + "." + ext);
+      run_ok("export --checkpoint " + (model == "gray" ? checkpoint() : path("cond.pt")) +
+             " --with-test-batch --out " + out);
+      triples += " " + path(model + ".json") + " " + out + " " + path(model + ".test." + ext);
+    }
+  const json results = python("forward" + triples);
+  ASSERT_EQ(results.size(), 4u) << triples;
+  for (const json& r : results) {
+    EXPECT_LT(r["max_abs_diff"].get<double>(), 1e-5) << r;
+    EXPECT_GT(r["max_abs_out"].get<double>(), 1e-2) << r;
+    EXPECT_EQ(r["type"], "dict") << "a plain dict of tensors";
+  }
+  EXPECT_EQ(results[2]["shape"], json({4, 6, 8, 8})) << "the class-conditional RGB model";
+}
+
+TEST_F(ExportImport, PythonSafetensorsReadsTheSameTensors) {
+  run_ok("export --checkpoint " + path("cond.pt") + " --with-test-batch --out " + path("a.pt"));
+  run_ok("export --checkpoint " + path("cond.pt") +
+         " --with-test-batch --format safetensors --out " + path("a"));
+  const json weights = python("compare-safetensors " + path("a.safetensors") + " " + path("a.pt"));
+  EXPECT_EQ(weights["same"], true);
+  EXPECT_EQ(weights["tensors"], difftrain::weights::load_pt(path("a.pt")).size());
+  EXPECT_EQ(weights["metadata"]["format"], "pt");
+  EXPECT_EQ(weights["metadata"]["step"], "100");
+  const json batch =
+      python("compare-safetensors " + path("a.test.safetensors") + " " + path("a.test.pt"));
+  EXPECT_EQ(batch["same"], true) << "x, timesteps, t, y (int64) and out";
+  EXPECT_EQ(batch["tensors"], 5);
+}
+
+TEST_F(ExportImport, AStateDictSavedByPyTorchImportsToTheSameOutputs) {
+  // The model's description, from an export of the conditional config.
+  run_ok("export --checkpoint " + path("cond.pt") + " --out " + path("d.pt"));
+  const json written = python("write-state-dict " + path("d.json") + " 7 " + path("fp32.pt") + " " +
+                              path("fp16.pt"));
+  EXPECT_EQ(written["type"], "OrderedDict");
+  EXPECT_EQ(written["metadata"], true) << "as model.state_dict() is";
+  std::string triples;
+  for (const std::string dtype : {"fp32", "fp16"}) {
+    const ProcessResult r =
+        difftrain_cli("import --weights " + path(dtype + ".pt") + " --config " + path("rgb.yaml") +
+                      " --out " + path(dtype + "_imported.pt"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const std::string converted =
+        "converted " + written["tensors"].dump() + " Half tensor(s) to Float";
+    EXPECT_EQ(r.output.find(converted) != std::string::npos, dtype == "fp16") << r.output;
+    // difftrain's output for the imported weights, against PyTorch's for its own file.
+    const ProcessResult e = difftrain_cli("export --checkpoint " + path(dtype + "_imported.pt") +
+                                          " --with-test-batch --out " + path(dtype + "_back.pt"));
+    ASSERT_EQ(e.exit_code, 0) << e.output;
+    EXPECT_EQ(e.output.find("close to the initial"), std::string::npos)
+        << "imported weights are not initial ones, whatever the step:\n"
+        << e.output;
+    triples += " " + path(dtype + "_back.json") + " " + path(dtype + ".pt") + " " +
+               path(dtype + "_back.test.pt");
+  }
+  const json results = python("forward" + triples);
+  ASSERT_EQ(results.size(), 2u);
+  for (const json& f : results) {
+    EXPECT_LT(f["max_abs_diff"].get<double>(), 1e-5) << f;
+    EXPECT_GT(f["max_abs_out"].get<double>(), 1e-2) << f;
+    EXPECT_EQ(f["type"], "OrderedDict");
+  }
+}
+
+TEST_F(ExportImport, ReadsViewsOfOneStorageAndPythonsSafetensors) {
+  python("write-shared-storage " + path("views.pt") + " " + path("py.safetensors"));
+  const auto pt = difftrain::weights::load_pt(path("views.pt"));
+  ASSERT_EQ(pt.size(), 2u);
+  const at::Tensor base = torch::arange(12, torch::kFloat).reshape({3, 4});
+  EXPECT_EQ(pt[0].name, "view");
+  EXPECT_TRUE(torch::equal(pt[0].tensor, base.slice(0, 1).slice(1, 0, 4, 2))) << pt[0].tensor;
+  EXPECT_TRUE(torch::equal(pt[1].tensor, base));
+  const auto st = difftrain::weights::load_safetensors(path("py.safetensors"));
+  std::map<std::string, at::Tensor> m;
+  for (const auto& [name, t] : st)
+    m[name] = t;
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_EQ(m["half"].scalar_type(), torch::kHalf);
+  EXPECT_TRUE(torch::equal(m["half"], base.to(torch::kHalf)));
+  EXPECT_TRUE(torch::equal(m["long"], torch::arange(5, torch::kLong)));
+}
+
+TEST_F(ExportImport, BadWeightFilesAreOneLineErrors) {
+  python("write-bad-files " + path(""));
+  run_ok("export --checkpoint " + checkpoint() + " --ema none --out " + path("w.pt"));
+  run_ok("export --checkpoint " + path("cond.pt") + " --ema none --out " + path("cond_w.pt"));
+  std::ifstream in(path("w.pt"), std::ios::binary);
+  const std::string bytes{std::istreambuf_iterator<char>(in), {}};
+  std::ofstream(path("truncated.pt"), std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+
+  const std::string gray = " --config " + path("gray.yaml") + " --out " + path("x.pt");
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"--weights " + path("legacy.pt") + gray,
+       "legacy (pre-1.6, non-zip) format, which LibTorch does not read; re-save it in Python: "
+       "torch.save(torch.load('" +
+           path("legacy.pt") + "', weights_only=True), 'resaved.pt')"},
+      {"--weights " + path("list.pt") + gray, path("list.pt") + ": holds a list, not a state dict"},
+      {"--weights " + path("checkpoint.pt") + gray,
+       "entry 'model' is a dict: a training checkpoint rather than a state dict? Save that entry "
+       "alone: torch.save(ckpt['model'], 'weights.pt')"},
+      {"--weights " + path("truncated.pt") + gray,
+       path("truncated.pt") + ": not a complete PyTorch zip archive (truncated or corrupt?)"},
+      {"--weights " + path("absent.pt") + gray, path("absent.pt") + ": cannot open"},
+      {"--weights " + path("w.pt") + gray + " --set model.model_channels=64",
+       "tensors do not fit the model the config builds: "},
+      {"--weights " + path("w.pt") + gray + " --set model.num_res_blocks=2",
+       "missing (input_blocks.2.0.in_layers.0.weight"},
+      {"--weights " + path("cond_w.pt") + gray, "unexpected (label_emb.weight)"},
+      {"--weights " + path("w.pt") + " --ema-weights " + path("list.pt") + gray,
+       path("list.pt") + ": holds a list"}};
+  for (const auto& [args, message] : cases) {
+    const ProcessResult r = difftrain_cli("import " + args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << args << "\n" << r.output;
+    EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << "one line:\n" << r.output;
+  }
+  const ProcessResult mismatch = difftrain_cli("export --checkpoint " + checkpoint() +
+                                               " --format pt --out " + path("a.safetensors"));
+  EXPECT_EQ(mismatch.exit_code, 2);
+  EXPECT_NE(mismatch.output.find("ends in .safetensors but --format is pt"), std::string::npos)
+      << mismatch.output;
+}
+
+TEST_F(ExportImport, TrainResumesFromAnImportedCheckpointWithAFreshOptimizer) {
+  run_ok("export --checkpoint " + checkpoint() + " --ema none --out " + path("w.pt"));
+  run_ok("import --weights " + path("w.pt") + " --config " + path("gray.yaml") + " --out " +
+         path("imported.pt"));
+  const ProcessResult r = difftrain_cli(
+      "train --config " + path("gray.yaml") + " --resume " + path("imported.pt") +
+      " --set training.max_steps=2 --set training.checkpoint_every=2 --set logging.run_dir=" +
+      path("finetune"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("resumed from " + path("imported.pt") + " at step 0"), std::string::npos)
+      << r.output;
+  const std::string after = path("finetune/checkpoints/ckpt_000000002.pt");
+  ASSERT_TRUE(fs::exists(after)) << r.output;
+  EXPECT_EQ(difftrain::train::read_checkpoint_info(after).step, 2);
+  // Two AdamW steps from the imported weights: close to them, not equal.
+  auto before = weights_of(path("imported.pt"), std::nullopt);
+  auto trained = weights_of(after, std::nullopt);
+  const auto pb = before->named_parameters();
+  double moved = 0;
+  for (const auto& p : trained->named_parameters())
+    moved = std::max(moved, (p.value() - pb[p.key()]).abs().max().item<double>());
+  EXPECT_GT(moved, 0.0);
+  EXPECT_LT(moved, 1e-3) << "lr 1e-4: two Adam steps move a weight by about 2e-4";
+}
+
+}  // namespace
