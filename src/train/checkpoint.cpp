@@ -139,6 +139,34 @@ void check_no_unexpected_tensors(torch::serialize::InputArchive& a, const std::s
                         "): a checkpoint of another architecture");
 }
 
+// The archive, its trailer appended, written to a temporary name and renamed into place. The
+// archive is streamed to the file as it is serialised (no copy of it in memory), the CRC computed
+// on the way.
+void write_with_trailer(const std::string& path, torch::serialize::OutputArchive& a) {
+  fs::create_directories(fs::path(path).parent_path());
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    uint64_t size = 0;
+    a.save_to([&](const void* data, std::size_t n) -> std::size_t {
+      f.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
+      crc = crc32_z(crc, static_cast<const Bytef*>(data), n);
+      size += n;
+      return n;
+    });
+    Trailer t;
+    std::memcpy(t.magic, kMagic, sizeof kMagic);
+    t.version = kCheckpointFormatVersion;
+    t.size = size;
+    t.crc = static_cast<uint32_t>(crc);
+    f.write(reinterpret_cast<const char*>(&t), sizeof t);
+    f.flush();
+    if (!f) throw CheckpointError(tmp + ": cannot write checkpoint (disk full?)");
+  }
+  fs::rename(tmp, path);
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, const TrainStateRefs& s,
@@ -165,26 +193,7 @@ void save_checkpoint(const std::string& path, const TrainStateRefs& s,
   a.write("sampler/loss_counts", s.sampler.loss_counts);
   a.write("scaler/scale", s.scaler.scale);
   a.write("scaler/growth_tracker", s.scaler.growth_tracker);
-
-  std::ostringstream out;
-  a.save_to(out);
-  std::string bytes = out.str();
-  Trailer t;
-  std::memcpy(t.magic, kMagic, sizeof kMagic);
-  t.version = kCheckpointFormatVersion;
-  t.size = bytes.size();
-  t.crc = crc_of(bytes, bytes.size());
-  bytes.append(reinterpret_cast<const char*>(&t), sizeof t);
-
-  fs::create_directories(fs::path(path).parent_path());
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    f.flush();
-    if (!f) throw CheckpointError(tmp + ": cannot write checkpoint (disk full?)");
-  }
-  fs::rename(tmp, path);
+  write_with_trailer(path, a);
 }
 
 std::string load_checkpoint(const std::string& path, TrainStateRefs& s) {
