@@ -17,5 +17,6 @@ void add_model_info_command(CLI::App& app, int& exit_code);
 void add_sample_command(CLI::App& app, int& exit_code);
 void add_eval_command(CLI::App& app, int& exit_code);
 void add_plot_command(CLI::App& app, int& exit_code);
+void add_phema_command(CLI::App& app, int& exit_code);
 
 }  // namespace difftrain::cli

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   add_sample_command(app, exit_code);
   add_eval_command(app, exit_code);
   add_plot_command(app, exit_code);
+  add_phema_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

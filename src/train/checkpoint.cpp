@@ -12,6 +12,8 @@
 #include <set>
 #include <sstream>
 
+#include "train/phema.hpp"
+
 namespace fs = std::filesystem;
 
 namespace difftrain::train {
@@ -193,6 +195,20 @@ void save_checkpoint(const std::string& path, const TrainStateRefs& s,
   a.write("sampler/loss_counts", s.sampler.loss_counts);
   a.write("scaler/scale", s.scaler.scale);
   a.write("scaler/growth_tracker", s.scaler.growth_tracker);
+  if (s.phema) phema::save_state(a, *s.phema);
+  write_with_trailer(path, a);
+}
+
+void save_weights_checkpoint(const std::string& path,
+                             const std::vector<std::pair<std::string, at::Tensor>>& model_state,
+                             int64_t step, const std::string& config_yaml) {
+  torch::serialize::OutputArchive a;
+  a.write("format_version", c10::IValue(static_cast<int64_t>(kCheckpointFormatVersion)));
+  a.write("config_yaml", c10::IValue(config_yaml));
+  a.write("step", c10::IValue(step));
+  for (const auto& [name, t] : model_state)
+    a.write("model/" + name, t.detach());
+  a.write("ema_count", c10::IValue(static_cast<int64_t>(0)));
   write_with_trailer(path, a);
 }
 
@@ -220,6 +236,7 @@ std::string load_checkpoint(const std::string& path, TrainStateRefs& s) {
   copy_checked(path, "scaler/scale", s.scaler.scale, read_tensor(a, path, "scaler/scale"));
   copy_checked(path, "scaler/growth_tracker", s.scaler.growth_tracker,
                read_tensor(a, path, "scaler/growth_tracker"));
+  if (s.phema) phema::load_state(a, path, *s.phema);
   s.step = read_int(a, path, "step");
   s.data_epoch = read_int(a, path, "data_epoch");
   s.data_batch = read_int(a, path, "data_batch");

@@ -28,6 +28,8 @@
 #include "train/heldout_bpd.hpp"
 #include "train/loss_scaler.hpp"
 #include "train/metrics.hpp"
+#include "train/phema.hpp"
+#include "train/phema_snapshot.hpp"
 #include "train/replica_check.hpp"
 #include "train/setup.hpp"
 #include "train/step_rng.hpp"
@@ -124,6 +126,7 @@ std::vector<at::Tensor> replicated_state(const TrainStateRefs& s) {
   state.push_back(s.optimizer.steps);
   state.push_back(s.sampler.loss_history);
   state.push_back(s.sampler.loss_counts);
+  if (s.phema) phema::append_replicated_state(*s.phema, state);
   return state;
 }
 
@@ -171,10 +174,12 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
 
   AdamW optimizer = make_adamw(params, tc.lr, tc.weight_decay, net->named_parameters().keys());
   std::vector<Ema> emas = make_emas(tc.ema_rates, params);
+  phema::PowerFunctionEma power_ema = phema::make_power_function_ema(tc.phema.sigma_rels, params);
   LossScaler scaler = make_loss_scaler(tc.precision == "fp16", tc.loss_scale_init,
                                        tc.loss_scale_growth_interval, tc.loss_scale_min, device);
   int64_t step = 0, data_epoch = 0, data_batch = 0;
   TrainStateRefs state{*net, optimizer, emas, sampler, scaler, step, data_epoch, data_batch};
+  state.phema = &power_ema;
 
   Run run;
   run.dir = config.logging.run_dir;
@@ -214,6 +219,9 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
 
   if (rank == 0) {
     fs::create_directories(run.dir);
+    // Snapshots after the starting step belong to steps about to be trained again.
+    if (const int n = phema::remove_snapshots_after(run.dir, step))
+      spdlog::info("removed {} post-hoc EMA snapshot(s) after step {}", n, step);
     std::ofstream(fs::path(run.dir) / "config.yaml") << config_yaml;
     run.metrics.open(fs::path(run.dir) / "metrics.jsonl", std::ios::app);
     run.timestep_metrics.open(fs::path(run.dir) / "timestep_metrics.jsonl", std::ios::app);
@@ -368,6 +376,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     }
     adamw_step(optimizer, lr_at(tc, step), skip);
     update_emas(emas, params, step, tc.ema_warmup, skip);
+    phema::update(power_ema, params, B, skip);
     metrics.add_step(grad_norm, skip);
     skips_in_a_row.mul_(skip).add_(skip);
     at::maximum_out(longest_skip_run, longest_skip_run, skips_in_a_row);
@@ -434,8 +443,12 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
             step, ranks));
     }
     if (bpd_every > 0 && step % bpd_every == 0) log_heldout_bpd();
+    if (rank == 0 && step % tc.phema.snapshot_every == 0)
+      phema::write_snapshot(run.dir, step, power_ema, *net, config_yaml);
     if (step % tc.checkpoint_every == 0) save("periodic");
   }
+  if (rank == 0 && step % tc.phema.snapshot_every != 0)  // the last one, at the end of training
+    phema::write_snapshot(run.dir, step, power_ema, *net, config_yaml);
   if (result.last_checkpoint != checkpoint_path(run.dir, step))
     save(result.interrupted ? "on signal" : "final");
   result.step = step;
