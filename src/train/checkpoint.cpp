@@ -12,6 +12,8 @@
 #include <set>
 #include <sstream>
 
+#include "train/phema.hpp"
+
 namespace fs = std::filesystem;
 
 namespace difftrain::train {
@@ -132,6 +134,40 @@ void check_no_unexpected_tensors(torch::serialize::InputArchive& a, const std::s
                         "): a checkpoint of another architecture");
 }
 
+// The archive, its trailer appended, written to a temporary name and renamed into place. The
+// archive is streamed to the file as it is serialised (no copy of it in memory), the CRC computed
+// on the way.
+void write_with_trailer(const std::string& path, torch::serialize::OutputArchive& a) {
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    uint64_t size = 0;
+    a.save_to([&](const void* data, std::size_t n) -> std::size_t {
+      f.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
+      crc = crc32_z(crc, static_cast<const Bytef*>(data), n);
+      size += n;
+      return n;
+    });
+    Trailer t;
+    std::memcpy(t.magic, kMagic, sizeof kMagic);
+    t.version = kCheckpointFormatVersion;
+    t.size = size;
+    t.crc = static_cast<uint32_t>(crc);
+    f.write(reinterpret_cast<const char*>(&t), sizeof t);
+    f.flush();
+    if (!f) {
+      f.close();
+      std::error_code ignored;
+      fs::remove(tmp, ignored);
+      throw CheckpointError(tmp + ": cannot write checkpoint (disk full?); removed it, the " +
+                            "previous checkpoints are unchanged");
+    }
+  }
+  fs::rename(tmp, path);
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, const TrainState& s, const std::string& config_yaml,
@@ -152,32 +188,21 @@ void save_checkpoint(const std::string& path, const TrainState& s, const std::st
   write_step_count(s.optimizer);
   s.optimizer.state->save(optimizer);
   a.write("optimizer", optimizer);
+  phema::save_state(a, s.phema);
+  write_with_trailer(path, a);
+}
 
-  std::ostringstream out;
-  a.save_to(out);
-  std::string bytes = out.str();
-  Trailer t;
-  std::memcpy(t.magic, kMagic, sizeof kMagic);
-  t.version = kCheckpointFormatVersion;
-  t.size = bytes.size();
-  t.crc = crc_of(bytes, bytes.size());
-  bytes.append(reinterpret_cast<const char*>(&t), sizeof t);
-
-  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    f.flush();
-    if (!f) {
-      f.close();
-      std::error_code ignored;
-      fs::remove(tmp, ignored);
-      throw CheckpointError(tmp + ": cannot write checkpoint (disk full?); removed it, the " +
-                            "previous checkpoints are unchanged");
-    }
-  }
-  fs::rename(tmp, path);
+void save_weights_checkpoint(const std::string& path,
+                             const std::vector<std::pair<std::string, at::Tensor>>& model_state,
+                             int64_t step, const std::string& config_yaml) {
+  torch::serialize::OutputArchive a;
+  a.write("format_version", c10::IValue(static_cast<int64_t>(kCheckpointFormatVersion)));
+  a.write("config_yaml", c10::IValue(config_yaml));
+  a.write("step", c10::IValue(step));
+  for (const auto& [name, t] : model_state)
+    a.write("model/" + name, t.detach());
+  a.write("ema_count", c10::IValue(static_cast<int64_t>(0)));
+  write_with_trailer(path, a);
 }
 
 void load_checkpoint(const std::string& path, TrainState& s, bool sampler_history) {
@@ -195,6 +220,11 @@ void load_checkpoint(const std::string& path, TrainState& s, bool sampler_histor
     throw CheckpointError(path + ": checkpoint has no optimizer state");
   s.optimizer.state->load(optimizer);
   read_step_count(s.optimizer);
+  if (!phema::load_state(a, path, s.phema))
+    spdlog::warn("{}: no post-hoc EMA profiles (written before difftrain tracked them, or with "
+                 "training.phema.sigma_rels: []): they start afresh and average the steps from "
+                 "here on",
+                 path);
   s.step = read_int(a, path, "step");
   s.cursor = {read_int(a, path, "data_epoch"), read_int(a, path, "data_batch")};
 }

@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "train/train_state.hpp"
@@ -44,6 +45,13 @@ struct CheckpointInfo {
   std::string imported_from;  // see save_checkpoint
 };
 CheckpointInfo read_checkpoint_info(const std::string& path);
+// A checkpoint of model weights alone (`model_state`: the model's parameters and buffers by
+// name), at `step` with `config_yaml` stored: what `difftrain phema` writes. `sample` and `eval`
+// load it through --checkpoint (with a config without EMA rates, the weights it holds are the ones
+// used); training cannot resume from it.
+void save_weights_checkpoint(const std::string& path,
+                             const std::vector<std::pair<std::string, at::Tensor>>& model_state,
+                             int64_t step, const std::string& config_yaml);
 // Reads the model weights (or the EMA weights at `ema_rate`) into `model`.
 void load_model_weights(const std::string& path, torch::nn::Module& model,
                         std::optional<double> ema_rate = std::nullopt);

@@ -17,6 +17,7 @@
 
 #include "diffusion/schedule.hpp"
 #include "diffusion/weighting.hpp"
+#include "train/phema.hpp"
 
 namespace difftrain::train {
 namespace {
@@ -133,6 +134,10 @@ void visit(V& v, Config& c) {
     v.key("watchdog_timeout", c.training.watchdog_timeout);
     v.key("check_replicas_every", c.training.check_replicas_every);
     v.key("bucket_mb", c.training.bucket_mb);
+    v.section("phema", [&] {
+      v.key("sigma_rels", c.training.phema.sigma_rels);
+      v.key("snapshot_every", c.training.phema.snapshot_every);
+    });
   });
   v.section("logging", [&] {
     v.key("run_dir", c.logging.run_dir);
@@ -285,7 +290,8 @@ class Writer {
   YAML::Emitter& out_;
 };
 
-// Applies "a.b=value" to the YAML tree; the value is parsed as YAML (numbers, lists, strings).
+// Applies "a.b=value" (or "a.b.c=value" for a key of a nested section) to the YAML tree; the
+// value is parsed as YAML (numbers, lists, strings).
 void apply_override(YAML::Node& root, const std::string& assignment) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
@@ -297,16 +303,19 @@ void apply_override(YAML::Node& root, const std::string& assignment) {
   } catch (const YAML::Exception& e) {
     throw ConfigError("override '" + assignment + "': value is not valid YAML: " + e.msg);
   }
-  const auto dot = path.find('.');
-  if (dot == std::string::npos) {
-    root[path] = value;
-    return;
+  // Sections are walked through node copies, which share the tree (yaml-cpp nodes are handles).
+  YAML::Node node = root;
+  std::size_t begin = 0;
+  for (auto dot = path.find('.'); dot != std::string::npos; dot = path.find('.', begin)) {
+    const std::string section = path.substr(begin, dot - begin);
+    if (!node[section] || node[section].IsNull()) node[section] = YAML::Node(YAML::NodeType::Map);
+    if (!node[section].IsMap())
+      throw ConfigError("override '" + assignment + "': '" + path.substr(0, dot) +
+                        "' is not a section");
+    node.reset(node[section]);
+    begin = dot + 1;
   }
-  const std::string section = path.substr(0, dot), key = path.substr(dot + 1);
-  if (!root[section] || root[section].IsNull()) root[section] = YAML::Node(YAML::NodeType::Map);
-  if (!root[section].IsMap())
-    throw ConfigError("override '" + assignment + "': '" + section + "' is not a section");
-  root[section][key] = value;
+  node[path.substr(begin)] = value;
 }
 
 Config read(const YAML::Node& root, const std::string& origin,
@@ -493,6 +502,15 @@ void validate(const Config& c) {
   check(t.bucket_mb > 0, "training.bucket_mb", t.bucket_mb, "must be > 0");
   check(t.check_replicas_every >= 0, "training.check_replicas_every", t.check_replicas_every,
         "must be >= 0 (0 = off)");
+  for (std::size_t i = 0; i < t.phema.sigma_rels.size(); ++i) {
+    const double s = t.phema.sigma_rels[i];
+    check(s > 0 && s < phema::kMaxSigmaRel, "training.phema.sigma_rels", s,
+          "must be in (0, 0.2887): wider averages have no power-function profile");
+    check(std::count(t.phema.sigma_rels.begin(), t.phema.sigma_rels.begin() + i, s) == 0,
+          "training.phema.sigma_rels", s, "is listed twice");
+  }
+  check(t.phema.snapshot_every >= 1, "training.phema.snapshot_every", t.phema.snapshot_every,
+        "must be >= 1");
 
   const auto& l = c.logging;
   check(!l.run_dir.empty(), "logging.run_dir", "''", "must name a directory");

@@ -81,6 +81,15 @@ struct DiffusionConfig {
   bool rescale_timesteps = true;  // the network sees t * 1000 / T
 };
 
+// Post-hoc EMA (train/phema.hpp, docs/phema.md): power-function EMAs of the weights tracked at
+// every step and snapshotted now and then, from which `difftrain phema` reconstructs, after
+// training, the average of any relative width sigma_rel.
+struct PhemaConfig {
+  // The tracked profiles' relative widths, each in (0, 0.2887); [] = off.
+  std::vector<double> sigma_rels{0.05, 0.10};
+  int64_t snapshot_every = 5000;  // steps between snapshots (RUN_DIR/phema/)
+};
+
 struct TrainingConfig {
   int64_t batch_size = 128;  // global: every rank takes batch_size / ranks
   int64_t microbatch = 0;    // per-rank microbatch for gradient accumulation; 0 = whole batch
@@ -106,6 +115,7 @@ struct TrainingConfig {
   // timestep-sampler state (an exact fingerprint; a debugging aid, it copies the state to host).
   int64_t check_replicas_every = 0;
   double bucket_mb = 25;  // gradient all-reduce bucket size (the first bucket is 1 MB)
+  PhemaConfig phema;
 };
 
 struct LoggingConfig {

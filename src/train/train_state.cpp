@@ -24,6 +24,7 @@ TrainState make_train_state(const Config& config, const DataShape& shape, const 
   s.optimizer =
       make_adamw(s.net->parameters(), tc.lr, tc.weight_decay, s.net->named_parameters().keys());
   s.emas = make_emas(tc.ema_rates, s.net->parameters());
+  s.phema = phema::make_power_function_ema(tc.phema.sigma_rels, s.net->parameters());
   s.sampler = make_timestep_sampler(config, config.diffusion.steps, device);
   s.scaler = make_loss_scaler(tc.precision == Precision::fp16, tc.loss_scale_init,
                               tc.loss_scale_growth_interval, tc.loss_scale_min, device);
@@ -58,6 +59,7 @@ std::vector<at::Tensor> replicated_tensors(const TrainState& s) {
     tensors.push_back(adam.exp_avg_sq());
   }
   tensors.push_back(s.optimizer.steps);
+  phema::append_replicated_state(s.phema, tensors);
   return tensors;
 }
 

@@ -16,6 +16,7 @@
 #include "train/config.hpp"
 #include "train/ema.hpp"
 #include "train/loss_scaler.hpp"
+#include "train/phema.hpp"
 #include "train/setup.hpp"
 
 namespace difftrain::parallel {
@@ -29,7 +30,8 @@ struct TrainState {
   AdamW optimizer;
   std::vector<Ema> emas;  // one per training.ema_rates, in the parameters' order
   diffusion::TimestepSampler sampler;
-  LossScaler scaler;    // fp16 only; disabled (scale 1) otherwise
+  LossScaler scaler;  // fp16 only; disabled (scale 1) otherwise
+  phema::PowerFunctionEma phema;  // post-hoc EMA profiles (training.phema); none when off
   int64_t step = 0;     // optimizer steps done
   data::Cursor cursor;  // the next global batch to read
 };
@@ -44,8 +46,8 @@ TrainState make_train_state(const Config& config, const DataShape& shape, const 
 // exactly these (the optimizer through LibTorch's own format).
 std::vector<std::pair<std::string, at::Tensor>> named_state_tensors(const TrainState& state);
 
-// What must be identical on every rank after a step: the named tensors, the Adam moments and the
-// step count (the replica check fingerprints them).
+// What must be identical on every rank after a step: the named tensors, the Adam moments, the
+// step count and the post-hoc EMA profiles (the replica check fingerprints them).
 std::vector<at::Tensor> replicated_tensors(const TrainState& state);
 
 }  // namespace difftrain::train

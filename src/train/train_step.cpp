@@ -124,6 +124,7 @@ StepResult train_step(TrainState& s, const StepContext& c, const StepInputs& in,
   adamw_step(s.optimizer, learning_rate(c.training, s.step), r.skipped);
   phase_ended(on_phase_end, StepPhase::optimizer);
   update_emas(s.emas, params, s.step, c.training.ema_warmup, r.skipped);
+  phema::update(s.phema, params, c.training.batch_size, r.skipped);
   phase_ended(on_phase_end, StepPhase::ema);
   ++s.step;
   return r;

@@ -23,6 +23,7 @@
 #include "train/faults.hpp"
 #include "train/heldout_bpd.hpp"
 #include "train/metrics.hpp"
+#include "train/phema_snapshot.hpp"
 #include "train/replica_check.hpp"
 #include "train/step_rng.hpp"
 #include "train/train_state.hpp"
@@ -110,10 +111,14 @@ struct RunFiles {
   }
 };
 
-RunFiles open_run_files(const std::string& run_dir, const std::string& config_yaml, int rank) {
+RunFiles open_run_files(const std::string& run_dir, const std::string& config_yaml, int rank,
+                        int64_t step) {
   RunFiles files;
   if (rank != 0) return files;
   fs::create_directories(run_dir);
+  // Post-hoc EMA snapshots after the starting step belong to steps about to be trained again.
+  if (const int n = phema::remove_snapshots_after(run_dir, step))
+    spdlog::info("removed {} post-hoc EMA snapshot(s) after step {}", n, step);
   std::ofstream(fs::path(run_dir) / "config.yaml") << config_yaml;
   files.metrics.open(fs::path(run_dir) / "metrics.jsonl", std::ios::app);
   files.timestep_metrics.open(fs::path(run_dir) / "timestep_metrics.jsonl", std::ios::app);
@@ -216,7 +221,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   Metrics metrics(device, diffusion.num_timesteps, lc.timestep_buckets);
   const HeldOutBatch held_out =
       lc.bpd_every > 0 ? read_heldout_batch(config, shape, rank, world, device) : HeldOutBatch{};
-  RunFiles files = open_run_files(lc.run_dir, config_yaml, rank);
+  RunFiles files = open_run_files(lc.run_dir, config_yaml, rank, state.step);
   if (rank == 0)
     spdlog::info("run directory {}: {} parameters, {} x {}x{}x{} images, {} ranks, device {}",
                  lc.run_dir, model::parameter_count(state.net), manifest.num_samples(),
@@ -229,6 +234,10 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     const HeldOutBpd e =
         estimate_heldout_bpd(step_context.denoiser, diffusion, config, held_out, comm);
     if (rank == 0) log_heldout_bpd(e, state.step, seconds_between(t0, Clock::now()), files);
+  };
+  const auto snapshot = [&] {  // of the post-hoc EMA profiles; a no-op without them
+    if (rank == 0)
+      phema::write_snapshot(lc.run_dir, state.step, state.phema, *state.net, config_yaml);
   };
   const auto save = [&](const char* why) {
     const std::string path = checkpoint_path(lc.run_dir, state.step);
@@ -292,8 +301,10 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (tc.check_replicas_every > 0 && step % tc.check_replicas_every == 0)
       check_replicas(state, comm);
     if (lc.bpd_every > 0 && step % lc.bpd_every == 0) estimate_bpd();
+    if (step % tc.phema.snapshot_every == 0) snapshot();
     if (step % tc.checkpoint_every == 0) save("periodic");
   }
+  if (state.step % tc.phema.snapshot_every != 0) snapshot();  // the last, at the end of training
   if (result.last_checkpoint != checkpoint_path(lc.run_dir, state.step))
     save(result.interrupted ? "on signal" : "final");
   result.step = state.step;

@@ -199,7 +199,7 @@ TEST_F(WeightFiles, ImprovedDiffusionFlagsOfTheCifar10HybridModel) {
   c.model.num_res_blocks = 3;
   c.model.dropout = 0.3;
   c.diffusion.steps = 4000;
-  c.diffusion.schedule = "cosine";
+  c.diffusion.schedule = difftrain::diffusion::BetaSchedule::cosine;
   const auto unet = difftrain::train::unet_config(c, {32, 3, 0});
   const auto f = w::improved_diffusion_flags(c, unet);
   EXPECT_TRUE(f.unexpressible.empty()) << f.unexpressible.front().key;
@@ -224,12 +224,12 @@ TEST_F(WeightFiles, ImprovedDiffusionFlagsOfTheCifar10HybridModel) {
 
 TEST_F(WeightFiles, ImprovedDiffusionFlagsListWhatTheyCannotExpress) {
   difftrain::train::Config c;
-  c.diffusion.schedule = "sigmoid";
+  c.diffusion.schedule = difftrain::diffusion::BetaSchedule::sigmoid;
   c.diffusion.zero_terminal_snr = true;
-  c.diffusion.model_mean_type = "v";
-  c.diffusion.loss = "simple";
-  c.diffusion.model_var_type = "fixed_small";
-  c.diffusion.weighting = "min_snr";
+  c.diffusion.model_mean_type = difftrain::diffusion::ModelMeanType::v;
+  c.diffusion.loss = difftrain::train::Loss::simple;
+  c.diffusion.model_var_type = difftrain::diffusion::ModelVarType::fixed_small;
+  c.diffusion.weighting = difftrain::diffusion::SimpleWeighting::min_snr;
   const auto unet = difftrain::train::unet_config(c, {32, 1, 0});
   const auto f = w::improved_diffusion_flags(c, unet);
   std::map<std::string, bool> listed;  // key -> affects sampling
@@ -250,8 +250,9 @@ TEST_F(WeightFiles, ConformanceBatchIsFixedAndIsTheNetworksOutput) {
   torch::manual_seed(0);
   difftrain::model::UNet net(tiny_unet(32, 3));
   net->eval();
-  const w::StateDict a = w::conformance_batch(*net, 40, 25.0);
-  const w::StateDict b = w::conformance_batch(*net, 40, 25.0);
+  const difftrain::train::Denoiser denoiser{net, 25.0};
+  const w::StateDict a = w::conformance_batch(denoiser, 40);
+  const w::StateDict b = w::conformance_batch(denoiser, 40);
   std::map<std::string, at::Tensor> m;
   for (const auto& [name, t] : a)
     m[name] = t;

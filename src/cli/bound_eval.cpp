@@ -1,0 +1,152 @@
+#include "cli/bound_eval.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+
+#include "data/sample_order.hpp"
+#include "data/shard_reader.hpp"
+#include "data/shard_set.hpp"
+#include "diffusion/bound.hpp"
+#include "parallel/communicator.hpp"
+#include "train/step_rng.hpp"
+
+namespace difftrain::cli {
+namespace {
+
+constexpr uint64_t kSubsetTag = 0x4556414c;  // "EVAL": the choice of the --num images
+
+std::string shape_str(int64_t c, int64_t h, int64_t w) {
+  return fmt::format("{}x{}x{}", c, h, w);
+}
+
+// Images [first, first + count) of the chosen ones as the network sees them: float [-1, 1], CHW,
+// padded with -1 (black) as the loader pads.
+at::Tensor read_images(data::ShardSet& shards, const EvalImages& e, int64_t image_size,
+                       int64_t first, int64_t count) {
+  const data::Manifest& d = e.manifest;
+  at::Tensor u8 = at::empty({count, d.height, d.width, d.channels}, at::kByte);
+  for (int64_t i = 0; i < count; ++i)
+    shards.read(e.indices[first + i], u8[i].data_ptr<uint8_t>());
+  // x / 127.5 - 1 in float32, as the loader converts.
+  at::Tensor x = u8.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1);
+  const int64_t S = image_size;
+  if (d.height != S || d.width != S)
+    x = at::constant_pad_nd(x, {e.left, S - d.width - e.left, e.top, S - d.height - e.top}, -1.0);
+  return x.contiguous();
+}
+
+// This rank's images: the sums of the bound's terms (diffusion/bound_summary.hpp).
+at::Tensor evaluate_range(const TrainedModel& m, const EvalImages& e, int64_t batch, uint64_t seed,
+                          int64_t first, int64_t count, bool progress) {
+  const long T = m.diffusion.num_timesteps;
+  data::ShardSet shards(e.manifest);
+  at::Tensor sums = diffusion::empty_bound_sums(T, c10::kCPU);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t b0 = 0; b0 < count; b0 += batch) {
+    const int64_t b = std::min(batch, count - b0);
+    const at::Tensor x = read_images(shards, e, m.shape.image_size, first + b0, b).to(m.device);
+    at::Tensor y;
+    if (m.shape.num_classes > 0) {
+      std::vector<int64_t> labels;
+      for (int64_t i = first + b0; i < first + b0 + b; ++i)
+        labels.push_back(e.labels[static_cast<std::size_t>(e.indices[i])]);
+      y = at::tensor(labels, at::kLong).to(m.device);
+    }
+    // One generator per image, drawn from T-1 down to 0 as calc_bpd_loop asks.
+    std::vector<at::Generator> generators;
+    for (int64_t i = first + b0; i < first + b0 + b; ++i)
+      generators.push_back(
+          train::cpu_generator(train::step_seed(seed, e.indices[i], train::RngStream::evaluation)));
+    const auto noise = [&](long) {
+      std::vector<at::Tensor> rows;
+      for (const at::Generator& g : generators)
+        rows.push_back(at::randn(x.sizes().slice(1), g, at::TensorOptions().dtype(at::kFloat)));
+      return at::stack(rows).to(m.device);
+    };
+    const auto on_step = [&](long t) {
+      if (progress && (t % 10 == 0 || t == T - 1))
+        fmt::print(stderr, "\rimages {}-{} of {}: t = {:<8}", b0, b0 + b, count, t);
+    };
+    c10::InferenceMode guard;
+    const diffusion::BoundTerms terms = diffusion::calc_bpd_loop(
+        m.diffusion, m.denoiser.with_labels(y), x, /*clip_denoised=*/true, noise, on_step);
+    sums += diffusion::bound_sums(terms).cpu();
+    if (progress) fmt::print(stderr, "\r{:60}\r", "");
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    spdlog::info("evaluated {}/{} images ({:.1f} s, {:.2f} images/s); running bits/dim {:.4f}",
+                 b0 + b, count, seconds, (b0 + b) / seconds,
+                 sums[1].item<double>() / sums[0].item<double>());
+  }
+  return sums;
+}
+
+}  // namespace
+
+EvalImages choose_eval_images(const data::Manifest& d, const TrainedModel& m, int64_t num,
+                              uint64_t seed) {
+  if (num < 0) throw std::invalid_argument("--num must be >= 0 (0 = all images)");
+  // The held-out images must be what the network was trained on: same channels, and the
+  // model's size directly or after the same padding.
+  const int64_t S = m.shape.image_size;
+  const bool fits =
+      d.channels == m.shape.channels &&
+      (m.config.data.pad_to > 0 ? d.height <= S && d.width <= S : d.height == S && d.width == S);
+  if (!fits)
+    throw std::invalid_argument(d.path + ": images are " +
+                                shape_str(d.channels, d.height, d.width) +
+                                " (CxHxW) but the model of " + m.checkpoint + " takes " +
+                                shape_str(m.shape.channels, S, S) +
+                                (m.config.data.pad_to > 0 ? " (padded from smaller images)" : ""));
+  EvalImages e;
+  e.manifest = d;
+  e.top = (S - d.height) / 2;
+  e.left = (S - d.width) / 2;
+
+  if (m.shape.num_classes > 0) {
+    if (!d.labels)
+      throw std::invalid_argument(d.path + ": has no labels, but the model of " + m.checkpoint +
+                                  " is class-conditional");
+    if (d.num_classes > m.shape.num_classes)
+      throw std::invalid_argument(d.path + ": " + std::to_string(d.num_classes) +
+                                  " classes, but the model knows " +
+                                  std::to_string(m.shape.num_classes));
+    for (std::size_t i = 0; i < d.shards.size(); ++i) {
+      const auto shard = data::read_shard_labels(data::open_shard(d, i), d);
+      e.labels.insert(e.labels.end(), shard.begin(), shard.end());
+    }
+  }
+
+  const int64_t n = d.num_samples();
+  if (num == 0 || num >= n) {
+    if (num > n)
+      spdlog::warn("--num {} but {} has {} images: evaluating all of them", num, d.path, n);
+    for (int64_t i = 0; i < n; ++i)
+      e.indices.push_back(i);
+  } else {
+    const auto perm = data::permutation(n, data::hash_key(seed, kSubsetTag, 0));
+    e.indices.assign(perm.begin(), perm.begin() + num);
+    std::sort(e.indices.begin(), e.indices.end());
+  }
+  return e;
+}
+
+diffusion::BoundSummary evaluate_bound(const TrainedModel& m, const EvalImages& images,
+                                       int64_t batch, uint64_t seed, parallel::Communicator& comm,
+                                       bool progress) {
+  if (batch < 1) throw std::invalid_argument("--batch must be >= 1, not " + std::to_string(batch));
+  const auto n = static_cast<int64_t>(images.indices.size());
+  const data::RowRange mine = data::rank_rows(n, comm.rank(), comm.size());
+  at::Tensor sums =
+      evaluate_range(m, images, batch, seed, mine.begin, mine.size(), progress).to(m.device);
+  comm.all_reduce(sums, parallel::ReduceOp::sum);
+  return diffusion::summarize_bound(sums.cpu(), m.diffusion.num_timesteps);
+}
+
+}  // namespace difftrain::cli
