@@ -4,7 +4,7 @@ directory and writes the part's record, then merges every record into OUTDIR/sum
 
   gpu_check_report.py machine WORK                  machine.json: GPU, driver, cores, compilers
   gpu_check_report.py tests WORK LOGS               per-test results: cuda_tests and nccl
-  gpu_check_report.py real_run WORK RUN_DIR EVAL    images/s, held-out and full-bound bits/dim
+  gpu_check_report.py real_run WORK RUN_DIR EVAL S  images/s, held-out and full-bound bits/dim
   gpu_check_report.py bench WORK DIR PEAK_TFLOPS    images/s, ratios, MFU, peak device memory
   gpu_check_report.py status WORK PART STATUS S [NOTE]  a part's status and seconds
   gpu_check_report.py merge WORK OUTDIR             summary.json from every record
@@ -87,7 +87,7 @@ def median(values):
     return None if not n else (v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2]))
 
 
-def real_run(work, run_dir, eval_json):
+def real_run(work, run_dir, eval_json, seconds):
     lines = []
     path = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(path):
@@ -96,6 +96,7 @@ def real_run(work, run_dir, eval_json):
     steps = [j for j in lines if "images_per_s" in j]
     bpd = [j for j in lines if "bpd_estimate" in j]
     record = {
+        "training_seconds": int(seconds),
         "steps": steps[-1]["step"] if steps else 0,
         "images_per_s_median": median([j["images_per_s"] for j in steps[1:]] or
                                       [j["images_per_s"] for j in steps]),
@@ -106,9 +107,9 @@ def real_run(work, run_dir, eval_json):
     if os.path.exists(eval_json):
         with open(eval_json) as f:
             e = json.load(f)
-        record["eval"] = {k: e.get(k) for k in ("step", "ema_rate", "images", "total_bpd",
+        record["eval"] = {k: e.get(k) for k in ("step", "ema_rate", "num_images", "total_bpd",
                                                 "total_bpd_stderr", "prior_bpd", "decoder_bpd",
-                                                "terms_bpd")}
+                                                "terms_bpd", "seconds")}
     write(work, "real_run", record)
 
 
@@ -124,17 +125,18 @@ def bench(work, directory, peak_tflops):
     forward = flops["forward_flops_per_image"] if flops else None
     runs = {}
     for precision in ("fp32", "bf16"):
-        row = {}
+        row, rates = {}, {}
         for impl in ("difftrain", "pytorch_plain", "pytorch_tuned"):
             j = load(f"{precision}_{impl}.json")
             if not j or not j.get("images_per_s"):
                 continue
             rate = j["images_per_s"]["median"]
-            entry = {"images_per_s": round(rate, 1),
+            rates[impl] = rate
+            entry = {"images_per_s": round(rate, 2),
                      "step_ms": round(j["step_ms"]["median"], 3),
                      "peak_device_memory_mb": j.get("cuda_peak_allocated_mb")}
             if forward:
-                entry["mfu"] = round(3 * forward * rate / (peak_tflops * 1e12), 4)
+                entry["mfu"] = round(3 * forward * rate / (peak_tflops * 1e12), 5)
             if impl != "difftrain" and j.get("check", {}).get("same_precision_as_export"):
                 c = j["check"]
                 entry["same_computation_check"] = {
@@ -143,11 +145,10 @@ def bench(work, directory, peak_tflops):
             if j.get("cuda_trace"):
                 entry["cuda_trace"] = j["cuda_trace"]
             row[impl] = entry
-        if "difftrain" in row:
+        if "difftrain" in rates:
             for base in ("pytorch_plain", "pytorch_tuned"):
-                if base in row:
-                    row["ratio_vs_" + base[8:]] = round(
-                        row["difftrain"]["images_per_s"] / row[base]["images_per_s"], 3)
+                if base in rates:
+                    row["ratio_vs_" + base[8:]] = round(rates["difftrain"] / rates[base], 3)
         if row:
             runs[precision] = row
     write(work, "bench", {
@@ -169,7 +170,7 @@ def merge(work, outdir):
             summary[name] = record
         else:
             summary["parts"][name] = record
-    order = ["setup", "build", "tests", "cuda_tests", "nccl", "real_run", "bench"]
+    order = ["setup", "build", "tests", "cuda_tests", "nccl", "bench", "real_run"]
     summary["parts"] = {k: summary["parts"][k] for k in order + sorted(summary["parts"])
                         if k in summary["parts"]}
     os.makedirs(outdir, exist_ok=True)
