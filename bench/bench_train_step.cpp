@@ -5,6 +5,7 @@
 //   build/bench_train_step --config configs/fashion_mnist.yaml --set model.image_size=32
 //       --set model.in_channels=1 [--batch 8] [--threads 1] [--precision fp32|bf16]
 //       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE] [--profile TRACE]
+//       [--device cpu|cuda] [--cuda-trace TRACE]
 //
 // Each timed step is the product's: draw_step_inputs, then train::train_step (the function the
 // trainer calls, with its gradient reducer on a world of one), timed by phase through its hook:
@@ -17,10 +18,16 @@
 // gradient norm (dropout off) as a pickled Dict[str, Tensor] that Python's torch.load reads, and
 // FILE.json with the model config: the PyTorch baseline (bench/baseline/train_step.py) starts
 // from exactly these and checks the losses and gradient norm.
+//
+// --cuda-trace (CUDA) profiles 3 more steps with the Kineto profiler, CPU ops and GPU kernels, into
+// a Chrome trace, and reports in the JSON how much of those steps' wall time the GPU was busy
+// (kernels and copies, overlaps counted once) against the gaps between them, with the kernels
+// that took the most time.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
@@ -32,6 +39,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "data/loader.hpp"
@@ -79,6 +87,51 @@ double mean(const std::vector<double>& v) {
   return v.empty() ? 0 : s / static_cast<double>(v.size());
 }
 
+// GPU time of `steps` profiled steps that took `wall_ms`: the union of the GPU activities'
+// intervals (kernels, copies, memsets; concurrent ones counted once) and the top ones by time.
+json gpu_time_summary(const std::vector<torch::autograd::profiler::KinetoEvent>& events,
+                      double wall_ms, int steps) {
+  std::vector<std::pair<uint64_t, uint64_t>> spans;
+  std::map<std::string, std::pair<double, int64_t>> by_name;  // total ns, count
+  for (const auto& e : events) {
+    if (e.deviceType() != c10::DeviceType::CUDA || e.durationNs() == 0) continue;
+    spans.emplace_back(e.startNs(), e.endNs());
+    auto& [ns, count] = by_name[e.name()];
+    ns += static_cast<double>(e.durationNs());
+    ++count;
+  }
+  std::sort(spans.begin(), spans.end());
+  double busy_ns = 0;
+  uint64_t open = 0, close = 0;
+  for (const auto& [begin, end] : spans) {
+    if (begin > close) {
+      busy_ns += static_cast<double>(close - open);
+      open = begin;
+    }
+    close = std::max(close, end);
+  }
+  busy_ns += static_cast<double>(close - open);
+  std::vector<std::pair<double, std::string>> top;
+  for (const auto& [name, v] : by_name)
+    top.emplace_back(v.first, name);
+  std::sort(top.rbegin(), top.rend());
+  json activities = json::array();
+  for (std::size_t i = 0; i < std::min<std::size_t>(top.size(), 12); ++i)
+    activities.push_back({{"name", top[i].second.substr(0, 120)},
+                          {"ms_per_step", top[i].first / 1e6 / steps},
+                          {"count_per_step", by_name[top[i].second].second / steps}});
+  const double busy_ms = busy_ns / 1e6;
+  return json{{"steps", steps},
+              {"wall_ms_per_step", wall_ms / steps},
+              {"gpu_busy_ms_per_step", busy_ms / steps},
+              {"gpu_busy_fraction", wall_ms > 0 ? busy_ms / wall_ms : 0.0},
+              {"gpu_activities_per_step", static_cast<double>(spans.size()) / steps},
+              {"top_gpu_activities", activities},
+              {"note",
+               "3 steps under the Kineto profiler (its overhead included in the wall "
+               "time); busy = the union of the GPU activities' intervals"}};
+}
+
 json model_json(const model::UNetConfig& c, bool channels_last) {
   return json{{"image_size", c.image_size},
               {"in_channels", c.in_channels},
@@ -122,6 +175,10 @@ int main(int argc, char** argv) {
       ->default_val(device_name);
   app.add_option("--profile", profile_path,
                  "After the timed steps, profile 3 more steps into this Chrome trace");
+  std::string cuda_trace_path;
+  app.add_option("--cuda-trace", cuda_trace_path,
+                 "CUDA: after the timed steps, 3 more steps under the Kineto profiler (ops and "
+                 "kernels) into this Chrome trace; GPU busy time against wall time in the JSON");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
 
@@ -274,6 +331,24 @@ int main(int argc, char** argv) {
         one_step();
     }
 
+    json cuda_trace = nullptr;
+    if (!cuda_trace_path.empty()) {
+      if (!device.is_cuda()) throw std::runtime_error("--cuda-trace needs --device cuda");
+      namespace prof = torch::profiler::impl;
+      const prof::ProfilerConfig profiler_config(prof::ProfilerState::KINETO);
+      const std::set<prof::ActivityType> activities{prof::ActivityType::CPU,
+                                                    prof::ActivityType::CUDA};
+      torch::autograd::profiler::prepareProfiler(profiler_config, activities);
+      torch::autograd::profiler::enableProfiler(profiler_config, activities);
+      const auto start = clock.now();
+      for (int i = 0; i < 3; ++i)
+        one_step();
+      const double wall_ms = clock.ms_since(start);
+      const auto result = torch::autograd::profiler::disableProfiler();
+      result->save(cuda_trace_path);
+      cuda_trace = gpu_time_summary(result->events(), wall_ms, 3);
+    }
+
     json j;
     j["benchmark"] = "train_step";
     j["implementation"] = "difftrain";
@@ -305,6 +380,7 @@ int main(int argc, char** argv) {
         "all_reduce: one rank (see scaling)";
     j["check"] = check_json;
     j["device"] = device.str();
+    if (!cuda_trace.is_null()) j["cuda_trace"] = cuda_trace;
     j["rss_mb"] = train::resident_memory_mb();
     if (device.is_cuda())
       j["cuda_peak_allocated_mb"] =

@@ -4,16 +4,19 @@
 #
 #   launch/setup.sh                        # system packages, .venv with the torch wheel, build
 #   LIBTORCH_DIR=/opt/libtorch launch/setup.sh   # use an unpacked LibTorch instead of the wheel
+#   TORCH_VERSION=2.11.0 VENV=/opt/venv-torch2.11 BUILD_DIR=build-torch2.11 launch/setup.sh
+#                                          # another torch wheel, in its own venv and build folder
 #
 # Environment: BUILD_DIR (default build), BUILD_TYPE (Release), DIFFTRAIN_NCCL (AUTO|ON|OFF),
-# JOBS (default: number of cores).
+# JOBS (default: number of cores), TORCH_VERSION (default 2.15.0, the tested one), VENV (default
+# .venv; give another torch version its own, or the next run with the default reinstalls 2.15).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 BUILD_TYPE=${BUILD_TYPE:-Release}
-TORCH_VERSION=2.15.0
-VENV=$ROOT/.venv
+TORCH_VERSION=${TORCH_VERSION:-2.15.0}
+VENV=${VENV:-$ROOT/.venv}
 JOBS=${JOBS:-$(nproc)}
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -280,6 +280,8 @@ def main():
         "check": check,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
+    if dev.type == "cuda":  # as bench_train_step's cuda_peak_allocated_mb
+        result["cuda_peak_allocated_mb"] = th.cuda.max_memory_allocated(dev) / 2**20
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])

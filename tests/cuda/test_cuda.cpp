@@ -1,0 +1,441 @@
+// The CUDA paths on one GPU, each against the same computation on the CPU: randomness is drawn on
+// the host, so both see the same inputs, and fp32 runs with TF32 off must agree to rounding. Every
+// test is skipped where no GPU is visible; launch/gpu_check.sh runs them (ctest -L cuda).
+//
+// Tolerances (docs/gpu-check.md has them all): fp32 losses and gradients to 1e-4 of their
+// magnitude, the fused AdamW on the same gradients to 1e-6 at lr 1e-3, whole runs and 2 ranks
+// against 1 as tests/train/test_trainer.cpp compares ranks (cuda_test_util.hpp), bits/dim to 1e-4
+// relative, sampled images to 2 of 255 levels.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <tuple>
+
+#include "cuda_test_util.hpp"
+#include "data/loader.hpp"
+#include "data/test_files.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
+#include "parallel/communicator.hpp"
+#include "tiny_run.hpp"
+#include "train/adamw.hpp"
+#include "train/denoiser.hpp"
+#include "train/heldout_bpd.hpp"
+#include "train/step_rng.hpp"
+#include "train/train_step.hpp"
+#include "train/trainer.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace tr = difftrain::train;
+using difftrain::testing::checkpoint_tensors;
+using difftrain::testing::expect_same_training;
+using difftrain::testing::NoTf32;
+using difftrain::testing::TempDir;
+
+const c10::Device kGpu(c10::kCUDA, 0);
+
+// max |a - b| over max |b|: 0 for equal tensors, about 1 for unrelated ones.
+double relative_error(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor ref = b.to(at::kCPU, at::kDouble);
+  const double scale = ref.abs().max().item<double>();
+  const double diff = (a.to(at::kCPU, at::kDouble) - ref).abs().max().item<double>();
+  return scale > 0 ? diff / scale : diff;
+}
+
+std::vector<nlohmann::json> metrics_lines(const std::string& run_dir) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (auto j = nlohmann::json::parse(line); j.contains("loss")) lines.push_back(j);
+  return lines;
+}
+
+struct Cuda : ::testing::Test {
+  void SetUp() override {
+    DIFFTRAIN_REQUIRE_CUDA();
+    at::set_num_threads(2);
+    manifest =
+        difftrain::testing::write_synthetic_set(dir / "data", {40, 24}, 14, 14, 1, 10).manifest;
+  }
+  tr::Config config(const std::string& run, const std::vector<std::string>& overrides = {}) {
+    return tr::parse_config(difftrain::testing::tiny_config(manifest, dir / run), overrides);
+  }
+  tr::TrainResult train(const tr::Config& c, const c10::Device& device,
+                        const tr::TrainOptions& options = {}) {
+    auto comm = difftrain::parallel::make_local_communicator();
+    tr::Cluster cluster{*comm, nullptr, {}, device};
+    return tr::train(c, cluster, options);
+  }
+
+  TempDir dir;
+  std::string manifest;
+};
+
+// The step of the runs below: 5 steps of 12 images at lr 1e-4 (test_trainer.cpp's kMpiOverrides).
+const std::vector<std::string> kRunOverrides{"training.max_steps=5", "training.batch_size=12",
+                                             "training.lr=0.0001"};
+
+// forward_backward and the fused AdamW on the GPU against the CPU, from the same weights and
+// inputs: the losses to 1e-4 of their largest magnitude; each gradient to 1e-4 of its largest
+// magnitude plus 1e-6 of the largest of all gradients (the biases of convolutions that feed a
+// GroupNorm have a gradient that is zero in exact arithmetic, and rounding noise of about 1e-7 of
+// the largest in fp32); 3 AdamW updates with weight decay, applied to the same gradients, to 1e-6
+// (a thousandth of the step at lr 1e-3). In fp32 on the CPU against float64, the worst meaningful
+// gradient is off by 2e-6 of its magnitude, the median by 1e-6.
+TEST_F(Cuda, TrainingStepMatchesTheCpuInFp32) {
+  NoTf32 fp32;
+  const tr::Config c = config("unused", {"training.weight_decay=0.01"});
+  const auto make_net = [&](const c10::Device& device) {
+    torch::manual_seed(0);
+    difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+    // Non-zero output layers, so that every parameter gets a gradient.
+    torch::NoGradGuard no_grad;
+    auto g = tr::cpu_generator(7);
+    for (auto& p : net->parameters())
+      p.add_(at::randn(p.sizes(), g) * 0.01);
+    net->to(device);
+    return net;
+  };
+  auto g = tr::cpu_generator(1);
+  const tr::StepInputs host{at::rand({8, 1, 16, 16}, g) * 2 - 1,
+                            at::arange(8, at::kLong) * 6,
+                            at::rand({8}, g) + 0.5,
+                            at::randn({8, 1, 16, 16}, g),
+                            {}};
+  const auto on = [](const tr::StepInputs& in, const c10::Device& d) {
+    return tr::StepInputs{in.x_start.to(d), in.t.to(d), in.weights.to(d), in.noise.to(d), {}};
+  };
+  const auto diffusion = tr::make_diffusion(c);
+  const auto gpu_diffusion = difftrain::diffusion::to_device(diffusion, kGpu);
+  auto comm = difftrain::parallel::make_local_communicator();
+
+  difftrain::model::UNet cpu = make_net(at::kCPU), gpu = make_net(kGpu);
+  const tr::StepContext on_cpu{tr::make_denoiser(cpu, c), diffusion, tr::make_loss_spec(c),
+                               c.training, *comm};
+  const tr::StepContext on_gpu{tr::make_denoiser(gpu, c), gpu_diffusion, tr::make_loss_spec(c),
+                               c.training, *comm};
+  const tr::StepTerms want = tr::forward_backward(on_cpu, host);
+  const tr::StepTerms got = tr::forward_backward(on_gpu, on(host, kGpu));
+  ASSERT_TRUE(got.loss.is_cuda());
+  EXPECT_LT(relative_error(got.loss, want.loss), 1e-4);
+  EXPECT_LT(relative_error(got.mse, want.mse), 1e-4);
+  EXPECT_LT(relative_error(got.vb, want.vb), 1e-4);
+  const auto names = cpu->named_parameters().keys();
+  const auto cpu_params = cpu->parameters(), gpu_params = gpu->parameters();
+  double largest = 0;
+  for (const auto& p : cpu_params)
+    largest = std::max(largest, p.grad().abs().max().item<double>());
+  for (std::size_t i = 0; i < cpu_params.size(); ++i) {
+    ASSERT_TRUE(gpu_params[i].grad().defined()) << names[i];
+    const at::Tensor& want_grad = cpu_params[i].grad();
+    const double diff = (gpu_params[i].grad().cpu() - want_grad).abs().max().item<double>();
+    EXPECT_LE(diff, 1e-4 * want_grad.abs().max().item<double>() + 1e-6 * largest) << names[i];
+    // The fused AdamW below sees the same gradients on both devices.
+    gpu_params[i].mutable_grad().copy_(cpu_params[i].grad());
+  }
+
+  tr::AdamW cpu_adam = tr::make_adamw(cpu_params, 1e-3, 0.01, names);
+  tr::AdamW gpu_adam = tr::make_adamw(gpu_params, 1e-3, 0.01, names);
+  for (int step = 0; step < 3; ++step) {
+    tr::adamw_step(cpu_adam, 1e-3, at::zeros({}));
+    tr::adamw_step(gpu_adam, 1e-3, at::zeros({}, at::TensorOptions(kGpu)));
+  }
+  for (std::size_t i = 0; i < cpu_params.size(); ++i) {
+    const double diff = (gpu_params[i].cpu() - cpu_params[i]).abs().max().item<double>();
+    EXPECT_LT(diff, 1e-6) << names[i];
+  }
+  EXPECT_EQ(gpu_adam.steps.item<float>(), 3.0f);
+}
+
+// Whole runs on the GPU against the CPU end within the relative update difference of 2 ranks
+// against 1 (0.05; a wrong update of every element gives about 1.4). Not elementwise: GPU and CPU
+// convolutions round differently, and Adam turns the rounding noise of a gradient that is zero in
+// exact arithmetic (a convolution bias before a GroupNorm) into a sizeable update of either sign.
+constexpr double kGpuCpuRelative = 0.05;
+
+// The whole trainer (loader staging, host-drawn timesteps and noise, the fused step, EMA) on the
+// GPU against the CPU.
+TEST_F(Cuda, TrainingRunMatchesTheCpuInFp32) {
+  NoTf32 fp32;
+  const auto cpu = train(config("cpu", kRunOverrides), at::kCPU);
+  const auto gpu = train(config("gpu", kRunOverrides), kGpu);
+  ASSERT_EQ(gpu.step, 5);
+  expect_same_training(config("cpu", kRunOverrides), gpu.last_checkpoint, cpu.last_checkpoint,
+                       false, kGpuCpuRelative);
+}
+
+// A checkpoint written on the GPU resumes on the CPU, and one written on the CPU on the GPU; each
+// mixed run ends where a CPU-only run ends.
+TEST_F(Cuda, CheckpointsResumeAcrossDevices) {
+  NoTf32 fp32;
+  auto overrides = kRunOverrides;
+  overrides.push_back("training.max_steps=6");
+  const auto cpu = train(config("cpu", overrides), at::kCPU);
+  for (const auto& [first, second, run] :
+       {std::tuple{kGpu, c10::Device(at::kCPU), "gpu_then_cpu"},
+        std::tuple{c10::Device(at::kCPU), kGpu, "cpu_then_gpu"}}) {
+    SCOPED_TRACE(run);
+    auto half = overrides;
+    half.push_back("training.max_steps=3");
+    ASSERT_EQ(train(config(run, half), first).step, 3);
+    tr::TrainOptions resume;
+    resume.resume = "auto";
+    const auto resumed = train(config(run, overrides), second, resume);
+    ASSERT_EQ(resumed.step, 6);
+    EXPECT_TRUE(
+        difftrain::testing::all_finite(checkpoint_tensors(config(run), resumed.last_checkpoint)));
+    expect_same_training(config("cpu", overrides), resumed.last_checkpoint, cpu.last_checkpoint,
+                         false, kGpuCpuRelative);
+  }
+}
+
+// bf16 and fp16 autocast on the GPU (channels-last by model.channels_last: auto): finite losses and
+// weights that moved.
+TEST_F(Cuda, Bf16AndFp16TrainingIsFinite) {
+  for (const std::string precision : {"bf16", "fp16"}) {
+    SCOPED_TRACE(precision);
+    const std::string run = "run_" + precision;
+    auto overrides = kRunOverrides;
+    overrides.push_back("training.precision=" + precision);
+    const tr::Config c = config(run, overrides);
+    const auto r = train(c, kGpu);
+    ASSERT_EQ(r.step, 5);
+    const auto end = checkpoint_tensors(c, r.last_checkpoint);
+    EXPECT_TRUE(difftrain::testing::all_finite(end));
+    for (const auto& line : metrics_lines(dir / run))
+      EXPECT_TRUE(std::isfinite(line["loss"].get<double>())) << line.dump();
+    // The output convolution starts at zero (zero_module): it moves only if training did.
+    EXPECT_GT(end.at("model/out.2.weight").abs().max().item<double>(), 0.0);
+  }
+}
+
+// fp16 with a loss scale of 2^32: the scaled gradients overflow float16 in backward (no injected
+// fault). The scaler skips those steps, halving the scale each time, until the gradients fit;
+// then training goes on with finite weights and no more skips.
+TEST_F(Cuda, Fp16LossScalerSeesARealOverflowAndRecovers) {
+  auto overrides = kRunOverrides;
+  for (const char* o : {"training.precision=fp16", "training.loss_scale_init=4294967296",
+                        "training.max_steps=40", "logging.log_every=8"})
+    overrides.push_back(o);
+  const tr::Config c = config("fp16", overrides);
+  const auto r = train(c, kGpu);
+  ASSERT_EQ(r.step, 40);
+  const auto lines = metrics_lines(dir / "fp16");
+  ASSERT_EQ(lines.size(), 5u);
+  int64_t skipped = 0;
+  for (const auto& line : lines)
+    skipped += line.value("skipped_steps", int64_t{0});
+  std::cout << "skipped " << skipped << " of 40 steps; loss scale " << lines.front()["loss_scale"]
+            << " at step 8, " << lines.back()["loss_scale"] << " at step 40\n";
+  EXPECT_GE(skipped, 1) << "2^32 did not overflow float16";
+  EXPECT_LT(skipped, 30);
+  EXPECT_EQ(lines.back().value("skipped_steps", int64_t{0}), 0) << "no recovery";
+  EXPECT_LT(lines.back()["loss_scale"].get<double>(), 4294967296.0);
+  EXPECT_GE(lines.back()["loss_scale"].get<double>(), 1.0);
+  EXPECT_TRUE(std::isfinite(lines.back()["loss"].get<double>()));
+  EXPECT_TRUE(difftrain::testing::all_finite(checkpoint_tensors(c, r.last_checkpoint)));
+}
+
+// Every timestep density on the GPU draws what it draws on the CPU from the same host generator,
+// the importance sampler after the same recorded losses (its warm-up is decided on the device).
+TEST_F(Cuda, TimestepSamplersDrawWhatTheCpuDraws) {
+  namespace d = difftrain::diffusion;
+  for (const char* name : {"uniform", "stratified", "logit_normal", "loss-second-moment"}) {
+    SCOPED_TRACE(name);
+    d::TimestepSamplerOptions o;
+    o.kind = d::parse_timestep_sampler(name);
+    d::TimestepSampler cpu = d::make_timestep_sampler(o, 50, at::kCPU);
+    d::TimestepSampler gpu = d::make_timestep_sampler(o, 50, kGpu);
+    auto g = tr::cpu_generator(11);
+    for (int round = 0; round < 30; ++round) {
+      const at::Tensor t = at::randint(50, {40}, g, at::kLong);
+      const at::Tensor losses = at::rand({40}, g, at::kDouble) + t.to(at::kDouble) / 50;
+      if (d::records_losses(cpu)) {
+        d::record_losses(cpu, t, losses);
+        d::record_losses(gpu, t.to(kGpu), losses.to(kGpu));
+      }
+    }
+    const d::TimestepDraw want = d::draw_timesteps(cpu, 64, tr::cpu_generator(5));
+    const d::TimestepDraw got = d::draw_timesteps(gpu, 64, tr::cpu_generator(5));
+    ASSERT_TRUE(got.t.is_cuda());
+    EXPECT_TRUE(at::equal(got.t.cpu(), want.t));
+    EXPECT_LT(relative_error(got.weights, want.weights), 1e-12);
+  }
+}
+
+// The held-out bits/dim estimate on the GPU against the CPU: same batch, timesteps and noise.
+TEST_F(Cuda, HeldOutBitsPerDimMatchesTheCpu) {
+  NoTf32 fp32;
+  const tr::Config c = config(
+      "bpd", {"data.validation=" + manifest, "logging.bpd_batch=6", "logging.bpd_timesteps=10"});
+  const auto data = difftrain::data::read_manifest(c.data.train);
+  const auto shape = tr::data_shape(c, &data);
+  auto comm = difftrain::parallel::make_local_communicator();
+  std::vector<double> bpd;
+  for (const c10::Device& device : {c10::Device(at::kCPU), kGpu}) {
+    torch::manual_seed(c.seed);
+    difftrain::model::UNet net(tr::unet_config(c, shape));
+    net->to(device);
+    const auto batch = tr::read_heldout_batch(c, shape, 0, 1, device);
+    EXPECT_EQ(batch.images.device(), device);
+    bpd.push_back(
+        tr::estimate_heldout_bpd(tr::make_denoiser(net, c),
+                                 difftrain::diffusion::to_device(tr::make_diffusion(c), device), c,
+                                 batch, *comm)
+            .bpd);
+  }
+  EXPECT_GT(bpd[0], 1.0);
+  EXPECT_NEAR(bpd[1], bpd[0], 1e-4 * bpd[0]);
+}
+
+// The loader's pinned staging and non-blocking copies deliver, on the GPU, the batches the CPU
+// loader delivers: same images bit for bit (padding and flips included), labels and indices.
+TEST_F(Cuda, LoaderDeliversTheCpuBatchesToTheGpu) {
+  const auto options = [&](const c10::Device& device) {
+    difftrain::data::LoaderOptions o;
+    o.manifest = manifest;
+    o.global_batch = 8;
+    o.seed = 3;
+    o.random_flip = true;
+    o.labels = true;
+    o.pad_to = 16;
+    o.device = device;
+    return o;
+  };
+  difftrain::data::Loader cpu(options(at::kCPU)), gpu(options(kGpu));
+  for (int i = 0; i < 2 * cpu.batches_per_epoch() + 1; ++i) {  // across two epoch boundaries
+    const auto want = cpu.next();
+    const auto got = gpu.next();
+    ASSERT_EQ(got.images.device(), kGpu);
+    ASSERT_EQ(got.labels.device(), kGpu);
+    EXPECT_TRUE(at::equal(got.images.cpu(), want.images)) << "batch " << i;
+    EXPECT_TRUE(at::equal(got.labels.cpu(), want.labels)) << "batch " << i;
+    EXPECT_TRUE(at::equal(got.indices, want.indices)) << "batch " << i;
+  }
+}
+
+// torch::manual_seed seeds the CUDA generator too: the trainer's per-step dropout seed gives the
+// same masks again on the GPU, and another seed other masks.
+TEST_F(Cuda, DropoutOnTheGpuFollowsManualSeed) {
+  const tr::Config c = config("unused", {"model.dropout=0.3"});
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  {
+    torch::NoGradGuard no_grad;
+    auto g = tr::cpu_generator(7);
+    for (auto& p : net->parameters())
+      p.add_(at::randn(p.sizes(), g) * 0.05);
+  }
+  net->to(kGpu);
+  net->train();
+  const at::Tensor x = at::randn({4, 1, 16, 16}, tr::cpu_generator(1)).to(kGpu);
+  const at::Tensor t = at::full({4}, 500.0, at::TensorOptions(kGpu));
+  const auto forward = [&](uint64_t seed) {
+    torch::manual_seed(seed);
+    torch::NoGradGuard no_grad;
+    return net->forward(x, t, {});
+  };
+  EXPECT_TRUE(at::equal(forward(5), forward(5)));
+  EXPECT_FALSE(at::equal(forward(5), forward(6)));
+}
+
+// `difftrain sample` (DDIM and DDPM) and `difftrain eval` with --device cuda against --device cpu
+// on the same checkpoint, with TF32 off: images within 2 of 255 levels, bits/dim within 1e-4.
+TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
+  const std::string train_set = difftrain::testing::write_tiny_set(dir / "tiny", 8, 6, 6, 1, 0);
+  const std::string heldout = difftrain::testing::write_tiny_set(dir / "heldout", 5, 6, 6, 1, 0, 2);
+  const std::string checkpoint = dir / "tiny.pt";
+  const std::string yaml = difftrain::testing::tiny_config_yaml(train_set);
+  difftrain::testing::write_tiny_checkpoint(checkpoint, yaml, yaml);
+  const auto cli = [&](const std::string& args) {
+    const auto r = difftrain::testing::run(difftrain::testing::kNoTf32Env + "OMP_NUM_THREADS=2 " +
+                                           DIFFTRAIN_BINARY + " " + args);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return r;
+  };
+  for (const char* sampler : {"ddim --steps 5", "ddpm"}) {
+    SCOPED_TRACE(sampler);
+    std::vector<std::vector<uint8_t>> images;
+    for (const char* device : {"cpu", "cuda"}) {
+      const std::string out = dir / (std::string(device) + "_samples");
+      const auto r = cli("sample --checkpoint " + checkpoint + " --num 4 --batch 4 --seed 2 " +
+                         "--sampler " + sampler + " --device " + device + " --out " + out);
+      EXPECT_NE(r.output.find(std::string("device ") + device), std::string::npos) << r.output;
+      images.push_back(difftrain::testing::read_raw_uint8(out + ".h5", "images"));
+    }
+    ASSERT_EQ(images[0].size(), images[1].size());
+    int worst = 0;
+    for (std::size_t i = 0; i < images[0].size(); ++i)
+      worst = std::max(worst, std::abs(images[0][i] - images[1][i]));
+    EXPECT_LE(worst, 2);
+  }
+  std::vector<double> bpd;
+  for (const char* device : {"cpu", "cuda"}) {
+    const std::string out = dir / (std::string(device) + "_bpd");
+    cli("eval --checkpoint " + checkpoint + " --data " + heldout + " --device " + device +
+        " --out " + out);
+    std::ifstream f(out + ".json");
+    bpd.push_back(nlohmann::json::parse(f)["total_bpd"].get<double>());
+  }
+  EXPECT_GT(bpd[0], 1.0);
+  EXPECT_NEAR(bpd[1], bpd[0], 1e-4 * bpd[0]);
+}
+
+// `mpirun -np 2 difftrain train` with both ranks on GPU 0 (NCCL, the bucketed reducer) against one
+// rank on the GPU: the tolerance of tests/train/test_trainer.cpp's W ranks against 1 rank.
+void expect_two_ranks_match_one(Cuda& f, const std::string& run,
+                                const std::vector<std::string>& extra, bool elementwise) {
+  NoTf32 fp32;
+  auto overrides = kRunOverrides;
+  overrides.insert(overrides.end(), extra.begin(), extra.end());
+  const auto one = f.train(f.config(run + "_one", overrides), kGpu);
+  const std::string yaml = f.dir / (run + ".yaml");
+  std::ofstream(yaml) << difftrain::testing::tiny_config(f.manifest, f.dir / run);
+  std::string command =
+      std::string(DIFFTRAIN_BINARY) + " train --config " + yaml + " --set device=cuda:0";
+  for (const auto& o : overrides)
+    command += " --set " + o;
+  const auto r = difftrain::testing::run(difftrain::testing::mpirun_on_one_gpu(2, command));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 ranks, device cuda:0"), std::string::npos) << r.output;
+  expect_same_training(f.config(run + "_one", overrides), tr::checkpoint_path(f.dir / run, 5),
+                       one.last_checkpoint, elementwise);
+}
+
+TEST_F(Cuda, TwoRanksOnNcclMatchOneRank) {
+  expect_two_ranks_match_one(*this, "fp32", {}, true);
+}
+TEST_F(Cuda, TwoRanksOnNcclChannelsLastMatchOneRank) {
+  expect_two_ranks_match_one(*this, "channels_last", {"model.channels_last=true"}, true);
+}
+TEST_F(Cuda, TwoRanksOnNcclBf16MatchOneRank) {
+  expect_two_ranks_match_one(*this, "bf16", {"training.precision=bf16"}, false);
+}
+
+// A rank that stops answering at step 4: the other rank's NCCL all-reduce never completes, the
+// watchdog names it, aborts the communicator and ends the job well within a minute.
+TEST_F(Cuda, HungRankOnNcclIsNamedByTheWatchdog) {
+  const std::string yaml = dir / "hung.yaml";
+  std::ofstream(yaml) << difftrain::testing::tiny_config(manifest, dir / "hung");
+  std::string command = std::string(DIFFTRAIN_BINARY) + " train --config " + yaml +
+                        " --set device=cuda:0 --set training.watchdog_timeout=3"
+                        " --fault hang@4 --fault-rank 1";
+  for (const auto& o : kRunOverrides)
+    command += " --set " + o;
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = difftrain::testing::run(difftrain::testing::mpirun_on_one_gpu(2, command));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.exit_code, 124) << "timed out: the job did not end by itself\n" << r.output;
+  EXPECT_LT(seconds, 60) << r.output;
+  EXPECT_NE(r.output.find("watchdog: all_reduce"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("at step 4 has not completed"), std::string::npos) << r.output;
+}
+
+}  // namespace
