@@ -31,7 +31,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gaussian_diffusion import GaussianDiffusion  # noqa: E402
-from unet import QKVAttention, UNetModel  # noqa: E402
+from unet import QKVAttention, model_from_difftrain  # noqa: E402
 
 
 def load_export(path):
@@ -45,15 +45,7 @@ def load_export(path):
 
 
 def build_model(meta, tuned):
-    m = meta["model"]
-    return UNetModel(in_channels=m["in_channels"], model_channels=m["model_channels"],
-                     out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
-                     attention_resolutions=m["attention_resolutions"],
-                     image_size=m["image_size"], dropout=m["dropout"],
-                     channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
-                     num_classes=m["num_classes"] or None, num_heads=m["num_heads"],
-                     num_head_channels=m["num_head_channels"],
-                     use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned)
+    return model_from_difftrain(meta["model"], tuned)
 
 
 def summary(values):

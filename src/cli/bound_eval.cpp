@@ -9,6 +9,7 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "data/canvas.hpp"
 #include "data/sample_order.hpp"
 #include "data/shard_reader.hpp"
 #include "data/shard_set.hpp"
@@ -21,24 +22,17 @@ namespace {
 
 constexpr uint64_t kSubsetTag = 0x4556414c;  // "EVAL": the choice of the --num images
 
-std::string shape_str(int64_t c, int64_t h, int64_t w) {
+std::string chw(int64_t c, int64_t h, int64_t w) {
   return fmt::format("{}x{}x{}", c, h, w);
 }
 
-// Images [first, first + count) of the chosen ones as the network sees them: float [-1, 1], CHW,
-// padded with -1 (black) as the loader pads.
-at::Tensor read_images(data::ShardSet& shards, const EvalImages& e, int64_t image_size,
-                       int64_t first, int64_t count) {
-  const data::Manifest& d = e.manifest;
-  at::Tensor u8 = at::empty({count, d.height, d.width, d.channels}, at::kByte);
+// Images [first, first + count) of the chosen ones as the network sees them, as the loader
+// converts and pads them.
+at::Tensor read_images(data::ShardSet& shards, const EvalImages& e, int64_t first, int64_t count) {
+  std::vector<uint8_t> raw(static_cast<std::size_t>(count * shards.sample_bytes()));
   for (int64_t i = 0; i < count; ++i)
-    shards.read(e.indices[first + i], u8[i].data_ptr<uint8_t>());
-  // x / 127.5 - 1 in float32, as the loader converts.
-  at::Tensor x = u8.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1);
-  const int64_t S = image_size;
-  if (d.height != S || d.width != S)
-    x = at::constant_pad_nd(x, {e.left, S - d.width - e.left, e.top, S - d.height - e.top}, -1.0);
-  return x.contiguous();
+    shards.read(e.indices[first + i], raw.data() + i * shards.sample_bytes());
+  return data::to_network_pixels(raw.data(), count, e.canvas);
 }
 
 // This rank's images: the sums of the bound's terms (diffusion/bound_summary.hpp).
@@ -50,7 +44,7 @@ at::Tensor evaluate_range(const TrainedModel& m, const EvalImages& e, int64_t ba
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t b0 = 0; b0 < count; b0 += batch) {
     const int64_t b = std::min(batch, count - b0);
-    const at::Tensor x = read_images(shards, e, m.shape.image_size, first + b0, b).to(m.device);
+    const at::Tensor x = read_images(shards, e, first + b0, b).to(m.device);
     at::Tensor y;
     if (m.shape.num_classes > 0) {
       std::vector<int64_t> labels;
@@ -99,15 +93,13 @@ EvalImages choose_eval_images(const data::Manifest& d, const TrainedModel& m, in
       d.channels == m.shape.channels &&
       (m.config.data.pad_to > 0 ? d.height <= S && d.width <= S : d.height == S && d.width == S);
   if (!fits)
-    throw std::invalid_argument(d.path + ": images are " +
-                                shape_str(d.channels, d.height, d.width) +
+    throw std::invalid_argument(d.path + ": images are " + chw(d.channels, d.height, d.width) +
                                 " (CxHxW) but the model of " + m.checkpoint + " takes " +
-                                shape_str(m.shape.channels, S, S) +
+                                chw(m.shape.channels, S, S) +
                                 (m.config.data.pad_to > 0 ? " (padded from smaller images)" : ""));
   EvalImages e;
   e.manifest = d;
-  e.top = (S - d.height) / 2;
-  e.left = (S - d.width) / 2;
+  e.canvas = data::centred_canvas(d.height, d.width, d.channels, S);
 
   if (m.shape.num_classes > 0) {
     if (!d.labels)

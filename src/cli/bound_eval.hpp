@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/trained_model.hpp"
+#include "data/canvas.hpp"
 #include "data/manifest.hpp"
 #include "diffusion/bound_summary.hpp"
 
@@ -24,7 +25,7 @@ struct EvalImages {
   data::Manifest manifest;
   std::vector<int64_t> indices;  // ascending indices into the set
   std::vector<int64_t> labels;   // of the whole set, for class-conditional models
-  int64_t top = 0, left = 0;
+  data::Canvas canvas;           // where the images sit in the model's input
 };
 
 // Every image of `manifest` (num = 0 or >= its size), or a random subset of `num` seeded by `seed`

@@ -17,6 +17,7 @@
 #include "cli/commands.hpp"
 #include "cli/run_on_world.hpp"
 #include "cli/trained_model.hpp"
+#include "data/canvas.hpp"
 #include "data/npz.hpp"
 #include "data/png_grid.hpp"
 #include "data/sample_order.hpp"
@@ -56,8 +57,8 @@ struct Plan {
   diffusion::GaussianDiffusion diffusion;  // the one sampled: respaced or the training one
   at::Tensor timestep_map;                 // its index -> training timestep; undefined = same
   std::string schedule;                    // for logs and the shard's source attribute
-  int64_t height = 0, width = 0, top = 0, left = 0;  // the crop of the padded samples
-  std::string out;                                   // output path without extension
+  data::Canvas canvas;  // the samples' place in the network's output: cropped back from padding
+  std::string out;      // output path without extension
 };
 
 std::string strip_extension(const std::string& out) {
@@ -117,13 +118,11 @@ Plan prepare(const Options& o, const parallel::World& world) {
 
   // Samples of a model trained on padded images are cropped back to the data's size.
   const int64_t size = m.shape.image_size;
-  p.height = p.width = size;
+  p.canvas = data::stored_canvas(size, size, m.shape.channels);
   if (m.config.data.pad_to > 0) {
     if (m.train_manifest) {
-      p.height = m.train_manifest->height;
-      p.width = m.train_manifest->width;
-      p.top = (size - p.height) / 2;
-      p.left = (size - p.width) / 2;
+      p.canvas = data::centred_canvas(m.train_manifest->height, m.train_manifest->width,
+                                      m.shape.channels, size);
     } else {
       spdlog::warn(
           "data.pad_to = {} but the training manifest cannot be read: the samples keep "
@@ -180,15 +179,13 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
               ? diffusion::ddim_sample_loop(p.diffusion, model, {b, C, S, S}, noise, so)
               : diffusion::p_sample_loop(p.diffusion, model, {b, C, S, S}, noise, so);
     }
-    // [-1, 1] -> 0..255, rounded: the inverse of the data's k / 127.5 - 1.
-    at::Tensor u8 = ((x.to(at::kCPU, at::kFloat) + 1) * 127.5).round().clamp(0, 255).to(at::kByte);
-    u8 = u8.narrow(2, p.top, p.height).narrow(3, p.left, p.width);
-    images.push_back(u8.permute({0, 2, 3, 1}).contiguous());
+    images.push_back(data::to_stored_pixels(x, p.canvas));
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     spdlog::info("sampled {}/{} ({:.2f} images/s)", b0 + b, count, (b0 + b) / seconds);
   }
-  if (images.empty()) return {at::empty({0, p.height, p.width, C}, at::kByte), labels};
+  if (images.empty())
+    return {at::empty({0, p.canvas.height, p.canvas.width, C}, at::kByte), labels};
   return {at::cat(images), labels};
 }
 

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "data/bounded_queue.hpp"
+#include "data/canvas.hpp"
 #include "data/h5.hpp"
 #include "data/shard_reader.hpp"
 #include "data/shard_set.hpp"
@@ -19,41 +20,6 @@ Cursor advance(Cursor c, int64_t batches_per_epoch) {
   return c;
 }
 
-// uint8 -> [-1, 1], computed as torch computes x / 127.5 - 1 in float32, so batches equal those of
-// a reference pipeline bit for bit.
-std::array<float, 256> pixel_table() {
-  std::array<float, 256> t{};
-  for (int v = 0; v < 256; ++v)
-    t[static_cast<std::size_t>(v)] = static_cast<float>(v) / 127.5f - 1;
-  return t;
-}
-
-// Where one sample lands in the output: [C, out_h, out_w] with the H x W image at (top, left).
-struct Geometry {
-  int64_t height, width, channels;
-  int64_t out_height, out_width;
-  int64_t top, left;
-};
-
-// HWC uint8 -> CHW float, mirrored left-right when flip; the pad stays as filled.
-void convert_sample(const uint8_t* src, float* dst, const Geometry& g, bool flip,
-                    const std::array<float, 256>& table) {
-  const int64_t plane = g.out_height * g.out_width;
-  for (int64_t y = 0; y < g.height; ++y) {
-    const uint8_t* row = src + y * g.width * g.channels;
-    for (int64_t c = 0; c < g.channels; ++c) {
-      float* out = dst + c * plane + (g.top + y) * g.out_width + g.left;
-      if (flip) {
-        for (int64_t x = 0; x < g.width; ++x)
-          out[g.width - 1 - x] = table[row[x * g.channels + c]];
-      } else {
-        for (int64_t x = 0; x < g.width; ++x)
-          out[x] = table[row[x * g.channels + c]];
-      }
-    }
-  }
-}
-
 }  // namespace
 
 struct Loader::State {
@@ -61,7 +27,7 @@ struct Loader::State {
   Manifest manifest;
   int64_t per_epoch = 0;
   RowRange rows;
-  Geometry geometry{};
+  Canvas canvas{};              // where each sample sits in the batch's images
   std::vector<int64_t> labels;  // of the whole set, when options.labels
   Cursor consumer;              // the batch next() returns next
   BoundedQueue<Batch> queue;
@@ -78,10 +44,9 @@ struct Loader::State {
 
 Batch Loader::State::read_batch(ShardSet& shards, const std::vector<int64_t>& perm,
                                 Cursor c) const {
-  static const std::array<float, 256> table = pixel_table();
   const std::vector<int64_t> samples = batch_samples(perm, c.batch, options.global_batch, rows);
   const auto b = static_cast<int64_t>(samples.size());
-  const Geometry& g = geometry;
+  const Canvas& g = canvas;
 
   // Read in index order: neighbours in a shard share pages and B-tree nodes.
   std::vector<std::size_t> order(samples.size());
@@ -103,7 +68,7 @@ Batch Loader::State::read_batch(ShardSet& shards, const std::vector<int64_t>& pe
   for (int64_t i = 0; i < b; ++i) {
     const bool flip = options.random_flip &&
                       flip_sample(options.seed, c.epoch, samples[static_cast<std::size_t>(i)]);
-    convert_sample(raw.data() + i * shards.sample_bytes(), out + i * sample_floats, g, flip, table);
+    to_network_pixels(raw.data() + i * shards.sample_bytes(), out + i * sample_floats, g, flip);
   }
   batch.indices = at::empty({b}, at::TensorOptions().dtype(at::kLong));
   std::copy(samples.begin(), samples.end(), batch.indices.data_ptr<int64_t>());
@@ -155,14 +120,12 @@ Loader::Loader(LoaderOptions options, Cursor start)
     throw Error(where + ": " + e.what());
   }
   if (o.labels && !m.labels) throw Error(where + ": labels requested, the set has none");
-  s.geometry = Geometry{m.height, m.width, m.channels, m.height, m.width, 0, 0};
+  s.canvas = stored_canvas(m.height, m.width, m.channels);
   if (o.pad_to) {
     if (*o.pad_to < m.height || *o.pad_to < m.width)
       throw Error(where + ": pad_to " + std::to_string(*o.pad_to) + " is smaller than the " +
                   std::to_string(m.height) + "x" + std::to_string(m.width) + " images");
-    s.geometry.out_height = s.geometry.out_width = *o.pad_to;
-    s.geometry.top = (*o.pad_to - m.height) / 2;
-    s.geometry.left = (*o.pad_to - m.width) / 2;
+    s.canvas = centred_canvas(m.height, m.width, m.channels, *o.pad_to);
   }
   if (start.epoch < 0 || start.batch < 0 || start.batch > s.per_epoch)
     throw Error(where + ": cursor (epoch " + std::to_string(start.epoch) + ", batch " +

@@ -34,6 +34,20 @@ std::vector<at::Tensor> clones(const std::vector<at::Tensor>& ts) {
   return out;
 }
 
+// The optimizer's part of a checkpoint: `from` saved as checkpoints save it, loaded into `to`.
+void checkpoint_round_trip(const tr::AdamW& from, tr::AdamW& to) {
+  tr::write_step_count(from);
+  torch::serialize::OutputArchive out;
+  from.state->save(out);
+  std::ostringstream bytes;
+  out.save_to(bytes);
+  torch::serialize::InputArchive in;
+  std::istringstream read(bytes.str());
+  in.load_from(read);
+  to.state->load(in);
+  tr::read_step_count(to);
+}
+
 }  // namespace
 
 TEST(AdamW, FusedStepMatchesLibTorchAdamW) {
@@ -83,19 +97,9 @@ TEST(AdamW, StepCountSurvivesACheckpoint) {
     set_grads(params, step);
     tr::adamw_step(adam, 1e-2, at::zeros({}));
   }
-  tr::write_step_count(adam);
-  torch::serialize::OutputArchive out;
-  adam.state->save(out);
-  std::ostringstream bytes;
-  out.save_to(bytes);
-
   auto restored_params = clones(params);
   tr::AdamW restored = tr::make_adamw(restored_params, 1e-2, 0.0);
-  torch::serialize::InputArchive in;
-  std::istringstream read(bytes.str());
-  in.load_from(read);
-  restored.state->load(in);
-  tr::read_step_count(restored);
+  checkpoint_round_trip(adam, restored);
   EXPECT_EQ(restored.steps.item<float>(), 3.0f);
   // The next step is the same on both: moments and bias corrections came through.
   set_grads(params, 3);
@@ -137,12 +141,6 @@ TEST(AdamW, MomentsTakeTheParameterLayoutAfterLoading) {
   for (auto& p : first)
     if (p.grad().defined()) p.mutable_grad() = p.grad().contiguous();
   tr::adamw_step(adam, 1e-2, at::zeros({}));
-  tr::write_step_count(adam);
-  torch::serialize::OutputArchive out;
-  adam.state->save(out);
-  std::ostringstream bytes;
-  out.save_to(bytes);
-
   auto resumed = make_params();  // channels-last conv weight
   {
     torch::NoGradGuard no_grad;
@@ -150,11 +148,7 @@ TEST(AdamW, MomentsTakeTheParameterLayoutAfterLoading) {
       resumed[i].copy_(first[i]);
   }
   tr::AdamW restored = tr::make_adamw(resumed, 1e-2, 0.0);
-  torch::serialize::InputArchive in;
-  std::istringstream read(bytes.str());
-  in.load_from(read);
-  restored.state->load(in);
-  tr::read_step_count(restored);
+  checkpoint_round_trip(adam, restored);
   const auto& s = static_cast<const torch::optim::AdamWParamState&>(
       *restored.state->state().at(resumed[0].unsafeGetTensorImpl()));
   EXPECT_TRUE(s.exp_avg().is_contiguous(at::MemoryFormat::ChannelsLast));

@@ -20,8 +20,8 @@
 #include "data/manifest.hpp"
 #include "data/test_files.hpp"
 #include "diffusion/timestep_sampler.hpp"
-#include "parallel/communicator.hpp"
 #include "model/unet.hpp"
+#include "parallel/communicator.hpp"
 #include "train/checkpoint.hpp"
 #include "train/config.hpp"
 #include "train/ema.hpp"
@@ -32,6 +32,7 @@
 #include "train/setup.hpp"
 #include "train/train_state.hpp"
 #include "train/trainer.hpp"
+#include "train/trainer_fixture.hpp"
 
 namespace fs = std::filesystem;
 namespace tr = difftrain::train;
@@ -261,18 +262,13 @@ TEST(PhemaReconstruct, ATrackedProfileAtASnapshotTimeGivesThatSnapshotBack) {
 // ---------------------------------------------------------------------------------------------
 // The trainer and the command, on a tiny UNet and a synthetic data set.
 
+// The trainer tests' tiny run (trainer_fixture.hpp) with one EMA rate and the profiles
+// snapshotted every 2 steps.
 std::string tiny_config(const std::string& manifest, const std::string& run_dir) {
-  return "seed: 3\ndevice: cpu\n"
-         "data: {train: " +
-         manifest +
-         ", pad_to: 16}\n"
-         "model: {model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1,"
-         " attention_resolutions: [8], dropout: 0.0}\n"
-         "diffusion: {schedule: cosine, steps: 50, loss: hybrid}\n"
-         "training: {batch_size: 8, lr: 0.001, max_steps: 6, checkpoint_every: 3,"
-         " ema_rates: [0.9], threads: 1, phema: {sigma_rels: [0.05, 0.1], snapshot_every: 2}}\n"
-         "logging: {run_dir: " +
-         run_dir + ", log_every: 2, timestep_stats_every: 0, timestep_buckets: 5}\n";
+  return tr::to_yaml(
+      tr::parse_config(difftrain::testing::tiny_config(manifest, run_dir),
+                       {"training.ema_rates=[0.9]", "training.phema.sigma_rels=[0.05, 0.1]",
+                        "training.phema.snapshot_every=2", "logging.timestep_stats_every=0"}));
 }
 
 difftrain::testing::ProcessResult difftrain_cli(const std::string& args) {

@@ -31,20 +31,12 @@ import torch as th
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench",
                                 "baseline"))
-from unet import UNetModel  # noqa: E402
+from unet import model_from_difftrain  # noqa: E402
 
 
 def build(export_json):
     with open(export_json) as f:
-        m = json.load(f)["model"]
-    return UNetModel(in_channels=m["in_channels"], model_channels=m["model_channels"],
-                     out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
-                     attention_resolutions=m["attention_resolutions"],
-                     image_size=m["image_size"], dropout=m["dropout"],
-                     channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
-                     num_classes=m["num_classes"] or None, num_heads=m["num_heads"],
-                     num_head_channels=m["num_head_channels"],
-                     use_scale_shift_norm=m["use_scale_shift_norm"])
+        return model_from_difftrain(json.load(f)["model"])
 
 
 def load(path):
