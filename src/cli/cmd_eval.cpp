@@ -23,7 +23,6 @@
 #include "data/manifest.hpp"
 #include "diffusion/bound_summary.hpp"
 #include "parallel/communicator.hpp"
-#include "parallel/rank_device.hpp"
 #include "parallel/world.hpp"
 
 namespace difftrain::cli {
@@ -61,10 +60,8 @@ Plan prepare(const Options& o, const parallel::World& world) {
   if (o.num < 0) throw std::invalid_argument("--num must be >= 0 (0 = all images)");
   Plan p;
   const data::Manifest manifest = data::read_manifest(o.data);
-  p.model = load_trained_model(o.source, parallel::rank_device(world, parallel::parse_device_request(o.source.device)), &manifest);
+  p.model = load_trained_model_on_rank(o.source, world, &manifest);
   const TrainedModel& m = p.model;
-  if (m.config.training.threads > 0)
-    at::set_num_threads(static_cast<int>(m.config.training.threads));
   p.images = choose_eval_images(manifest, m, o.num, o.seed);
   p.out = o.out.empty() ? default_out(m) : o.out;
   if (fs::path(p.out).extension() == ".json") p.out = fs::path(p.out).replace_extension().string();

@@ -83,8 +83,8 @@ int run(const Options& o) {
   train::save_checkpoint(o.out, state, train::to_yaml(train::resolved_config(config, shape)),
                          o.weights);
 
-  spdlog::info("wrote {}: {} parameters from {}{}, step 0", o.out, model::parameter_count(state.net),
-               o.weights,
+  spdlog::info("wrote {}: {} parameters from {}{}, step 0", o.out,
+               model::parameter_count(state.net), o.weights,
                tc.ema_rates.empty() ? ""
                : o.ema_weights.empty()
                    ? fmt::format(" (EMA {} starts from them)", fmt::join(tc.ema_rates, ", "))

@@ -240,12 +240,8 @@ int sweep(const Options& o, parallel::World& world) {
     source.checkpoint = path;
     source.ema = "none";
     source.device = o.device;
-    const TrainedModel m = load_trained_model(source, device, &manifest);
-    if (!images) {
-      if (m.config.training.threads > 0)
-        at::set_num_threads(static_cast<int>(m.config.training.threads));
-      images = choose_eval_images(manifest, m, o.num, o.seed);
-    }
+    const TrainedModel m = load_trained_model_on_rank(source, world, &manifest);
+    if (!images) images = choose_eval_images(manifest, m, o.num, o.seed);
     point.bound = evaluate_bound(m, *images, o.batch, o.seed, *comm, progress);
     points.push_back(point);
     if (!root) continue;

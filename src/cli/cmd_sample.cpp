@@ -25,7 +25,6 @@
 #include "diffusion/respace.hpp"
 #include "diffusion/sampling.hpp"
 #include "parallel/communicator.hpp"
-#include "parallel/rank_device.hpp"
 #include "parallel/world.hpp"
 #include "train/step_rng.hpp"
 
@@ -89,11 +88,8 @@ std::string respacing_spec(const Options& o, long T) {
 Plan prepare(const Options& o, const parallel::World& world) {
   check_options(o);
   Plan p;
-  p.model = load_trained_model(
-      o.source, parallel::rank_device(world, parallel::parse_device_request(o.source.device)));
+  p.model = load_trained_model_on_rank(o.source, world);
   const TrainedModel& m = p.model;
-  if (m.config.training.threads > 0)
-    at::set_num_threads(static_cast<int>(m.config.training.threads));
 
   const long T = m.diffusion.num_timesteps;
   const std::string spec = respacing_spec(o, T);

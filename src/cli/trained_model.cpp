@@ -145,6 +145,16 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& de
   return m;
 }
 
+TrainedModel load_trained_model_on_rank(const ModelSource& source, const parallel::World& world,
+                                        const data::Manifest* fallback) {
+  TrainedModel m = load_trained_model(
+      source, parallel::rank_device(world, parallel::parse_device_request(source.device)),
+      fallback);
+  if (m.config.training.threads > 0)
+    at::set_num_threads(static_cast<int>(m.config.training.threads));
+  return m;
+}
+
 void check_output_directory(const std::string& path, const std::string& what) {
   const fs::path dir =
       fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();

@@ -20,6 +20,9 @@
 namespace CLI {
 class App;
 }
+namespace difftrain::parallel {
+class World;
+}
 
 namespace difftrain::cli {
 
@@ -57,6 +60,10 @@ struct TrainedModel {
 // (parallel::rank_device of source.device).
 TrainedModel load_trained_model(const ModelSource& source, const c10::Device& device,
                                 const data::Manifest* fallback = nullptr);
+// As sample, eval and phema --sweep load it on every rank: on the rank's device (source.device,
+// parallel::rank_device), with the training run's training.threads when it set them.
+TrainedModel load_trained_model_on_rank(const ModelSource& source, const parallel::World& world,
+                                        const data::Manifest* fallback = nullptr);
 
 // Creates the directory of `path` and checks that a file can be created in it (by creating and
 // removing one: permission bits do not stop root), so that a long job does not fail at the end.
