@@ -246,7 +246,7 @@ int sweep(const Options& o, parallel::World& world) {
         at::set_num_threads(static_cast<int>(m.config.training.threads));
       images = choose_eval_images(manifest, m, o.num, o.seed);
     }
-    point.bound = evaluate_bound(m, *images, o.batch, o.seed, *comm, progress);
+    point.bound = evaluate_bound(m, *images, o.batch, o.seed, *comm, progress).summary;
     points.push_back(point);
     if (!root) continue;
     fmt::print("sigma_rel {:<8} bits/dim {:.5f} +- {:.5f} (profile error {:.2e})\n",
