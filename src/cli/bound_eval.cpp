@@ -35,9 +35,10 @@ at::Tensor read_images(data::ShardSet& shards, const EvalImages& e, int64_t firs
   return data::to_network_pixels(raw.data(), count, e.canvas);
 }
 
-// This rank's images: the sums of the bound's terms (diffusion/bound_summary.hpp).
+// This rank's images [first, first + count): the sums of the bound's terms
+// (diffusion/bound_summary.hpp), and each image's total written into image_bpd (of every image).
 at::Tensor evaluate_range(const TrainedModel& m, const EvalImages& e, int64_t batch, uint64_t seed,
-                          int64_t first, int64_t count, bool progress) {
+                          int64_t first, int64_t count, bool progress, at::Tensor& image_bpd) {
   const long T = m.diffusion.num_timesteps;
   data::ShardSet shards(e.manifest);
   at::Tensor sums = diffusion::empty_bound_sums(T, c10::kCPU);
@@ -71,6 +72,7 @@ at::Tensor evaluate_range(const TrainedModel& m, const EvalImages& e, int64_t ba
     const diffusion::BoundTerms terms = diffusion::calc_bpd_loop(
         m.diffusion, m.denoiser.with_labels(y), x, /*clip_denoised=*/true, noise, on_step);
     sums += diffusion::bound_sums(terms).cpu();
+    image_bpd.narrow(0, first + b0, b).copy_(terms.total_bpd);
     if (progress) fmt::print(stderr, "\r{:60}\r", "");
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -129,16 +131,34 @@ EvalImages choose_eval_images(const data::Manifest& d, const TrainedModel& m, in
   return e;
 }
 
-diffusion::BoundSummary evaluate_bound(const TrainedModel& m, const EvalImages& images,
-                                       int64_t batch, uint64_t seed, parallel::Communicator& comm,
-                                       bool progress) {
+int64_t model_dims(const TrainedModel& m) {
+  return m.shape.channels * m.shape.image_size * m.shape.image_size;
+}
+
+int64_t real_dims(const EvalImages& images) {
+  const data::Manifest& d = images.manifest;
+  return d.channels * d.height * d.width;
+}
+
+BoundEvaluation evaluate_bound(const TrainedModel& m, const EvalImages& images, int64_t batch,
+                               uint64_t seed, parallel::Communicator& comm, bool progress) {
   if (batch < 1) throw std::invalid_argument("--batch must be >= 1, not " + std::to_string(batch));
   const auto n = static_cast<int64_t>(images.indices.size());
   const data::RowRange mine = data::rank_rows(n, comm.rank(), comm.size());
+  // Every rank fills its own images' entries and leaves the others 0: the reduction's sum
+  // gathers them.
+  at::Tensor image_bpd = at::zeros({n}, at::kDouble);
   at::Tensor sums =
-      evaluate_range(m, images, batch, seed, mine.begin, mine.size(), progress).to(m.device);
-  comm.all_reduce(sums, parallel::ReduceOp::sum);
-  return diffusion::summarize_bound(sums.cpu(), m.diffusion.num_timesteps);
+      evaluate_range(m, images, batch, seed, mine.begin, mine.size(), progress, image_bpd);
+  at::Tensor reduced = at::cat({sums, image_bpd}).to(m.device);
+  comm.all_reduce(reduced, parallel::ReduceOp::sum);
+  reduced = reduced.cpu();
+  BoundEvaluation r;
+  r.summary =
+      diffusion::summarize_bound(reduced.narrow(0, 0, sums.size(0)), m.diffusion.num_timesteps);
+  const at::Tensor totals = reduced.narrow(0, sums.size(0), n).contiguous();
+  r.image_bpd.assign(totals.data_ptr<double>(), totals.data_ptr<double>() + n);
+  return r;
 }
 
 }  // namespace difftrain::cli

@@ -34,10 +34,21 @@ struct EvalImages {
 EvalImages choose_eval_images(const data::Manifest& manifest, const TrainedModel& m, int64_t num,
                               uint64_t seed);
 
+// The bits/dim of the images are averaged over the model's input dimensions: C x S x S after
+// padding. The padding is a constant, so the bound divided by the real pixels' dimensions (C x H
+// x W) instead is an upper bound on the NLL of the real pixels alone: their probability is at
+// least their joint probability with that padding, whose NLL the bound bounds.
+int64_t model_dims(const TrainedModel& m);
+int64_t real_dims(const EvalImages& images);
+
+struct BoundEvaluation {
+  diffusion::BoundSummary summary;
+  std::vector<double> image_bpd;  // each image's total, in the order of images.indices
+};
+
 // The bound's sums over this rank's share of the images, reduced over `comm`: every rank returns
-// the summary. `progress`: a running line on stderr.
-diffusion::BoundSummary evaluate_bound(const TrainedModel& m, const EvalImages& images,
-                                       int64_t batch, uint64_t seed, parallel::Communicator& comm,
-                                       bool progress);
+// the result. `progress`: a running line on stderr.
+BoundEvaluation evaluate_bound(const TrainedModel& m, const EvalImages& images, int64_t batch,
+                               uint64_t seed, parallel::Communicator& comm, bool progress);
 
 }  // namespace difftrain::cli

@@ -69,14 +69,21 @@ Plan prepare(const Options& o, const parallel::World& world) {
   return p;
 }
 
+// Bits/dim over the model's dims -> over the real pixels' dims (cli/bound_eval.hpp).
+double real_pixels_factor(const Plan& p) {
+  return static_cast<double>(model_dims(p.model)) / static_cast<double>(real_dims(p.images));
+}
+
 nlohmann::ordered_json number_or_null(double v) {
   return std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json(nullptr);
 }
 
-void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary& s, double seconds,
+void write_report(const Plan& p, const Options& o, const BoundEvaluation& e, double seconds,
                   int ranks) {
   const TrainedModel& m = p.model;
+  const diffusion::BoundSummary& s = e.summary;
   const long T = m.diffusion.num_timesteps;
+  const double to_real = real_pixels_factor(p);
   std::vector<int64_t> t(static_cast<std::size_t>(T));
   std::iota(t.begin(), t.end(), 0);
   nlohmann::ordered_json j{
@@ -95,11 +102,19 @@ void write_report(const Plan& p, const Options& o, const diffusion::BoundSummary
       {"clip_denoised", true},
       {"padded_to",
        m.config.data.pad_to > 0 ? nlohmann::ordered_json(m.shape.image_size) : nullptr},
+      // Every *_bpd below is averaged over `dims`, the model's (possibly padded) input.
+      {"dims", model_dims(m)},
       {"total_bpd", s.total_bpd},
       {"total_bpd_stderr", number_or_null(s.total_bpd_stderr)},
+      // The same bound over the `real_dims` of the data's images: equal without padding.
+      {"real_dims", real_dims(p.images)},
+      {"total_bpd_real_pixels", s.total_bpd * to_real},
+      {"total_bpd_real_pixels_stderr", number_or_null(s.total_bpd_stderr * to_real)},
       {"prior_bpd", s.prior_bpd},
       {"decoder_bpd", s.decoder_bpd},
       {"terms_bpd", s.terms_bpd},
+      // Paired comparisons of models evaluated with the same --seed need each image's total.
+      {"per_image", {{"index", p.images.indices}, {"total_bpd", e.image_bpd}}},
       {"per_timestep", {{"t", t}, {"vb_bpd", s.vb}, {"mse", s.mse}, {"xstart_mse", s.xstart_mse}}},
       {"seconds", seconds},
       {"ranks", ranks}};
@@ -136,19 +151,38 @@ int run(const Options& o, parallel::World& world) {
   // ends the whole job (run_on_world aborts every rank).
   const std::unique_ptr<parallel::Communicator> comm = parallel::make_communicator(world, m.device);
   const auto t0 = std::chrono::steady_clock::now();
-  const diffusion::BoundSummary s = evaluate_bound(m, plan.images, o.batch, o.seed, *comm,
-                                                   world.rank() == 0 && isatty(STDERR_FILENO));
+  const BoundEvaluation e = evaluate_bound(m, plan.images, o.batch, o.seed, *comm,
+                                           world.rank() == 0 && isatty(STDERR_FILENO));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (world.rank() != 0) return kOk;
 
-  fmt::print("bits/dim   {:.5f} +- {:.5f} (standard error, {} images)\n", s.total_bpd,
-             s.total_bpd_stderr, s.count);
+  const diffusion::BoundSummary& s = e.summary;
+  const data::Manifest& d = plan.images.manifest;
+  const int64_t S = m.shape.image_size;
+  if (model_dims(m) == real_dims(plan.images)) {
+    fmt::print("bits/dim   {:.5f} +- {:.5f} (standard error, {} images; {} dims, {}x{}x{})\n",
+               s.total_bpd, s.total_bpd_stderr, s.count, model_dims(m), d.channels, d.height,
+               d.width);
+  } else {
+    // A padded model: the bound per padded dim is not comparable with other models' bits/dim;
+    // the one per real pixel dim is (an upper bound on the real pixels' NLL).
+    const double to_real = real_pixels_factor(plan);
+    fmt::print(
+        "bits/dim, real pixels   {:.5f} +- {:.5f} (standard error, {} images; the bound over the "
+        "{} dims of the {}x{}x{} images)\n",
+        s.total_bpd * to_real, s.total_bpd_stderr * to_real, s.count, real_dims(plan.images),
+        d.channels, d.height, d.width);
+    fmt::print(
+        "bits/dim, padded        {:.5f} +- {:.5f} (over the {} dims of the {}x{}x{} padded "
+        "input, constant pad included; the terms below are per padded dim)\n",
+        s.total_bpd, s.total_bpd_stderr, model_dims(m), m.shape.channels, S, S);
+  }
   fmt::print("  prior L_T            {:.6f}\n", s.prior_bpd);
   fmt::print("  sum L_t, t = 1..T-1  {:.6f}\n", s.terms_bpd);
   fmt::print("  decoder L_0          {:.6f}\n", s.decoder_bpd);
   try {
-    write_report(plan, o, s, seconds, world.size());
+    write_report(plan, o, e, seconds, world.size());
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return kBadInput;

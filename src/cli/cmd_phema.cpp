@@ -242,7 +242,7 @@ int sweep(const Options& o, parallel::World& world) {
     source.device = o.device;
     const TrainedModel m = load_trained_model_on_rank(source, world, &manifest);
     if (!images) images = choose_eval_images(manifest, m, o.num, o.seed);
-    point.bound = evaluate_bound(m, *images, o.batch, o.seed, *comm, progress);
+    point.bound = evaluate_bound(m, *images, o.batch, o.seed, *comm, progress).summary;
     points.push_back(point);
     if (!root) continue;
     fmt::print("sigma_rel {:<8} bits/dim {:.5f} +- {:.5f} (profile error {:.2e})\n",

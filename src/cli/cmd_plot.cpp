@@ -19,6 +19,7 @@ struct Options {
   std::string csv, x, out, title;
   std::vector<std::string> y;
   bool log_y = false;
+  int64_t width = 800, height = 480;
 };
 
 struct Table {
@@ -26,7 +27,8 @@ struct Table {
   std::vector<std::vector<double>> values;  // [column][row]
 };
 
-std::vector<std::string> split(const std::string& line) {
+std::vector<std::string> split(std::string line) {
+  if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF line ends (Python's csv)
   std::vector<std::string> cells;
   std::stringstream s(line);
   for (std::string cell; std::getline(s, cell, ',');)
@@ -73,14 +75,26 @@ const std::vector<double>& column(const Table& t, const std::string& name,
 
 int run(const Options& o) {
   const Table t = read_csv(o.csv);
-  static constexpr std::array<std::array<uint8_t, 3>, 4> kColors{
-      {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40}}};
+  // matplotlib's first eight ("tab10").
+  static constexpr std::array<std::array<uint8_t, 3>, 8> kColors{{{31, 119, 180},
+                                                                  {255, 127, 14},
+                                                                  {44, 160, 44},
+                                                                  {214, 39, 40},
+                                                                  {148, 103, 189},
+                                                                  {140, 86, 75},
+                                                                  {227, 119, 194},
+                                                                  {127, 127, 127}}};
   std::vector<PlotSeries> series;
+  // Several lines need a legend to be told apart; one is named by the title.
+  const bool legend = o.y.size() > 1;
   for (const auto& name : o.y)
-    series.push_back({column(t, name, o.csv), kColors[series.size() % kColors.size()]});
+    series.push_back(
+        {column(t, name, o.csv), kColors[series.size() % kColors.size()], legend ? name : ""});
   PlotOptions po;
   po.log_y = o.log_y;
   po.title = o.title;
+  po.width = o.width;
+  po.height = o.height;
   write_line_plot(o.out, column(t, o.x, o.csv), series, po);
   spdlog::info("wrote {}", o.out);
   return kOk;
@@ -93,10 +107,18 @@ void add_plot_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand("plot", "Draw CSV columns as lines against another (PNG)");
   cmd->add_option("--csv", o->csv, "CSV file: a header row, then numbers")->required();
   cmd->add_option("--x", o->x, "Column of the x axis")->required();
-  cmd->add_option("--y", o->y, "Column(s) to draw, in the colors blue, orange, green, red")
+  cmd->add_option("--y", o->y,
+                  "Column(s) to draw, in the colors blue, orange, green, red, purple, brown, "
+                  "pink, gray; several are named in a legend")
       ->required();
   cmd->add_option("--title", o->title, "Title (lowercase letters, digits, a few symbols)");
   cmd->add_flag("--log-y", o->log_y, "Logarithmic y axis");
+  cmd->add_option("--width", o->width, "Image width in pixels")
+      ->default_val(800)
+      ->check(CLI::Range(400, 4000));
+  cmd->add_option("--height", o->height, "Image height in pixels")
+      ->default_val(480)
+      ->check(CLI::Range(200, 4000));
   cmd->add_option("--out", o->out, "PNG file to write")->required();
   cmd->callback([o, &exit_code] { exit_code = run(*o); });
 }

@@ -158,8 +158,15 @@ void write_line_plot(const std::string& path, const std::vector<double>& x,
   if (x_hi <= x_lo) x_hi = x_lo + 1;
   if (y_hi <= y_lo) y_hi = y_lo + 1;
 
+  // The legend takes a column right of the plot: a stroke and the label of each labelled series.
+  constexpr int64_t kStroke = 20, kGap = 8;
+  int64_t legend_width = 0;
+  for (const PlotSeries& s : series)
+    if (!s.label.empty())
+      legend_width = std::max(legend_width, kGap + kStroke + kGap + Canvas::text_width(s.label));
+
   Canvas canvas(o.width, o.height);
-  const int64_t left = 90, right = o.width - 20, top = 40, bottom = o.height - 40;
+  const int64_t left = 90, right = o.width - 20 - legend_width, top = 40, bottom = o.height - 40;
   const auto px = [&](double v) {
     return left + static_cast<int64_t>(std::lround((v - x_lo) / (x_hi - x_lo) * (right - left)));
   };
@@ -207,6 +214,14 @@ void write_line_plot(const std::string& path, const std::vector<double>& x,
         canvas.set(cx, cy, s.color);
       have_last = true, last_x = cx, last_y = cy;
     }
+  }
+  int64_t legend_y = top;
+  for (const PlotSeries& s : series) {
+    if (s.label.empty()) continue;
+    const int64_t x = right + kGap, y = legend_y + Canvas::kTextHeight / 2;
+    canvas.line(x, y, x + kStroke, y, s.color, /*thick=*/true);
+    canvas.text(x + kStroke + kGap, legend_y, s.label, kBlack);
+    legend_y += 2 * Canvas::kTextHeight;
   }
   data::write_png(path, canvas.data(), o.height, o.width, 3);
 }

@@ -1,6 +1,7 @@
 // A minimal line plot rendered to PNG without a plotting library: axes, grid, numeric tick
-// labels in a built-in 3x5 pixel font, and one polyline per series. Enough to eyeball a per-t
-// curve such as L_t of the variational bound.
+// labels in a built-in 3x5 pixel font, one polyline per series and, when series are labelled, a
+// legend right of the plot. Enough to eyeball a per-t curve such as L_t of the variational bound,
+// or a few runs' learning curves.
 #pragma once
 
 #include <array>
@@ -14,6 +15,7 @@ struct PlotSeries {
   std::vector<double> y;  // one value per x; non-finite (and, on a log axis, non-positive)
                           // values leave a gap
   std::array<uint8_t, 3> color{31, 119, 180};
+  std::string label{};  // its legend entry, drawn right of the plot; "" = none
 };
 
 struct PlotOptions {
