@@ -11,7 +11,7 @@
 #   --minutes M         training wall time of each run [9]
 #   --eval-images N     test images of the full bound per run [50]
 #   --sweep-images V    validation images per point of the EMA sweep [12]
-#   --sweep LO:HI:K     the sigma_rel values of the sweep [0.04:0.12:3]
+#   --sweep LO:HI:K     the sigma_rel values of the sweep [0.03:0.15:4]
 #   --runs LIST         which runs, e.g. a,b,c [a,b,c,d,e,f]
 #   --seed S            the training seed; S > 0 trains into RUN_seedS [0]
 #   --out DIR           where the runs go [runs/reproduce]
@@ -29,7 +29,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BIN=${DIFFTRAIN_BIN:-$ROOT/build/difftrain}
 
-MINUTES=9 EVAL_IMAGES=50 SWEEP_IMAGES=12 SWEEP=0.04:0.12:3 RUNS=a,b,c,d,e,f SEED=0
+MINUTES=9 EVAL_IMAGES=50 SWEEP_IMAGES=12 SWEEP=0.03:0.15:4 RUNS=a,b,c,d,e,f SEED=0
 OUT=runs/reproduce REPORT=docs/results.md
 EXTRA=()
 # The test images and their noise, and the validation images of the sweep: the same for every run

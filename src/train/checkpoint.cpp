@@ -221,10 +221,11 @@ void load_checkpoint(const std::string& path, TrainState& s, bool sampler_histor
   s.optimizer.state->load(optimizer);
   read_step_count(s.optimizer);
   if (!phema::load_state(a, path, s.phema))
-    spdlog::warn("{}: no post-hoc EMA profiles (written before difftrain tracked them, or with "
-                 "training.phema.sigma_rels: []): they start afresh and average the steps from "
-                 "here on",
-                 path);
+    spdlog::warn(
+        "{}: no post-hoc EMA profiles (written before difftrain tracked them, or with "
+        "training.phema.sigma_rels: []): they start afresh and average the steps from "
+        "here on",
+        path);
   s.step = read_int(a, path, "step");
   s.cursor = {read_int(a, path, "data_epoch"), read_int(a, path, "data_batch")};
 }

@@ -413,6 +413,13 @@ std::vector<std::string> objective_changes(const Config& before, const Config& n
   return changes;
 }
 
+std::vector<std::string> input_changes(const Config& before, const Config& now) {
+  std::vector<std::string> changes;
+  if (before.data.pad_to != now.data.pad_to)
+    changes.push_back(fmt::format("data.pad_to: {} -> {}", before.data.pad_to, now.data.pad_to));
+  return changes;
+}
+
 void validate(const Config& c) {
   check(c.seed >= 0, "seed", c.seed, "must be >= 0");
 

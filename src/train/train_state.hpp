@@ -30,10 +30,10 @@ struct TrainState {
   AdamW optimizer;
   std::vector<Ema> emas;  // one per training.ema_rates, in the parameters' order
   diffusion::TimestepSampler sampler;
-  LossScaler scaler;  // fp16 only; disabled (scale 1) otherwise
+  LossScaler scaler;              // fp16 only; disabled (scale 1) otherwise
   phema::PowerFunctionEma phema;  // post-hoc EMA profiles (training.phema); none when off
-  int64_t step = 0;     // optimizer steps done
-  data::Cursor cursor;  // the next global batch to read
+  int64_t step = 0;               // optimizer steps done
+  data::Cursor cursor;            // the next global batch to read
 };
 
 // A fresh state on `device`: the network from `config.seed`, then rank 0's weights broadcast to

@@ -86,6 +86,13 @@ void resume_from(const std::string& path, TrainState& state, const Config& confi
   if (!changes.empty())
     spdlog::warn("{}: continuing with another objective ({}); the timestep sampler starts afresh",
                  path, listed);
+  // Not an error: the quickstart's run continues across a change of the demo's geometry.
+  const std::vector<std::string> inputs = input_changes(stored, config);
+  if (!inputs.empty())
+    spdlog::warn(
+        "{}: continuing on inputs of another size ({}); the convolutional weights carry over, but "
+        "bits/dim before and after this step are averaged over different dimensions",
+        path, fmt::join(inputs, "; "));
 }
 
 // Every rank stops at the same step: a signal or the time limit seen by any rank. The ranks agree

@@ -30,7 +30,12 @@ double eval_bpd(const std::string& checkpoint, const std::string& data, const st
                                         data + " --num 8 --seed 7 --out " + out);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   std::ifstream f(out);
-  return nlohmann::json::parse(f)["total_bpd"].get<double>();
+  const nlohmann::json j = nlohmann::json::parse(f);
+  // 28x28 unpadded (28 -> 14): the bound is over the real pixels.
+  EXPECT_EQ(j["dims"], 784);
+  EXPECT_EQ(j["real_dims"], 784);
+  EXPECT_EQ(j["total_bpd_real_pixels"], j["total_bpd"]);
+  return j["total_bpd"].get<double>();
 }
 
 TEST(FashionMnistRun, TrainingLowersBitsPerDimAndSamplesAGivenClass) {

@@ -48,6 +48,19 @@ Png read_png_header(const std::string& path) {
   return p;
 }
 
+// The pixels of a PNG as RGB rows.
+std::vector<uint8_t> read_png_rgb(const std::string& path, Png& size) {
+  png_image image;
+  std::memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_file(&image, path.c_str())) return {};
+  image.format = PNG_FORMAT_RGB;
+  std::vector<uint8_t> rgb(PNG_IMAGE_SIZE(image));
+  png_image_finish_read(&image, nullptr, rgb.data(), 0, nullptr);
+  size = {image.width, image.height, 3};
+  return rgb;
+}
+
 // One array of an .npz, read with libzip; the .npy header parsed by hand.
 struct Npy {
   std::string descr;
@@ -245,6 +258,22 @@ TEST_F(SampleEvalCli, EvalWritesTheReport) {
   EXPECT_GT(j["total_bpd"].get<double>(), 0);
   EXPECT_GT(j["total_bpd_stderr"].get<double>(), 0);
 
+  // A padded model (6x6 gray images on an 8x8 canvas): the bound also per real pixel dim, which
+  // is the per-padded-dim bound times 64 / 36, and both are named on the console.
+  EXPECT_EQ(j["dims"], 64);
+  EXPECT_EQ(j["real_dims"], 36);
+  EXPECT_NEAR(j["total_bpd_real_pixels"].get<double>(), j["total_bpd"].get<double>() * 64 / 36,
+              1e-9);
+  EXPECT_NEAR(j["total_bpd_real_pixels_stderr"].get<double>(),
+              j["total_bpd_stderr"].get<double>() * 64 / 36, 1e-9);
+  EXPECT_NE(r.output.find("bits/dim, real pixels"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bits/dim, padded"), std::string::npos) << r.output;
+  // Each image's total, in the order of the chosen indices: their mean is the report's total.
+  const auto per_image = j["per_image"]["total_bpd"].get<std::vector<double>>();
+  ASSERT_EQ(per_image.size(), 3u);
+  ASSERT_EQ(j["per_image"]["index"].size(), 3u);
+  EXPECT_NEAR((per_image[0] + per_image[1] + per_image[2]) / 3, j["total_bpd"].get<double>(), 1e-6);
+
   std::ifstream csv(path("bpd.csv"));
   std::string line;
   int lines = 0;
@@ -289,6 +318,14 @@ TEST_F(SampleEvalCli, TwoRanksGiveWhatOneRankGives) {
   EXPECT_EQ(two["ranks"], 2);
   EXPECT_NEAR(one["total_bpd"].get<double>(), two["total_bpd"].get<double>(), 1e-5);
   EXPECT_NEAR(one["total_bpd_stderr"].get<double>(), two["total_bpd_stderr"].get<double>(), 1e-5);
+  // Each rank fills in its own images' totals: together, one rank's list.
+  EXPECT_EQ(one["per_image"]["index"], two["per_image"]["index"]);
+  const auto t1 = one["per_image"]["total_bpd"].get<std::vector<double>>();
+  const auto t2 = two["per_image"]["total_bpd"].get<std::vector<double>>();
+  ASSERT_EQ(t1.size(), 5u);
+  ASSERT_EQ(t2.size(), 5u);
+  for (std::size_t i = 0; i < t1.size(); ++i)
+    EXPECT_NEAR(t1[i], t2[i], 1e-5) << "image " << i;
 }
 
 // Bad input: exit code 2 and one error line that names the culprit.
@@ -388,6 +425,46 @@ TEST_F(SampleEvalCli, BadSamplingOptions) {
                    "--eta", "--sampler ddim only");
   expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 0 --out " + path("x")), "--num",
                    "must be >= 1");
+}
+
+// `difftrain plot` as launch/reproduce.sh's report uses it: a Python CSV (CRLF line ends, nan
+// for a run without a value), several columns told apart by a legend, a chosen width.
+TEST(PlotCli, SeveralColumnsGetALegend) {
+  const fs::path dir = fs::temp_directory_path() / ("difftrain_plot_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string csv = (dir / "curves.csv").string(), png = (dir / "curves.png").string();
+  std::ofstream(csv) << "images,run_a,run_b\r\n0,4.0,5.0\r\n32,3.0,nan\r\n64,2.5,3.5\r\n";
+  ProcessResult r = difftrain_cli("plot --csv " + csv + " --x images --y run_a --y run_b " +
+                                  "--width 1000 --height 400 --out " + png);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  Png size;
+  std::vector<uint8_t> rgb = read_png_rgb(png, size);
+  ASSERT_EQ(size.width, 1000);
+  ASSERT_EQ(size.height, 400);
+  // The legend: a short horizontal stroke in each column's color (blue, orange), one above the
+  // other and starting at the same x, right of the lines (whose segments here are steep).
+  const auto stroke_x = [&](std::array<uint8_t, 3> c) -> int64_t {
+    for (int64_t y = 0; y < size.height; ++y)
+      for (int64_t x = 0, run = 0; x < size.width; ++x) {
+        const uint8_t* p = &rgb[static_cast<std::size_t>((y * size.width + x) * 3)];
+        run = (p[0] == c[0] && p[1] == c[1] && p[2] == c[2]) ? run + 1 : 0;
+        if (run == 18) return x - 17;
+      }
+    return -1;
+  };
+  const std::array<uint8_t, 3> blue{31, 119, 180}, orange{255, 127, 14};
+  EXPECT_GT(stroke_x(blue), 800);
+  EXPECT_EQ(stroke_x(blue), stroke_x(orange));
+
+  // One column: no legend.
+  ASSERT_EQ(difftrain_cli("plot --csv " + csv + " --x images --y run_a --out " + png).exit_code, 0);
+  rgb = read_png_rgb(png, size);
+  EXPECT_EQ(size.width, 800);
+  EXPECT_EQ(stroke_x(blue), -1);
+  r = difftrain_cli("plot --csv " + csv + " --x images --y run_c --out " + png);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("run_c"), std::string::npos) << r.output;
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -93,6 +93,16 @@ TEST(Config, ObjectiveChangesNameTheKeys) {
                                       "diffusion.rescale_timesteps: true -> false"}));
 }
 
+// A resume on inputs of another size is allowed (the UNet is convolutional) but named.
+TEST(Config, InputChangesNameTheKeys) {
+  const auto c = tr::parse_config(tiny_config("unused", "runs/x"));
+  EXPECT_TRUE(tr::input_changes(c, c).empty());
+  const auto padded =
+      tr::parse_config(tiny_config("unused", "runs/x"), {"data.pad_to=32", "training.lr=0.5"});
+  EXPECT_EQ(tr::input_changes(padded, c), (std::vector<std::string>{"data.pad_to: 32 -> 16"}));
+  EXPECT_TRUE(tr::objective_changes(padded, c).empty());
+}
+
 // A named choice is read once into its enum and written back under the same name.
 TEST(Config, ChoicesRoundTripThroughYaml) {
   const auto c = tr::parse_config(
