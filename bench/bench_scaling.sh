@@ -63,11 +63,13 @@ wait
 ceiling=$(awk -v a="$(ips "$WORK/ind_a")" -v b="$(ips "$WORK/ind_b")" 'BEGIN { printf "%.3f", a + b }')
 
 log "gradient sync: bench_grad_sync on 2 ranks (demo model and CIFAR-10 model)"
-"${MPIRUN[@]}" -np 2 build/bench_grad_sync --config $CONFIG --repeats $REPEATS --bucket-mb 25 >"$WORK/sync_demo.json" 2>/dev/null
+# The models without data: the demo's 28x28 gray images, CIFAR-10's 32x32 RGB ones.
+DEMO_SHAPE="--set model.image_size=28 --set model.in_channels=1"
+"${MPIRUN[@]}" -np 2 build/bench_grad_sync --config $CONFIG $DEMO_SHAPE --repeats $REPEATS --bucket-mb 25 >"$WORK/sync_demo.json" 2>/dev/null
 "${MPIRUN[@]}" -np 2 build/bench_grad_sync --config configs/cifar10_hybrid.yaml \
   --set model.image_size=32 --set model.in_channels=3 --batch 2 --repeats $REPEATS >"$WORK/sync_cifar.json" 2>/dev/null
 # The demo model's 4.8 MB in 1 MB buckets: what training.bucket_mb does for overlap.
-"${MPIRUN[@]}" -np 2 build/bench_grad_sync --config $CONFIG --repeats $REPEATS --bucket-mb 1 >"$WORK/sync_demo_1mb.json" 2>/dev/null
+"${MPIRUN[@]}" -np 2 build/bench_grad_sync --config $CONFIG $DEMO_SHAPE --repeats $REPEATS --bucket-mb 1 >"$WORK/sync_demo_1mb.json" 2>/dev/null
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$OUT" "$one" "$two" "$ceiling" "$B" "$STEPS" "$WORK/sync_demo.json" "$WORK/sync_cifar.json" "$WORK/sync_demo_1mb.json" <<'PY'

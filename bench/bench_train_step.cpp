@@ -2,7 +2,7 @@
 // by phase. Needs no data: the batch is random, in [-1, 1] (the loader is measured by
 // bench_loader). Not a test: the numbers go to JSON (bench/run.sh collects them).
 //
-//   build/bench_train_step --config configs/fashion_mnist.yaml --set model.image_size=32
+//   build/bench_train_step --config configs/fashion_mnist.yaml --set model.image_size=28
 //       --set model.in_channels=1 [--batch 8] [--threads 1] [--precision fp32|bf16]
 //       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE] [--profile TRACE]
 //       [--device cpu|cuda] [--cuda-trace TRACE]

@@ -32,7 +32,7 @@ BUILD = os.path.join(ROOT, "build")
 # (name, config, --set overrides so that the model needs no data)
 MODELS = [
     ("fashion_mnist", "configs/fashion_mnist.yaml",
-     ["model.image_size=32", "model.in_channels=1"]),
+     ["model.image_size=28", "model.in_channels=1"]),
     ("cifar10_hybrid", "configs/cifar10_hybrid.yaml", []),
 ]
 

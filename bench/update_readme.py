@@ -176,6 +176,19 @@ def section(r):
                   + " |")
                 w("")
 
+    ee = r.get("end_to_end", {})
+    if ee and "images_per_s" in ee:
+        w(f"**End to end** (`difftrain train` as the quickstart runs it: {ee.get('config')}, "
+          f"{ee.get('ranks')} ranks × {ee.get('threads_per_rank')} thread under mpirun, "
+          f"{ee.get('seconds')} s; data loading, logging, post-hoc EMA snapshots and "
+          f"checkpointing included): {rng(ee.get('images_per_s'))} images/s over the log lines "
+          f"after the first, {ee.get('steps')} steps, peak RSS "
+          f"{num(ee.get('peak_rss_mb'), '{:.0f}')} MiB.")
+        w("")
+    elif ee:
+        w(f"**End to end**: skipped ({ee.get('skipped')}).")
+        w("")
+
     s = r.get("sampling", {})
     if s and "runs" in s:
         w(f"**Sampling** (`difftrain sample`, demo model, {s.get('threads')} threads, one batch):")

@@ -4,7 +4,7 @@
 # EMA length of each chosen by a post-hoc EMA sweep on validation images, the full bound of each
 # on the same test images with the same noise, and the report docs/results.md.
 #
-#   launch/reproduce.sh                   # the whole experiment, about 90 minutes on 2 cores
+#   launch/reproduce.sh                   # the whole experiment, about 80 minutes on 2 cores
 #   launch/reproduce.sh --runs c,f --seed 1   # two of the runs again with another training seed
 #
 # Options (defaults in brackets):
@@ -18,6 +18,8 @@
 #   --report FILE       the report (and FILE's stem + _heldout_bpd.png) [docs/results.md]
 #   --set KEY=VALUE     one more training override for every run (repeatable), e.g. for a quick
 #                       check: --minutes 0.2 --set diffusion.steps=50
+#   --no-setup          skip launch/setup.sh (the build exists; DIFFTRAIN_BIN and H5SHARD_BIN
+#                       name the binaries, default build/difftrain and build/h5shard)
 #
 # Idempotent: a step whose outputs exist and were made by the same command is skipped (a stamp
 # file beside them records the command), so a second run only does what is missing. A finished
@@ -28,6 +30,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BIN=${DIFFTRAIN_BIN:-$ROOT/build/difftrain}
+H5SHARD=${H5SHARD_BIN:-$ROOT/build/h5shard}
+SETUP=1
 
 MINUTES=9 EVAL_IMAGES=50 SWEEP_IMAGES=12 SWEEP=0.03:0.15:4 RUNS=a,b,c,d,e,f SEED=0
 OUT=runs/reproduce REPORT=docs/results.md
@@ -46,6 +50,11 @@ die() {
   exit 2
 }
 while [ $# -gt 0 ]; do
+  if [ "$1" = --no-setup ]; then
+    SETUP=0
+    shift
+    continue
+  fi
   [ $# -ge 2 ] || usage
   case $1 in
     --minutes) MINUTES=$2 ;;
@@ -84,7 +93,7 @@ declare -A OBJECTIVE=(
 declare -A NAME=([a]=a_simple_fixed_small [b]=b_simple_fixed_large [c]=c_hybrid_cosine
   [d]=d_hybrid_linear [e]=e_vlb_uniform [f]=f_vlb_importance)
 
-MPI_FLAGS=(-np "$RANKS" -x OMP_NUM_THREADS=1 -x MKL_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE
+MPI_FLAGS=(-np "$RANKS" --oversubscribe -x OMP_NUM_THREADS=1 -x MKL_NUM_THREADS=1 -x OMP_WAIT_POLICY=PASSIVE
   --bind-to none --mca btl self,vader,tcp --mca btl_tcp_if_include lo)
 [ "$(id -u)" -eq 0 ] && MPI_FLAGS+=(--allow-run-as-root)
 
@@ -135,7 +144,7 @@ machine() {
   echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-timed "setup and build (launch/setup.sh)" launch/setup.sh >/dev/null
+((SETUP == 0)) || timed "setup and build (launch/setup.sh)" launch/setup.sh >/dev/null
 
 # Data: the test split as the quickstart converts it, and the training split divided into 55,000
 # training and 5,000 validation images (the validation ones pick the EMA length and give the
@@ -146,11 +155,11 @@ TRAIN=data/fashion_mnist/train55k
 VALIDATION=data/fashion_mnist/validation5k
 HOLDOUT=(--format idx --input "$FMNIST" --holdout 0.0833333333333 --holdout-seed 0 --quiet)
 [ -f "$TEST/manifest.json" ] || timed "converting the test split into $TEST" \
-  build/h5shard convert --format idx --split test --input "$FMNIST" --out "$TEST" --shards 1 --quiet
+  "$H5SHARD" convert --format idx --split test --input "$FMNIST" --out "$TEST" --shards 1 --quiet
 [ -f "$TRAIN/manifest.json" ] || timed "converting 55,000 training images into $TRAIN" \
-  build/h5shard convert "${HOLDOUT[@]}" --split train --out "$TRAIN" --shards 4
+  "$H5SHARD" convert "${HOLDOUT[@]}" --split train --out "$TRAIN" --shards 4
 [ -f "$VALIDATION/manifest.json" ] || timed "converting 5,000 validation images into $VALIDATION" \
-  build/h5shard convert "${HOLDOUT[@]}" --split test --out "$VALIDATION" --shards 1 --name validation
+  "$H5SHARD" convert "${HOLDOUT[@]}" --split test --out "$VALIDATION" --shards 1 --name validation
 
 mkdir -p "$OUT"
 IFS=, read -r -a CHOSEN <<<"$RUNS"

@@ -144,7 +144,7 @@ BoundEvaluation evaluate_bound(const TrainedModel& m, const EvalImages& images, 
                                uint64_t seed, parallel::Communicator& comm, bool progress) {
   if (batch < 1) throw std::invalid_argument("--batch must be >= 1, not " + std::to_string(batch));
   const auto n = static_cast<int64_t>(images.indices.size());
-  const data::RowRange mine = data::rank_rows(n, comm.rank(), comm.size());
+  const data::RowRange mine = data::rank_share(n, comm.rank(), comm.size());
   // Every rank fills its own images' entries and leaves the others 0: the reduction's sum
   // gathers them.
   at::Tensor image_bpd = at::zeros({n}, at::kDouble);

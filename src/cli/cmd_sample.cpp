@@ -203,7 +203,7 @@ Samples gather(const Samples& mine, int64_t num, parallel::Communicator& comm,
   if (comm.rank() != 0) return {};
   std::vector<at::Tensor> im, lb;
   for (int r = 0; r < W; ++r) {
-    const int64_t n = data::rank_rows(num, r, W).size();
+    const int64_t n = data::rank_share(num, r, W).size();
     im.push_back(images.narrow(0, r * most, n));
     lb.push_back(labels.narrow(0, r * most, n));
   }
@@ -261,7 +261,7 @@ int run(const Options& o, parallel::World& world) {
   // Past this point a failure on one rank would leave the others waiting in the gather: it
   // ends the whole job (run_on_world aborts every rank).
   const std::unique_ptr<parallel::Communicator> comm = parallel::make_communicator(world, m.device);
-  const data::RowRange mine = data::rank_rows(o.num, world.rank(), world.size());
+  const data::RowRange mine = data::rank_share(o.num, world.rank(), world.size());
   const bool progress = world.rank() == 0 && isatty(STDERR_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
   const Samples local = sample_range(plan, o, mine.begin, mine.size(), progress);

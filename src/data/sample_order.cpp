@@ -84,13 +84,17 @@ int64_t batches_per_epoch(int64_t num_samples, int64_t global_batch, LastBatch l
   return n;
 }
 
-RowRange rank_rows(int64_t global_batch, int rank, int world) {
+RowRange rank_share(int64_t n, int rank, int world) {
   if (world < 1 || rank < 0 || rank >= world)
     throw Error("rank " + std::to_string(rank) + " is outside a world of " + std::to_string(world));
+  return {rank * n / world, (rank + 1) * n / world};
+}
+
+RowRange rank_rows(int64_t global_batch, int rank, int world) {
   if (global_batch < world)
     throw Error("global batch " + std::to_string(global_batch) + " is smaller than the " +
                 std::to_string(world) + " ranks");
-  return {rank * global_batch / world, (rank + 1) * global_batch / world};
+  return rank_share(global_batch, rank, world);
 }
 
 std::vector<int64_t> batch_samples(const std::vector<int64_t>& perm, int64_t k,

@@ -37,8 +37,12 @@ struct RowRange {
   int64_t end = 0;
   int64_t size() const { return end - begin; }
 };
-// Rank r of W takes rows [r*B/W, (r+1)*B/W) of every global batch of B rows.
+// Rank r of W takes rows [r*B/W, (r+1)*B/W) of every global batch of B rows; a global batch
+// smaller than the world is an error (a rank without rows could not train).
 RowRange rank_rows(int64_t global_batch, int rank, int world);
+// The same split of n items (images to sample or evaluate), where fewer items than ranks is
+// fine: the ranks past them get an empty range.
+RowRange rank_share(int64_t n, int rank, int world);
 
 // The sample indices at rows [rows.begin, rows.end) of global batch k of an epoch whose
 // permutation is perm: perm[(k*B + row) mod n], which wraps only in a last partial batch.

@@ -328,6 +328,25 @@ TEST_F(SampleEvalCli, TwoRanksGiveWhatOneRankGives) {
     EXPECT_NEAR(t1[i], t2[i], 1e-5) << "image " << i;
 }
 
+// Fewer images than ranks: the rank past them has nothing to do, and the result is the one
+// rank's.
+TEST_F(SampleEvalCli, FewerImagesThanRanks) {
+  const std::string sample = " --num 1 --respacing 4 --sampler ddim --eta 1 --out ";
+  ASSERT_EQ(difftrain_cli("sample --run " + run_ + sample + path("one1")).exit_code, 0);
+  ProcessResult r = difftrain_mpi(2, "sample --run " + run_ + sample + path("two1"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_LE(max_abs_diff(read_npz(path("one1.npz"), "arr_0").data,
+                         read_npz(path("two1.npz"), "arr_0").data),
+            1);
+
+  const std::string eval = " --data " + heldout_ + " --num 1 --out ";
+  ASSERT_EQ(difftrain_cli("eval --run " + run_ + eval + path("e11")).exit_code, 0);
+  r = difftrain_mpi(2, "eval --run " + run_ + eval + path("e21"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NEAR(read_json(path("e11.json"))["total_bpd"].get<double>(),
+              read_json(path("e21.json"))["total_bpd"].get<double>(), 1e-5);
+}
+
 // Bad input: exit code 2 and one error line that names the culprit.
 void expect_bad_input(const ProcessResult& r, const std::string& culprit,
                       const std::string& message) {
