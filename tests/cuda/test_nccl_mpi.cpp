@@ -9,6 +9,7 @@
 
 #include <chrono>
 
+#include "mpi_gtest_main.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/grad_reducer.hpp"
 #include "parallel/rank_device.hpp"
@@ -20,9 +21,6 @@ namespace difftrain::parallel {
 namespace {
 
 using testing::SmallNet;
-
-World* g_world = nullptr;
-Watchdog* g_watchdog = nullptr;
 
 class NcclReducer : public ::testing::Test {
  protected:
@@ -158,14 +156,3 @@ TEST_F(NcclReducer, ReducedPrecisionWireIsCloseToFloat32) {
 
 }  // namespace
 }  // namespace difftrain::parallel
-
-int main(int argc, char** argv) {
-  at::set_num_threads(1);
-  difftrain::parallel::World world;
-  difftrain::parallel::Watchdog watchdog(std::chrono::seconds(60));
-  difftrain::parallel::g_world = &world;
-  difftrain::parallel::g_watchdog = &watchdog;
-  ::testing::InitGoogleTest(&argc, argv);
-  if (world.rank() != 0) GTEST_FLAG_SET(brief, true);  // one full report, failures from all
-  return RUN_ALL_TESTS();
-}

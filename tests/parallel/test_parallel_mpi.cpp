@@ -7,6 +7,7 @@
 #include <chrono>
 #include <thread>
 
+#include "mpi_gtest_main.hpp"
 #include "parallel/broadcast_parameters.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/grad_reducer.hpp"
@@ -20,11 +21,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::SmallNet;
-
-// The process world, made in main(); a test that fails on one rank and leaves the others in a
-// collective is ended by the watchdog instead of hanging.
-World* g_world = nullptr;
-Watchdog* g_watchdog = nullptr;
 
 class Collectives : public ::testing::TestWithParam<c10::DeviceType> {
  protected:
@@ -266,14 +262,3 @@ TEST(GradReducer, Bfloat16WireIsCloseToFloat32) {
 
 }  // namespace
 }  // namespace difftrain::parallel
-
-int main(int argc, char** argv) {
-  at::set_num_threads(1);
-  difftrain::parallel::World world;
-  difftrain::parallel::Watchdog watchdog(std::chrono::seconds(60));
-  difftrain::parallel::g_world = &world;
-  difftrain::parallel::g_watchdog = &watchdog;
-  ::testing::InitGoogleTest(&argc, argv);
-  if (world.rank() != 0) GTEST_FLAG_SET(brief, true);  // one full report, failures from all
-  return RUN_ALL_TESTS();
-}
