@@ -7,7 +7,7 @@
 #include <fstream>
 #include <functional>
 
-#include "common/process.hpp"
+#include "common/difftrain_cli.hpp"
 #include "data/h5_tensor.hpp"
 
 namespace fs = std::filesystem;
@@ -18,11 +18,8 @@ namespace {
 const std::string kGolden = DIFFTRAIN_GOLDEN_DIR;
 const std::string kPerSample = kGolden + "/loss_linear_T1000_epsilon_learned_range_mse.h5";
 
+using difftrain::testing::difftrain_cli;
 using difftrain::testing::ProcessResult;
-
-ProcessResult run_difftrain(const std::string& args) {
-  return difftrain::testing::run_command(std::string(DIFFTRAIN_BINARY) + " " + args);
-}
 
 fs::path scratch(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / "difftrain_test_cli";
@@ -61,7 +58,7 @@ fs::path write_case(const std::string& name, const std::function<void(CaseFile&)
 }
 
 void expect_bad_input(const fs::path& file, const std::string& message) {
-  const ProcessResult r = run_difftrain("loss-eval --cases " + file.string() + " --check");
+  const ProcessResult r = difftrain_cli("loss-eval --cases " + file.string() + " --check");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find(file.string()), std::string::npos) << "file not named: " << r.output;
   EXPECT_NE(r.output.find(message), std::string::npos)
@@ -73,7 +70,7 @@ TEST(LossEvalCli, WritesOutputsThatReadBack) {
   const fs::path out = scratch("out.h5");
   fs::remove(out);
   const ProcessResult r =
-      run_difftrain("loss-eval --cases " + kPerSample + " --out " + out.string());
+      difftrain_cli("loss-eval --cases " + kPerSample + " --out " + out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const h5::File f = h5::File::open(out);
   const h5::File golden = h5::File::open(kPerSample);
@@ -90,7 +87,7 @@ TEST(LossEvalCli, WritesOutputsThatReadBack) {
 TEST(LossEvalCli, FullBoundFileWritesEveryTerm) {
   const fs::path out = scratch("bpd_out.h5");
   const ProcessResult r =
-      run_difftrain("loss-eval --dtype float32 --cases " + kGolden +
+      difftrain_cli("loss-eval --dtype float32 --cases " + kGolden +
                     "/bpd_linear_T50_epsilon_learned_range_zeros.h5 --out " + out.string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const h5::File f = h5::File::open(out);
@@ -103,7 +100,7 @@ TEST(LossEvalCli, FullBoundFileWritesEveryTerm) {
 TEST(LossEvalCli, FailedCheckExitsOne) {
   const auto file =
       write_case("tampered.h5", [](CaseFile& c) { c.datasets["expected_loss"][2] += 0.01; });
-  const ProcessResult r = run_difftrain("loss-eval --cases " + file.string() + " --check");
+  const ProcessResult r = difftrain_cli("loss-eval --cases " + file.string() + " --check");
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_NE(r.output.find("FAIL"), std::string::npos) << r.output;
 }
@@ -122,7 +119,7 @@ TEST(LossEvalCli, TruncatedFile) {
   const fs::path p = scratch("truncated.h5");
   fs::copy_file(kPerSample, p, fs::copy_options::overwrite_existing);
   fs::resize_file(p, fs::file_size(p) / 2);
-  const ProcessResult r = run_difftrain("loss-eval --cases " + p.string());
+  const ProcessResult r = difftrain_cli("loss-eval --cases " + p.string());
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find(p.string()), std::string::npos) << r.output;
 }

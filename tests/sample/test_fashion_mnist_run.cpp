@@ -10,20 +10,17 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "common/process.hpp"
+#include "common/difftrain_cli.hpp"
 #include "data/h5.hpp"
 
 namespace fs = std::filesystem;
+using difftrain::testing::difftrain_cli;
 using difftrain::testing::ProcessResult;
 using difftrain::testing::run_command;
 
 namespace {
 
 const std::string kFashionMnist = "/usr/share/datasets/fashion-mnist";
-
-ProcessResult difftrain_cli(const std::string& args) {
-  return run_command("OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_BINARY) + " " + args);
-}
 
 double eval_bpd(const std::string& checkpoint, const std::string& data, const std::string& out) {
   const ProcessResult r = difftrain_cli("eval --checkpoint " + checkpoint + " --ema none --data " +

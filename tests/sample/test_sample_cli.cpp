@@ -12,28 +12,18 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "common/process.hpp"
+#include "common/difftrain_cli.hpp"
 #include "data/h5.hpp"
 #include "data/shard_reader.hpp"
 #include "data/shard_set.hpp"
 #include "tiny_run.hpp"
 
 namespace fs = std::filesystem;
+using difftrain::testing::difftrain_cli;
+using difftrain::testing::difftrain_mpi;
 using difftrain::testing::ProcessResult;
 
 namespace {
-
-ProcessResult difftrain_cli(const std::string& args) {
-  return difftrain::testing::run_command("OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_BINARY) +
-                                         " " + args);
-}
-
-ProcessResult difftrain_mpi(int ranks, const std::string& args) {
-  return difftrain::testing::run_command(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 " +
-      std::string(DIFFTRAIN_MPIEXEC) + " --oversubscribe --bind-to none -np " +
-      std::to_string(ranks) + " " + DIFFTRAIN_BINARY + " " + args);
-}
 
 struct Png {
   int64_t width = 0, height = 0, channels = 0;

@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "common/process.hpp"
+#include "common/difftrain_cli.hpp"
 #include "data/manifest.hpp"
 #include "data/test_files.hpp"
 #include "diffusion/timestep_sampler.hpp"
@@ -37,6 +37,8 @@
 namespace fs = std::filesystem;
 namespace tr = difftrain::train;
 namespace ph = difftrain::train::phema;
+using difftrain::testing::difftrain_cli;
+using difftrain::testing::difftrain_mpi;
 using difftrain::testing::TempDir;
 
 namespace {
@@ -271,36 +273,17 @@ std::string tiny_config(const std::string& manifest, const std::string& run_dir)
                         "training.phema.snapshot_every=2", "logging.timestep_stats_every=0"}));
 }
 
-difftrain::testing::ProcessResult difftrain_cli(const std::string& args) {
-  return difftrain::testing::run_command("OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_BINARY) +
-                                         " " + args);
-}
-
-difftrain::testing::ProcessResult difftrain_mpi(int ranks, const std::string& args) {
-  return difftrain::testing::run_command(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 " +
-      std::string(DIFFTRAIN_MPIEXEC) + " --oversubscribe --bind-to none -np " +
-      std::to_string(ranks) + " " + DIFFTRAIN_BINARY + " " + args);
-}
-
-struct PhemaRun : ::testing::Test {
-  TempDir dir;
-  std::string manifest;
-  void SetUp() override {
-    at::set_num_threads(1);
-    manifest =
-        difftrain::testing::write_synthetic_set(dir / "data", {40, 24}, 14, 14, 1, 10).manifest;
-  }
+struct PhemaRun : difftrain::testing::TrainerFixture {
   std::string run_dir(const std::string& run) { return dir / run; }
+  // This file's tiny_config: the profiles snapshotted every 2 steps.
   tr::Config config(const std::string& run, const std::vector<std::string>& overrides = {}) {
     return tr::parse_config(tiny_config(manifest, run_dir(run)), overrides);
   }
-  tr::TrainResult train(const tr::Config& c, const std::string& resume = "") {
-    auto comm = difftrain::parallel::make_local_communicator();
-    tr::Cluster cluster{*comm, nullptr, {}};
+  using TrainerFixture::train;
+  tr::TrainResult train(const tr::Config& c, const std::string& resume) {
     tr::TrainOptions o;
     o.resume = resume;
-    return tr::train(c, cluster, o);
+    return TrainerFixture::train(c, o);
   }
   // The profiles a checkpoint holds.
   ph::PowerFunctionEma profiles_in(const tr::Config& c, const std::string& path) {

@@ -11,21 +11,17 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "common/process.hpp"
+#include "common/difftrain_cli.hpp"
 #include "sample/tiny_run.hpp"
 #include "weights/pt_file.hpp"
 #include "weights/safetensors_file.hpp"
 
 namespace fs = std::filesystem;
+using difftrain::testing::difftrain_cli;
 using difftrain::testing::ProcessResult;
 using json = nlohmann::json;
 
 namespace {
-
-ProcessResult difftrain_cli(const std::string& args) {
-  return difftrain::testing::run_command("OMP_NUM_THREADS=1 " + std::string(DIFFTRAIN_BINARY) +
-                                         " " + args);
-}
 
 // Runs a command of pytorch_side.py and returns its JSON line.
 json python(const std::string& args) {
