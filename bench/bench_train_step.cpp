@@ -24,7 +24,6 @@
 // (kernels and copies, overlaps counted once) against the gaps between them, with the kernels
 // that took the most time.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDACachingAllocator.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
@@ -382,13 +381,8 @@ int main(int argc, char** argv) {
     j["device"] = device.str();
     if (!cuda_trace.is_null()) j["cuda_trace"] = cuda_trace;
     j["rss_mb"] = train::resident_memory_mb();
-    if (device.is_cuda())
-      j["cuda_peak_allocated_mb"] =
-          static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(0)
-                                  .allocated_bytes[static_cast<std::size_t>(
-                                      c10::CachingAllocator::StatType::AGGREGATE)]
-                                  .peak) /
-          (1 << 20);
+    if (const auto memory = train::device_memory_and_reset_peak(device))
+      j["cuda_peak_allocated_mb"] = memory->peak_allocated_mb;
     const std::string text = j.dump(2);
     fmt::print("{}\n", text);
     if (!out.empty()) std::ofstream(out) << text << '\n';

@@ -1,6 +1,7 @@
 #include "train/metrics.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/DeviceAccelerator.h>
 #include <fmt/format.h>
 
 #include <fstream>
@@ -133,7 +134,7 @@ std::string log_line(const nlohmann::json& r, int64_t max_steps) {
     progress = fmt::format("step {}/{} ({:.0f}%, ETA {:.0f}s)", step, max_steps,
                            100.0 * step / max_steps, eta);
   }
-  return fmt::format(
+  std::string line = fmt::format(
       "{} | loss {:.4f} mse {:.4f} vb {:.4f} | by t quartile {:.3f} {:.3f} {:.3f} {:.3f} | "
       "grad {:.3f} lr {:.2e} scale {:g} | {:.1f} img/s {:.0f} ms/step {:.0f} MiB",
       progress, r["loss"].get<double>(), r["mse"].get<double>(), r["vb"].get<double>(),
@@ -141,6 +142,11 @@ std::string log_line(const nlohmann::json& r, int64_t max_steps) {
       r["loss_q3"].get<double>(), r["grad_norm"].get<double>(), r["lr"].get<double>(),
       r["loss_scale"].get<double>(), r["images_per_s"].get<double>(),
       r["step_time_ms"].get<double>(), r["rss_mb"].get<double>());
+  if (r.contains("device_peak_allocated_mb"))
+    line += fmt::format(" | GPU {:.0f} MiB peak, {:.0f} MiB reserved",
+                        r["device_peak_allocated_mb"].get<double>(),
+                        r["device_reserved_mb"].get<double>());
+  return line;
 }
 
 double resident_memory_mb() {
@@ -155,6 +161,18 @@ double resident_memory_mb() {
     status.ignore(1 << 16, '\n');
   }
   return 0.0;
+}
+
+std::optional<DeviceMemory> device_memory_and_reset_peak(const c10::Device& device) {
+  if (!device.is_cuda()) return std::nullopt;
+  const c10::DeviceIndex index =
+      device.has_index() ? device.index() : at::accelerator::getDeviceIndex();
+  // The device-generic allocator interface: no CUDA header, so CPU builds of LibTorch link too.
+  const auto stats = at::accelerator::getDeviceStats(index);
+  at::accelerator::resetPeakStats(index);
+  constexpr auto all = static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  const auto mb = [](int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); };
+  return DeviceMemory{mb(stats.allocated_bytes[all].peak), mb(stats.reserved_bytes[all].current)};
 }
 
 }  // namespace difftrain::train

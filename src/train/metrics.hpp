@@ -4,9 +4,12 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <c10/core/Device.h>
 #include <array>
+
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,5 +61,14 @@ nlohmann::json summary_json(const MetricsSummary& s);
 std::string log_line(const nlohmann::json& record, int64_t max_steps);
 // Resident set size of this process in MiB (/proc/self/status).
 double resident_memory_mb();
+
+// The GPU memory of this process, from LibTorch's caching allocator, in MiB: the most that tensors
+// held at once since the last call (the peak then starts again, as EDM2 logs it), and what the
+// allocator holds from the driver now (what nvidia-smi counts, less the CUDA context).
+struct DeviceMemory {
+  double peak_allocated_mb = 0, reserved_mb = 0;
+};
+// Empty on the CPU.
+std::optional<DeviceMemory> device_memory_and_reset_peak(const c10::Device& device);
 
 }  // namespace difftrain::train

@@ -135,8 +135,8 @@ RunFiles open_run_files(const std::string& run_dir, const std::string& config_ya
 // The log line of the steps since the last one: reduced metrics, warnings about skipped steps,
 // and the end of a run whose steps keep failing (training.max_bad_steps, a collapsed fp16 scale).
 void log_progress(Metrics& metrics, const TrainState& state, const TrainingConfig& tc,
-                  parallel::Communicator& comm, RunFiles& files, double seconds, int64_t steps,
-                  double elapsed) {
+                  parallel::Communicator& comm, const c10::Device& device, RunFiles& files,
+                  double seconds, int64_t steps, double elapsed) {
   const int rank = comm.rank();
   const MetricsSummary s = metrics.reduce_and_reset(comm);
   const std::vector<int64_t> bad_t = metrics.nonfinite_timesteps_and_reset();
@@ -164,6 +164,10 @@ void log_progress(Metrics& metrics, const TrainState& state, const TrainingConfi
   line["images_per_s"] = static_cast<double>(steps * tc.batch_size) / seconds;
   line["step_time_ms"] = 1000.0 * seconds / static_cast<double>(steps);
   line["rss_mb"] = resident_memory_mb();
+  if (const auto memory = device_memory_and_reset_peak(device)) {
+    line["device_peak_allocated_mb"] = memory->peak_allocated_mb;
+    line["device_reserved_mb"] = memory->reserved_mb;
+  }
   line["elapsed_s"] = elapsed;
   files.write(files.metrics, line);
   spdlog::info("{}", log_line(line, tc.max_steps));
@@ -295,7 +299,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     const int64_t step = state.step;
     if (step % lc.log_every == 0 || step == tc.max_steps) {
       const auto now = Clock::now();
-      log_progress(metrics, state, tc, comm, files, seconds_between(last_log, now),
+      log_progress(metrics, state, tc, comm, device, files, seconds_between(last_log, now),
                    step - last_log_step, seconds_between(start, now));
       last_log = now;
       last_log_step = step;

@@ -207,8 +207,14 @@ TEST_F(Cuda, Bf16AndFp16TrainingIsFinite) {
     ASSERT_EQ(r.step, 5);
     const auto end = checkpoint_tensors(c, r.last_checkpoint);
     EXPECT_TRUE(difftrain::testing::all_finite(end));
-    for (const auto& line : metrics_lines(dir / run))
+    for (const auto& line : metrics_lines(dir / run)) {
       EXPECT_TRUE(std::isfinite(line["loss"].get<double>())) << line.dump();
+      // GPU memory in every log line: some tensors were held, within what the allocator holds.
+      ASSERT_TRUE(line.contains("device_peak_allocated_mb")) << line.dump();
+      EXPECT_GT(line["device_peak_allocated_mb"].get<double>(), 0.0);
+      EXPECT_LE(line["device_peak_allocated_mb"].get<double>(),
+                line["device_reserved_mb"].get<double>());
+    }
     // The output convolution starts at zero (zero_module): it moves only if training did.
     EXPECT_GT(end.at("model/out.2.weight").abs().max().item<double>(), 0.0);
   }

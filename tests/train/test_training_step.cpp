@@ -243,4 +243,32 @@ TEST(Metrics, SumsOverSamplesAndStepsAndResets) {
   EXPECT_TRUE(m.nonfinite_timesteps_and_reset().empty());
 }
 
+// The console line of a metrics record; the GPU memory part only where the record has it (a run
+// on a GPU: tests/cuda checks the values), and none on the CPU.
+TEST(Metrics, LogLineShowsGpuMemoryOnlyWhenMeasured) {
+  nlohmann::json r = {{"step", 40},
+                      {"loss", 0.5},
+                      {"mse", 0.4},
+                      {"vb", 0.1},
+                      {"loss_q0", 1.0},
+                      {"loss_q1", 0.5},
+                      {"loss_q2", 0.25},
+                      {"loss_q3", 0.125},
+                      {"grad_norm", 0.3},
+                      {"lr", 1e-4},
+                      {"loss_scale", 1.0},
+                      {"images_per_s", 64.0},
+                      {"step_time_ms", 500.0},
+                      {"rss_mb", 512.0}};
+  EXPECT_EQ(tr::log_line(r, 0),
+            "step 40 | loss 0.5000 mse 0.4000 vb 0.1000 | by t quartile 1.000 0.500 0.250 0.125 "
+            "| grad 0.300 lr 1.00e-04 scale 1 | 64.0 img/s 500 ms/step 512 MiB");
+  r["device_peak_allocated_mb"] = 1536.4;
+  r["device_reserved_mb"] = 2048.0;
+  const std::string line = tr::log_line(r, 100);
+  EXPECT_NE(line.find("step 40/100 (40%, ETA 30s)"), std::string::npos) << line;
+  EXPECT_NE(line.find("512 MiB | GPU 1536 MiB peak, 2048 MiB reserved"), std::string::npos) << line;
+  EXPECT_FALSE(tr::device_memory_and_reset_peak(at::kCPU).has_value());
+}
+
 }  // namespace
