@@ -101,6 +101,8 @@ def real_run(work, run_dir, eval_json, seconds):
         "images_per_s_median": median([j["images_per_s"] for j in steps[1:]] or
                                       [j["images_per_s"] for j in steps]),
         "loss_first_last": [steps[0]["loss"], steps[-1]["loss"]] if steps else None,
+        "device_peak_allocated_mb": max((j.get("device_peak_allocated_mb", 0) for j in steps),
+                                        default=None),
         "heldout_bpd": [{"step": j["step"], "bpd": round(j["bpd_estimate"], 4),
                          "stderr": round(j["bpd_standard_error"], 4)} for j in bpd],
     }
@@ -151,7 +153,17 @@ def bench(work, directory, peak_tflops):
                     row["ratio_vs_" + base[8:]] = round(rates["difftrain"] / rates[base], 3)
         if row:
             runs[precision] = row
+    # The targets for the CIFAR-10 model in bf16 on one H200.
+    bf16 = runs.get("bf16", {})
+    targets = {}
+    if "ratio_vs_plain" in bf16:
+        targets["bf16_ratio_vs_plain"] = {"value": bf16["ratio_vs_plain"], "target": 1.3,
+                                          "met": bf16["ratio_vs_plain"] >= 1.3}
+    if "mfu" in bf16.get("difftrain", {}):
+        mfu = bf16["difftrain"]["mfu"]
+        targets["bf16_mfu"] = {"value": mfu, "target": 0.20, "met": mfu >= 0.20}
     write(work, "bench", {
+        "targets": targets,
         "forward_flops_per_image": forward,
         "mfu_note": f"MFU = 3 x forward FLOPs (2 per multiply-add: convolutions, linears, "
                     f"attention matmuls) x images/s / {peak_tflops} TFLOP/s (H100/H200 SXM dense "
