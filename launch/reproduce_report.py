@@ -352,6 +352,44 @@ def main():
                      f"{d:+.3f} ± {fmt(se)} ({n} images) | {z} |")
         emit("")
 
+    # Across training seeds: how much of a difference is the seed's.
+    by_seed = {}
+    for r in runs:
+        if r.test:
+            by_seed.setdefault(r.letter, {})[r.seed] = r
+    if any(len(seeds) > 1 for seeds in by_seed.values()):
+        emit("Across training seeds: each run trained again with another seed (same data, "
+             "steps limited by the same wall time) and evaluated on the same images with the same "
+             "noise. ± is the standard deviation over seeds, the spread that the standard errors "
+             "above (over images, one seed) leave out.\n")
+        emit("| run | seeds | test bits/dim, mean ± sd over seeds | per seed |")
+        emit("|---|---|---|---|")
+        for letter in sorted(by_seed):
+            seeds = sorted(by_seed[letter])
+            if len(seeds) < 2:
+                continue
+            v = [by_seed[letter][s].test["total_bpd_real_pixels"] for s in seeds]
+            emit(f"| {letter} | {', '.join(map(str, seeds))} | {fmt(statistics.mean(v))} ± "
+                 f"{fmt(statistics.stdev(v))} | {', '.join(fmt(x) for x in v)} |")
+        emit("")
+        rows = []
+        for _, title, pairs in FINDINGS:
+            for base, better in pairs:
+                seeds = sorted(set(by_seed.get(base, {})) & set(by_seed.get(better, {})))
+                diffs = [paired(by_seed[base][s], by_seed[better][s]) for s in seeds]
+                d = [p[0] for p in diffs if p]
+                if len(d) < 2:
+                    continue
+                rows.append(f"| {title.split('.')[0]} | {base} → {better} | {len(d)} | "
+                            f"{statistics.mean(d):+.3f} ± {fmt(statistics.stdev(d))} | "
+                            f"{', '.join(f'{x:+.3f}' for x in d)} |")
+        if rows:
+            emit("| finding | baseline → paper's better run | seeds | difference, mean ± sd over "
+                 "seeds | per seed |")
+            emit("|---|---|---|---|---|")
+            out.extend(rows)
+            emit("")
+
     # Gradient noise, e against f.
     emit("## Gradient noise: L_vlb with uniform timesteps (e) against importance sampling (f)\n")
     emit("Over the last third of each run's log lines: the logged `grad_norm` (each line the "

@@ -75,15 +75,18 @@ const std::vector<double>& column(const Table& t, const std::string& name,
 
 int run(const Options& o) {
   const Table t = read_csv(o.csv);
-  // matplotlib's first eight ("tab10").
-  static constexpr std::array<std::array<uint8_t, 3>, 8> kColors{{{31, 119, 180},
-                                                                  {255, 127, 14},
-                                                                  {44, 160, 44},
-                                                                  {214, 39, 40},
-                                                                  {148, 103, 189},
-                                                                  {140, 86, 75},
-                                                                  {227, 119, 194},
-                                                                  {127, 127, 127}}};
+  // matplotlib's "tab10": ten runs are told apart by colour alone (launch/reproduce.sh's report
+  // plots six runs and their repeats with other seeds).
+  static constexpr std::array<std::array<uint8_t, 3>, 10> kColors{{{31, 119, 180},
+                                                                   {255, 127, 14},
+                                                                   {44, 160, 44},
+                                                                   {214, 39, 40},
+                                                                   {148, 103, 189},
+                                                                   {140, 86, 75},
+                                                                   {227, 119, 194},
+                                                                   {127, 127, 127},
+                                                                   {188, 189, 34},
+                                                                   {23, 190, 207}}};
   std::vector<PlotSeries> series;
   // Several lines need a legend to be told apart; one is named by the title.
   const bool legend = o.y.size() > 1;

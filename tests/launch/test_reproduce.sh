@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # launch/reproduce.sh end to end at toy size, as a user runs it: two runs (L_vlb uniform and
 # importance-sampled) trained for seconds, the post-hoc EMA sweep, the test bound and the report;
-# then the same command again (every step skipped, the hand-written prose kept), and bad options.
+# both again with another training seed (the report's spread over seeds); then the first command
+# again (every step skipped, the hand-written prose kept), and bad options.
 #   tests/launch/test_reproduce.sh DIFFTRAIN_BIN H5SHARD_BIN
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,6 +40,19 @@ assert e["per_image"]["index"] == f["per_image"]["index"], (e["per_image"], f["p
 assert len(e["per_image"]["total_bpd"]) == 2 and e["dims"] == e["real_dims"] == 784, e["dims"]
 assert abs(sum(e["per_image"]["total_bpd"]) / 2 - e["total_bpd"]) < 1e-6
 PY
+
+# Another training seed: its runs go beside the first ones, and the report adds the spread over
+# seeds of each run and of each finding's difference.
+"$ROOT/launch/reproduce.sh" "${ARGS[@]}" --seed 1 >"$OUT/seed1.log" 2>&1 || {
+  rc=$?
+  cat "$OUT/seed1.log"
+  fail "launch/reproduce.sh --seed 1 exited with $rc"
+}
+[ -f "$OUT/runs/f_vlb_importance_seed1/eval/test.json" ] || fail "no seed-1 run of f"
+for line in "| e (seed 1) | L_vlb, uniform timesteps |" "| e | 0, 1 |" "| f | 0, 1 |" \
+  "| 3 | e → f | 2 |"; do
+  grep -qF "$line" "$report" || fail "no '$line' in the report"
+done
 
 # Again: nothing to do, and the prose written into the report stays.
 python3 - "$report" <<'PY'
