@@ -101,8 +101,8 @@ def real_run(work, run_dir, eval_json, seconds):
         "images_per_s_median": median([j["images_per_s"] for j in steps[1:]] or
                                       [j["images_per_s"] for j in steps]),
         "loss_first_last": [steps[0]["loss"], steps[-1]["loss"]] if steps else None,
-        "device_peak_allocated_mb": max((j.get("device_peak_allocated_mb", 0) for j in steps),
-                                        default=None),
+        "device_peak_allocated_mb": max((j["device_peak_allocated_mb"] for j in steps
+                                         if "device_peak_allocated_mb" in j), default=None),
         "heldout_bpd": [{"step": j["step"], "bpd": round(j["bpd_estimate"], 4),
                          "stderr": round(j["bpd_standard_error"], 4)} for j in bpd],
     }
@@ -153,7 +153,7 @@ def bench(work, directory, peak_tflops):
                     row["ratio_vs_" + base[8:]] = round(rates["difftrain"] / rates[base], 3)
         if row:
             runs[precision] = row
-    # The targets for the CIFAR-10 model in bf16 on one H200.
+    # The targets for the CIFAR-10 model in bf16 on one H200 (docs/gpu-check.md).
     bf16 = runs.get("bf16", {})
     targets = {}
     if "ratio_vs_plain" in bf16:

@@ -3,10 +3,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-
 #include <c10/core/Device.h>
-#include <array>
 
+#include <array>
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
