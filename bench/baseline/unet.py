@@ -216,12 +216,13 @@ class UNetModel(nn.Module):
 
 def model_from_difftrain(m, tuned=False):
     """The UNetModel of a difftrain model config: the "model" object of the JSON that difftrain
-    writes beside its weight exports (bench_train_step --export, difftrain export)."""
+    writes beside its weight exports (bench_train_step --export, difftrain export). A model
+    trained for classifier-free guidance (null_class) has one more label row, the null label."""
     return UNetModel(in_channels=m["in_channels"], model_channels=m["model_channels"],
                      out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
                      attention_resolutions=m["attention_resolutions"],
                      image_size=m["image_size"], dropout=m["dropout"],
                      channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
-                     num_classes=m["num_classes"] or None, num_heads=m["num_heads"],
-                     num_head_channels=m["num_head_channels"],
+                     num_classes=(m["num_classes"] + m.get("null_class", False)) or None,
+                     num_heads=m["num_heads"], num_head_channels=m["num_head_channels"],
                      use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned)

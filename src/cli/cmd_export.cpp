@@ -76,6 +76,7 @@ json model_json(const model::UNetConfig& u) {
           {"channel_mult", u.channel_mult},
           {"conv_resample", u.conv_resample},
           {"num_classes", u.num_classes},
+          {"null_class", u.null_class},
           {"num_heads", u.num_heads},
           {"num_head_channels", u.num_head_channels},
           {"use_scale_shift_norm", u.use_scale_shift_norm}};

@@ -33,7 +33,9 @@ int run(const Options& o) {
   model::UNet net(uc);
   fmt::print("UNet for {}x{}x{} images, {} output channels{}\n", uc.in_channels, uc.image_size,
              uc.image_size, uc.out_channels,
-             uc.num_classes > 0 ? fmt::format(", {} classes", uc.num_classes) : "");
+             uc.num_classes > 0 ? fmt::format(", {} classes{}", uc.num_classes,
+                                              uc.null_class ? " and the null label" : "")
+                                : "");
   for (const auto& [part, count] : model::parameter_breakdown(net))
     fmt::print("  {:<20}{:>14L}\n", part, count);
   fmt::print("  {:<20}{:>14L}\n", "total", model::parameter_count(net));

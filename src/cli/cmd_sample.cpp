@@ -46,7 +46,8 @@ struct Options {
   double eta = 0.0;
   bool eta_given = false;
   uint64_t seed = 0;
-  int64_t label = -1;  // --class; -1 = every class in turn
+  int64_t label = -1;           // --class; -1 = every class in turn
+  double guidance_scale = 1.0;  // classifier-free guidance; 1 = the conditional model as trained
   int64_t batch = 64;
 };
 
@@ -75,6 +76,9 @@ void check_options(const Options& o) {
     throw std::invalid_argument("--eta applies to --sampler ddim only");
   if (o.eta < 0) throw std::invalid_argument("--eta must be >= 0, not " + fmt::format("{}", o.eta));
   if (o.steps < 0) throw std::invalid_argument("--steps must be >= 1");
+  if (!(o.guidance_scale >= 0))
+    throw std::invalid_argument("--guidance-scale must be >= 0, not " +
+                                fmt::format("{}", o.guidance_scale));
 }
 
 // --respacing, else --steps K as "K", else every step (ddpm) or 50 (ddim).
@@ -111,6 +115,11 @@ Plan prepare(const Options& o, const parallel::World& world) {
   if (o.label >= classes && classes > 0)
     throw std::invalid_argument("--class " + std::to_string(o.label) + " is outside [0, " +
                                 std::to_string(classes) + ") of " + m.checkpoint);
+  if (o.guidance_scale != 1.0 && !m.denoiser.net->config().null_class)
+    throw std::invalid_argument(fmt::format(
+        "--guidance-scale {}: {} was not trained for classifier-free guidance (it needs a "
+        "class-conditional run with training.p_uncond > 0)",
+        o.guidance_scale, m.checkpoint));
 
   // Samples of a model trained on padded images are cropped back to the data's size.
   const int64_t size = m.shape.image_size;
@@ -156,7 +165,8 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
       generators.push_back(train::cpu_generator(
           train::step_seed(o.seed, i, train::RngStream::noise, kSampleStreamTag)));
     const at::Tensor y = classes > 0 ? labels.narrow(0, b0, b).to(m.device) : at::Tensor();
-    diffusion::ModelFn model = m.denoiser.with_labels(y);
+    // Scale 1 (the default, and the only one for other models) is with_labels(y).
+    diffusion::ModelFn model = m.denoiser.with_guidance(y, classes, o.guidance_scale);
     if (p.timestep_map.defined()) model = diffusion::respaced_model(model, p.timestep_map);
 
     diffusion::SampleOptions so;
@@ -232,6 +242,7 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
       {"sampler", o.sampler},
       {"schedule", p.schedule},
       {"eta", o.eta},
+      {"guidance_scale", o.guidance_scale},
       {"seed", o.seed}};
   const fs::path h5_path(p.out + ".h5");
   data::ShardSpec spec;
@@ -255,8 +266,10 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
 int run(const Options& o, parallel::World& world) {
   const Plan plan = prepare(o, world);
   const TrainedModel& m = plan.model;
-  spdlog::info("sampling {} images from {} with {} ({}), {} rank(s), device {}", o.num, describe(m),
-               o.sampler, plan.schedule, world.size(), m.device.str());
+  spdlog::info("sampling {} images from {} with {} ({}){}, {} rank(s), device {}", o.num,
+               describe(m), o.sampler, plan.schedule,
+               o.guidance_scale == 1.0 ? "" : fmt::format(", guidance scale {}", o.guidance_scale),
+               world.size(), m.device.str());
 
   // Past this point a failure on one rank would leave the others waiting in the gather: it
   // ends the whole job (run_on_world aborts every rank).
@@ -306,6 +319,10 @@ void add_sample_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--seed", o->seed, "Seed of the sampling noise");
   cmd->add_option("--class", o->label,
                   "Class label for class-conditional models (default: every class in turn)");
+  cmd->add_option("--guidance-scale", o->guidance_scale,
+                  "Classifier-free guidance: uncond + S * (cond - uncond); 1 = conditional (the "
+                  "default), 0 = unconditional, > 1 = guided (models trained with "
+                  "training.p_uncond > 0)");
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

@@ -8,6 +8,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/run_on_world.hpp"
+#include "common/shell_word.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/rank_device.hpp"
 #include "parallel/watchdog.hpp"
@@ -54,9 +55,12 @@ int train_on(parallel::World& world, const Options& o) {
     spdlog::info("{} after {} steps; run directory: {}", r.interrupted ? "stopped" : "finished",
                  r.step, r.run_dir);
     spdlog::info("checkpoint: {}", r.last_checkpoint);
-    spdlog::info("resume:  difftrain train --config {} --resume auto", o.config);
-    spdlog::info("sample:  difftrain sample --run {} --num 64 --out {}/samples", r.run_dir,
-                 r.run_dir);
+    std::string command = "difftrain train --config " + shell_word(o.config);
+    for (const std::string& s : o.overrides)
+      command += " --set " + shell_word(s);
+    spdlog::info("resume:  {} --resume auto", command);
+    spdlog::info("sample:  difftrain sample --run {} --num 64 --out {}", shell_word(r.run_dir),
+                 shell_word(r.run_dir + "/samples"));
   }
   return kOk;
 }

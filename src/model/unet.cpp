@@ -48,7 +48,8 @@ UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
   register_module("time_embed",
                   torch::nn::Sequential(time_embed_in_, torch::nn::SiLU(), time_embed_out_));
   if (c.num_classes > 0)
-    label_emb_ = register_module("label_emb", torch::nn::Embedding(c.num_classes, time_embed_dim));
+    label_emb_ = register_module(
+        "label_emb", torch::nn::Embedding(c.num_classes + (c.null_class ? 1 : 0), time_embed_dim));
 
   // Input side. input_block_chans records each block's output channels: the skip connections
   // the output side consumes, last first.

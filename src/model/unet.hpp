@@ -18,7 +18,8 @@ namespace difftrain::model {
 
 // Children, in improved-diffusion's order and with its state-dict names:
 //   time_embed    [Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)] on timestep_embedding(t, ch)
-//   label_emb     Embedding(num_classes, 4ch), added to the time embedding (conditional only)
+//   label_emb     Embedding(num_classes (+ 1 with null_class), 4ch), added to the time
+//                 embedding (conditional only)
 //   input_blocks  0: conv3x3(in_channels -> ch); then per level, num_res_blocks x
 //                 [ResBlock (+ AttentionBlock at attention_resolutions)], and a Downsample
 //                 between levels
@@ -35,7 +36,8 @@ class UNetImpl : public torch::nn::Module {
 
   // x [N, in_channels, H, W] (H, W divisible by 2^(levels - 1); the attention levels are set by
   // image_size), t [N] timesteps (integer or fractional), y [N] int64 class labels, required iff
-  // num_classes > 0. Returns [N, out_channels, H, W] in x's dtype (also under autocast).
+  // num_classes > 0 (label num_classes is the null label of a null_class model). Returns [N,
+  // out_channels, H, W] in x's dtype (also under autocast).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y = {});
 
   const UNetConfig& config() const { return config_; }

@@ -77,6 +77,9 @@ void validate(const UNetConfig& c) {
   if (c.num_classes < 0)
     throw std::invalid_argument(field("num_classes", c.num_classes) +
                                 " must be non-negative (0 = unconditional)");
+  if (c.null_class && c.num_classes == 0)
+    throw std::invalid_argument(
+        "UNetConfig.null_class needs a class-conditional model (num_classes > 0)");
   if (c.channel_mult.empty())
     throw std::invalid_argument(
         "UNetConfig.channel_mult is empty: give one multiplier per resolution level, e.g. "

@@ -20,6 +20,9 @@ struct UNetConfig {
   std::vector<int64_t> channel_mult;  // one multiplier of model_channels per resolution level
   bool conv_resample = true;          // strided / post-upsampling convs, else pooling only
   int64_t num_classes = 0;            // 0 = unconditional
+  // Classifier-free guidance's null label: label_emb gets one more row, label num_classes, for
+  // "no class" (training.p_uncond > 0). Needs num_classes > 0.
+  bool null_class = false;
   int64_t num_heads = 4;
   int64_t num_head_channels = -1;  // channels per head; overrides num_heads unless -1
   bool use_scale_shift_norm = true;

@@ -119,6 +119,7 @@ void visit(V& v, Config& c) {
     v.key("warmup_steps", c.training.warmup_steps);
     v.key("lr_anneal_steps", c.training.lr_anneal_steps);
     v.key("grad_clip", c.training.grad_clip);
+    v.key("p_uncond", c.training.p_uncond);
     v.key("max_steps", c.training.max_steps);
     v.key("max_time", c.training.max_time);
     v.key("ema_rates", c.training.ema_rates);
@@ -492,6 +493,13 @@ void validate(const Config& c) {
   check(t.warmup_steps >= 0, "training.warmup_steps", t.warmup_steps, "must be >= 0");
   check(t.lr_anneal_steps >= 0, "training.lr_anneal_steps", t.lr_anneal_steps, "must be >= 0");
   check(t.grad_clip >= 0, "training.grad_clip", t.grad_clip, "must be >= 0 (0 = off)");
+  check(t.p_uncond >= 0 && t.p_uncond < 1, "training.p_uncond", t.p_uncond,
+        "must be in [0, 1) (0 = no classifier-free guidance)");
+  if (t.p_uncond > 0 && !c.data.class_conditional)
+    throw ConfigError(fmt::format(
+        "config key 'training.p_uncond' = {} trains classifier-free guidance, which needs "
+        "class labels: set data.class_conditional to true",
+        t.p_uncond));
   check(t.max_steps >= 0, "training.max_steps", t.max_steps, "must be >= 0 (0 = no limit)");
   check(t.max_time >= 0, "training.max_time", t.max_time, "must be >= 0 seconds (0 = no limit)");
   for (double r : t.ema_rates)

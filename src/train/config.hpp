@@ -98,8 +98,11 @@ struct TrainingConfig {
   int64_t warmup_steps = 0;
   int64_t lr_anneal_steps = 0;  // linear decay to 0 over this many steps; 0 = constant
   double grad_clip = 0.0;       // max global gradient norm; 0 = off
-  int64_t max_steps = 0;        // 0 = no limit
-  double max_time = 0.0;        // seconds of training; 0 = no limit
+  // Classifier-free guidance (Ho & Salimans 2022): the share of samples trained with the null
+  // label instead of their class, so that one network learns both; needs data.class_conditional.
+  double p_uncond = 0.0;
+  int64_t max_steps = 0;  // 0 = no limit
+  double max_time = 0.0;  // seconds of training; 0 = no limit
   std::vector<double> ema_rates{0.9999};
   bool ema_warmup = false;                // rate_n = min(rate, (1 + n) / (10 + n))
   Precision precision = Precision::fp32;  // fp32 | bf16 | fp16

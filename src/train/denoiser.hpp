@@ -21,6 +21,13 @@ struct Denoiser {
   at::Tensor operator()(const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& y = {}) const;
   // The same for the diffusion code (bound, samplers, bits/dim estimates), labels fixed.
   diffusion::ModelFn with_labels(const at::Tensor& y) const;
+  // Classifier-free guidance (Ho & Salimans 2022, Eq. 6 with w = scale - 1) for the samplers:
+  // the mean output uncond + scale * (cond - uncond), from one network call on the doubled batch
+  // with labels y and `null_label`. A learned variance comes from the conditional call, as in
+  // GLIDE. The mean output is eps, x_0, v or the posterior mean, each affine in the others given
+  // x_t, so guiding it guides them all alike. scale 1 is the conditional model and 0 the
+  // unconditional one, each one plain call.
+  diffusion::ModelFn with_guidance(const at::Tensor& y, int64_t null_label, double scale) const;
 };
 
 // The config's timestep scale: 1000 / T with diffusion.rescale_timesteps, else 1.

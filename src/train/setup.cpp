@@ -85,6 +85,7 @@ model::UNetConfig unet_config(const Config& c, const DataShape& shape) {
   u.channel_mult = c.model.channel_mult;
   u.conv_resample = c.model.conv_resample;
   u.num_classes = shape.num_classes;
+  u.null_class = shape.num_classes > 0 && c.training.p_uncond > 0;
   u.num_heads = c.model.num_heads;
   u.num_head_channels = c.model.num_head_channels;
   u.use_scale_shift_norm = c.model.use_scale_shift_norm;

@@ -12,7 +12,13 @@
 
 namespace difftrain::train {
 
-enum class RngStream : uint64_t { timesteps = 1, noise = 2, dropout = 3, evaluation = 4 };
+enum class RngStream : uint64_t {
+  timesteps = 1,
+  noise = 2,
+  dropout = 3,
+  evaluation = 4,
+  label_dropout = 5
+};
 
 // splitmix64 finaliser: well-mixed seeds from structured inputs.
 inline uint64_t mix_seed(uint64_t x) {

@@ -34,10 +34,23 @@ at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads, const c10::Dev
   return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
 }
 
+// Rows [first_row, first_row + rows) of the global batch's labels after classifier-free
+// guidance's label dropout.
+at::Tensor drop_labels(const at::Tensor& labels, uint64_t seed, int64_t step, int64_t first_row,
+                       int64_t global_batch, const LabelDropout& dropout) {
+  if (dropout.p_uncond <= 0 || !labels.defined()) return labels;
+  const at::Tensor u = at::rand(
+      {global_batch}, cpu_generator(step_seed(seed, step, RngStream::label_dropout)), at::kDouble);
+  const at::Tensor dropped =
+      host_to_device(u.narrow(0, first_row, labels.size(0)).lt(dropout.p_uncond), labels.device());
+  return at::where(dropped, at::full_like(labels, dropout.null_label), labels);
+}
+
 }  // namespace
 
 StepInputs draw_step_inputs(uint64_t seed, int64_t step, const diffusion::TimestepSampler& sampler,
-                            const data::Batch& batch, int64_t global_batch) {
+                            const data::Batch& batch, int64_t global_batch,
+                            const LabelDropout& dropout) {
   const int64_t b = batch.images.size(0);
   const diffusion::TimestepDraw draw = diffusion::draw_timesteps(
       sampler, global_batch, cpu_generator(step_seed(seed, step, RngStream::timesteps)));
@@ -45,7 +58,7 @@ StepInputs draw_step_inputs(uint64_t seed, int64_t step, const diffusion::Timest
       step_noise(seed, step, batch.row_offset, b, batch.images.sizes().slice(1));
   return {batch.images, draw.t.narrow(0, batch.row_offset, b),
           draw.weights.narrow(0, batch.row_offset, b), host_to_device(noise, batch.images.device()),
-          batch.labels};
+          drop_labels(batch.labels, seed, step, batch.row_offset, global_batch, dropout)};
 }
 
 double learning_rate(const TrainingConfig& t, int64_t step) {

@@ -39,12 +39,21 @@ struct StepInputs {
   at::Tensor labels;   // [b] int64, or undefined
 };
 
+// Classifier-free guidance's training (Ho & Salimans 2022, Algorithm 1): each sample's label is
+// replaced by the null label with probability p_uncond.
+struct LabelDropout {
+  double p_uncond = 0.0;   // training.p_uncond; 0 = labels as they are
+  int64_t null_label = 0;  // the model's num_classes: label_emb's extra row
+};
+
 // The inputs of step `step` for this rank's rows of `batch`: the timesteps of the whole global
-// batch drawn from the sampler (every rank alike: stratified draws span the global batch), and
-// the noise of this rank's rows, each row from its own generator. Keyed by (seed, step): a
-// resumed run needs no generator state, and the draws do not depend on the number of ranks.
+// batch drawn from the sampler (every rank alike: stratified draws span the global batch), the
+// noise of this rank's rows, each row from its own generator, and the labels after `dropout`,
+// whose draws also span the global batch. Keyed by (seed, step): a resumed run needs no generator
+// state, and the draws do not depend on the number of ranks.
 StepInputs draw_step_inputs(uint64_t seed, int64_t step, const diffusion::TimestepSampler& sampler,
-                            const data::Batch& batch, int64_t global_batch);
+                            const data::Batch& batch, int64_t global_batch,
+                            const LabelDropout& dropout = {});
 
 // What a step needs besides the state.
 struct StepContext {

@@ -76,6 +76,15 @@ void resume_from(const std::string& path, TrainState& state, const Config& confi
   std::vector<std::string> unknown_keys;  // keys of another version: not the objective's
   const Config stored = parse_stored_config(read_checkpoint_info(path).config_yaml,
                                             path + " (stored config)", unknown_keys);
+  // The null label is a row of the label embedding: the weights of one setting do not load
+  // into the model of the other.
+  if ((stored.training.p_uncond > 0) != (config.training.p_uncond > 0))
+    throw ConfigError(fmt::format(
+        "{} was trained with training.p_uncond = {}; with {} the model {} the null label's row "
+        "of the label embedding: keep training.p_uncond {} to resume, or start a new run",
+        path, stored.training.p_uncond, config.training.p_uncond,
+        config.training.p_uncond > 0 ? "would have" : "would lose",
+        stored.training.p_uncond > 0 ? "> 0" : "= 0"));
   const std::vector<std::string> changes = objective_changes(stored, config);
   const std::string listed = fmt::format("{}", fmt::join(changes, "; "));
   if (!changes.empty() && !allow_objective_change)
@@ -229,6 +238,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   const StepContext step_context{
       make_denoiser(state.net, config), diffusion, make_loss_spec(config), tc, comm, &reducer};
   data::Loader loader(loader_options(config, shape, rank, world, device), state.cursor);
+  const LabelDropout label_dropout{tc.p_uncond, shape.num_classes};
   Metrics metrics(device, diffusion.num_timesteps, lc.timestep_buckets);
   const HeldOutBatch held_out =
       lc.bpd_every > 0 ? read_heldout_batch(config, shape, rank, world, device) : HeldOutBatch{};
@@ -287,8 +297,8 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     // The step.
     const data::Batch batch = loader.next();
     state.cursor = loader.cursor();
-    const StepInputs inputs =
-        draw_step_inputs(config.seed, state.step, state.sampler, batch, tc.batch_size);
+    const StepInputs inputs = draw_step_inputs(config.seed, state.step, state.sampler, batch,
+                                               tc.batch_size, label_dropout);
     torch::manual_seed(step_seed(config.seed, state.step, RngStream::dropout, rank));
     const StepResult r = train_step(state, step_context, inputs, {}, nan_loss);
     metrics.add_samples(inputs.t, r.terms.loss, r.terms.mse, r.terms.weighted_mse, r.terms.vb);

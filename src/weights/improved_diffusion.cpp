@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "common/shell_word.hpp"
+
 namespace difftrain::weights {
 namespace {
 
@@ -19,18 +21,6 @@ constexpr int64_t kImprovedDiffusionClasses = 1000;  // script_util.NUM_CLASSES
 
 std::string list_string(const std::vector<int64_t>& v) {
   return fmt::format("{}", fmt::join(v, ","));
-}
-
-// A shell word: quoted unless it is plain.
-std::string shell_word(const std::string& s) {
-  const bool plain = !s.empty() && s.find_first_not_of(
-                                       "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP"
-                                       "QRSTUVWXYZ0123456789_./-+=,:") == std::string::npos;
-  if (plain) return s;
-  std::string q = "'";
-  for (char c : s)
-    q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
 }
 
 }  // namespace
@@ -68,6 +58,9 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
   if (unet.num_classes > 0 && unet.num_classes != kImprovedDiffusionClasses)
     flag("model.num_classes", std::to_string(unet.num_classes),
          "class_cond builds 1000 classes (ImageNet)", true);
+  if (unet.null_class)
+    flag("training.p_uncond", fmt::format("{}", config.training.p_uncond),
+         "label_emb has no row for classifier-free guidance's null label", true);
   if (unet.num_head_channels != -1)
     flag("model.num_head_channels", std::to_string(unet.num_head_channels),
          "heads are set by count (num_heads), not by channels", true);

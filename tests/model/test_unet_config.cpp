@@ -96,6 +96,9 @@ TEST(UNetConfig, OutOfRangeScalars) {
   c.num_classes = -1;
   EXPECT_EQ(error_of(c), "UNetConfig.num_classes = -1 must be non-negative (0 = unconditional)");
   c = cifar10_config();
+  c.null_class = true;
+  EXPECT_EQ(error_of(c), "UNetConfig.null_class needs a class-conditional model (num_classes > 0)");
+  c = cifar10_config();
   c.channel_mult = {};
   EXPECT_EQ(error_of(c),
             "UNetConfig.channel_mult is empty: give one multiplier per resolution level, e.g. "

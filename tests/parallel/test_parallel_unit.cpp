@@ -1,5 +1,5 @@
-// Single-process tests of src/parallel: the watchdog, the local communicator, the gradient reducer's
-// bucketing and hook mechanics, and the NCCL backend's presence in the binary.
+// Single-process tests of src/parallel: the watchdog, the local communicator, the gradient
+// reducer's bucketing and hook mechanics, and the NCCL backend's presence in the binary.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -200,7 +200,7 @@ TEST(RankDevice, MapsLocalRanksToVisibleGpus) {
       EXPECT_EQ(on("auto", r, gpus, gpus), c10::Device(c10::kCUDA, r));
       EXPECT_EQ(on("cuda", r, gpus, gpus), c10::Device(c10::kCUDA, r));
     }
-  EXPECT_EQ(on("auto", 1, 2, 8), c10::Device(c10::kCUDA, 1));  // fewer ranks than GPUs: fine
+  EXPECT_EQ(on("auto", 1, 2, 8), c10::Device(c10::kCUDA, 1));    // fewer ranks than GPUs: fine
   EXPECT_EQ(on("cuda:1", 0, 4, 2), c10::Device(c10::kCUDA, 1));  // shared on purpose
   const auto error = [&](const std::string& request, int rank, int ranks, int gpus) {
     try {

@@ -73,6 +73,11 @@ TEST(FashionMnistRun, TrainingLowersBitsPerDimAndSamplesAGivenClass) {
   r = difftrain_cli("train --config " + p("config.yaml") +
                     " --resume auto --set training.max_steps=80");
   ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The command it prints to go on is this one, overrides included.
+  EXPECT_NE(r.output.find("resume:  difftrain train --config " + p("config.yaml") +
+                          " --set training.max_steps=80 --resume auto"),
+            std::string::npos)
+      << r.output;
 
   const std::string ckpt = p("run/checkpoints/ckpt_000000");
   const double untrained = eval_bpd(ckpt + "001.pt", p("test"), p("untrained.json"));

@@ -421,6 +421,52 @@ TEST_F(SampleEvalCli, UnwritableOutput) {
       "/proc/bpd.json", "cannot write to the directory /proc");
 }
 
+// Classifier-free guidance from the command line: a model trained with training.p_uncond has the
+// null label; scale 1 is the conditional model, other scales give other images, the same for any
+// batch size and on 2 ranks; a model without the null label refuses a scale.
+TEST_F(SampleEvalCli, GuidanceScaleSamplesAModelTrainedWithTheNullLabel) {
+  const std::string labeled = difftrain::testing::write_tiny_set(path("labeled"), 6, 8, 8, 3, 3);
+  std::string yaml = difftrain::testing::tiny_config_yaml(labeled, 0, true);
+  const std::string conditional_only = yaml;
+  const std::string ema = "  ema_rates: [0.9]\n";
+  yaml.insert(yaml.find(ema) + ema.size(), "  p_uncond: 0.2\n");
+  const std::string ckpt = path("cfg.pt");
+  difftrain::testing::write_tiny_checkpoint(ckpt, yaml, yaml);
+  const auto sample = [&](const std::string& args, const std::string& out) {
+    return difftrain_cli("sample --checkpoint " + ckpt + " --num 4 --steps 4 --seed 3 " + args +
+                         " --out " + path(out));
+  };
+  ASSERT_EQ(sample("", "plain").exit_code, 0);
+  ProcessResult r = sample("--guidance-scale 1", "s1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string plain = read_npz(path("plain.npz"), "arr_0").data;
+  EXPECT_EQ(read_npz(path("s1.npz"), "arr_0").data, plain) << "scale 1 is the conditional model";
+  r = sample("--guidance-scale 3 --batch 1", "s3_b1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("guidance scale 3"), std::string::npos) << r.output;
+  ASSERT_EQ(sample("--guidance-scale 3 --batch 4", "s3_b4").exit_code, 0);
+  ASSERT_EQ(sample("--guidance-scale 0", "s0").exit_code, 0);
+  const std::string guided = read_npz(path("s3_b1.npz"), "arr_0").data;
+  EXPECT_LE(max_abs_diff(guided, read_npz(path("s3_b4.npz"), "arr_0").data), 1);
+  EXPECT_GT(max_abs_diff(guided, plain), 8);
+  EXPECT_GT(max_abs_diff(read_npz(path("s0.npz"), "arr_0").data, plain), 8);
+  EXPECT_NE(difftrain::h5::File::open(path("s3_b1.h5"))
+                .attr_string("source")
+                .find("\"guidance_scale\":3.0"),
+            std::string::npos);
+  r = difftrain_mpi(2, "sample --checkpoint " + ckpt +
+                           " --num 4 --steps 4 --seed 3 --guidance-scale 3 --out " + path("s3_w2"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_LE(max_abs_diff(guided, read_npz(path("s3_w2.npz"), "arr_0").data), 1);
+
+  const std::string plain_ckpt = path("cond.pt");
+  difftrain::testing::write_tiny_checkpoint(plain_ckpt, conditional_only, conditional_only);
+  expect_bad_input(difftrain_cli("sample --checkpoint " + plain_ckpt +
+                                 " --num 2 --guidance-scale 2 --out " + path("x")),
+                   plain_ckpt, "was not trained for classifier-free guidance");
+  expect_bad_input(sample("--guidance-scale -1", "x"), "--guidance-scale", "must be >= 0");
+}
+
 TEST_F(SampleEvalCli, BadSamplingOptions) {
   expect_bad_input(
       difftrain_cli("sample --run " + run_ + " --num 2 --respacing ddim11 --out " + path("x")),

@@ -65,6 +65,10 @@ TEST(Config, ErrorsNameTheKey) {
   expect_config_error({"diffusion.model_var_type=learnd"}, "unknown model_var_type 'learnd'");
   expect_config_error({"training.precision=fp8"},
                       "'training.precision': 'fp8' is not one of: fp32, bf16, fp16");
+  expect_config_error({"training.p_uncond=1"}, "'training.p_uncond' = 1 must be in [0, 1)");
+  expect_config_error({"training.p_uncond=0.1"},
+                      "'training.p_uncond' = 0.1 trains classifier-free guidance, which needs "
+                      "class labels: set data.class_conditional to true");
 }
 
 }  // namespace

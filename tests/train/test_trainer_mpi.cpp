@@ -1,6 +1,7 @@
 // Training under mpirun, as users launch it: W ranks end with the weights of 1 rank (fp32,
-// channels-last, bf16, microbatches, importance sampling, two "nodes" over TCP); a killed, hung or
-// signalled rank ends the job cleanly and the run resumes; the launch scripts (Slurm, scaling).
+// channels-last, bf16, microbatches, importance sampling, classifier-free guidance, two "nodes"
+// over TCP); a killed, hung or signalled rank ends the job cleanly and the run resumes; the launch
+// scripts (Slurm, scaling).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -81,6 +82,12 @@ TEST_F(MultiRankTraining, TwoRanksChannelsLastMatchOneRank) {
 // bf16 autocast, channels-last by `auto`: the configuration multi-GPU users train in.
 TEST_F(MultiRankTraining, TwoRanksBf16MatchOneRank) {
   expect_ranks_match_one_rank(*this, 2, {"training.precision=bf16"}, /*elementwise=*/false);
+}
+
+// Classifier-free guidance's label dropout is drawn over the global batch: 2 ranks drop the
+// labels 1 rank drops, so the null label's row trains alike.
+TEST_F(MultiRankTraining, TwoRanksWithClassifierFreeGuidanceMatchOneRank) {
+  expect_ranks_match_one_rank(*this, 2, {"data.class_conditional=true", "training.p_uncond=0.5"});
 }
 
 // Failures under mpirun: the job ends non-zero well within the time a test allows (no rank waits

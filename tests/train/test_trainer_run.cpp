@@ -87,6 +87,44 @@ TEST_F(TrainerRun, ClassConditionalModelLearnsItsLabelEmbedding) {
       at::equal(t.at("model/label_emb.weight"), init->named_parameters()["label_emb.weight"]));
 }
 
+// Classifier-free guidance: the null label has its own row of the label embedding, trained by
+// the samples whose label was dropped (a row no sample uses keeps its initial value under Adam);
+// the drops are keyed by step, so a resumed run is bit-identical; resuming across p_uncond = 0
+// and > 0, which changes the model, is refused naming the key.
+TEST_F(TrainerRun, ClassifierFreeGuidanceTrainsTheNullLabelAndResumesExactly) {
+  const std::vector<std::string> cfg{"data.class_conditional=true", "training.p_uncond=0.3"};
+  const auto c = config("cfg", cfg);
+  const auto straight = train(c);
+  ASSERT_EQ(straight.step, 6);
+  auto first_half = cfg;
+  first_half.push_back("training.max_steps=3");
+  train(config("cfg_resumed", first_half));
+  const auto second = train(config("cfg_resumed", cfg), resume_auto());
+  const auto a = checkpoint_tensors(c, straight.last_checkpoint);
+  const auto b = checkpoint_tensors(c, second.last_checkpoint);
+  for (const auto& [key, t] : a)
+    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+
+  const at::Tensor label_emb = a.at("model/label_emb.weight");
+  ASSERT_EQ(label_emb.size(0), 11) << "10 classes and the null label";
+  torch::manual_seed(c.seed);  // the initial weights, as the trainer draws them
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  difftrain::model::UNet init(tr::unet_config(c, tr::data_shape(c, &manifest)));
+  const at::Tensor initial = init->named_parameters()["label_emb.weight"];
+  EXPECT_FALSE(at::equal(label_emb[10], initial[10])) << "the null label was trained";
+
+  try {
+    train(config("cfg_resumed", {"data.class_conditional=true", "training.max_steps=8"}),
+          resume_auto());
+    FAIL() << "resumed a p_uncond = 0.3 checkpoint without the null label";
+  } catch (const tr::ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("was trained with training.p_uncond = 0.3; with 0 the model would lose"),
+              std::string::npos)
+        << what;
+  }
+}
+
 TEST_F(TrainerRun, NonFiniteLossSkipsTheStepThenStops) {
   // One bad step is skipped and training goes on.
   const auto r = train(config("nan"), with_fault("nan@2"));

@@ -7,9 +7,11 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "data/loader.hpp"
 #include "data/test_files.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/respace.hpp"
+#include "diffusion/timestep_sampler.hpp"
 #include "model/unet.hpp"
 #include "parallel/communicator.hpp"
 #include "train/config.hpp"
@@ -73,6 +75,35 @@ TEST(TrainingStep, StepNoiseRowsDoNotDependOnTheSplit) {
   EXPECT_TRUE(at::equal(tr::step_noise(7, 5, 3, 3, {1, 4, 4}), whole.narrow(0, 3, 3)));
   EXPECT_FALSE(at::equal(tr::step_noise(7, 6, 0, 8, {1, 4, 4}), whole));  // another step
   EXPECT_NEAR(tr::step_noise(1, 0, 0, 64, {3, 16, 16}).std().item<double>(), 1.0, 0.02);
+}
+
+// Classifier-free guidance's label dropout: about p_uncond of the rows get the null label, the
+// others keep theirs; a rank's rows are the same rows of the whole global batch; another step
+// drops others; p_uncond 0 leaves the labels alone.
+TEST(TrainingStep, LabelDropoutIsDrawnOverTheGlobalBatch) {
+  const int64_t B = 4000;
+  const auto sampler = difftrain::diffusion::make_timestep_sampler(
+      difftrain::diffusion::TimestepSamplerKind::uniform, 50, at::kCPU);
+  const auto batch = [](int64_t first, int64_t rows) {
+    difftrain::data::Batch b;
+    b.images = at::zeros({rows, 1, 2, 2});
+    b.labels = (at::arange(first, first + rows, at::kLong) * 7).remainder(10);
+    b.row_offset = first;
+    return b;
+  };
+  const tr::LabelDropout dropout{0.3, 10};
+  const at::Tensor whole = tr::draw_step_inputs(7, 5, sampler, batch(0, B), B, dropout).labels;
+  const at::Tensor original = batch(0, B).labels;
+  const at::Tensor dropped = whole.eq(10);
+  EXPECT_NEAR(dropped.to(at::kDouble).mean().item<double>(), 0.3, 0.03);  // 4 standard errors
+  EXPECT_TRUE(at::equal(whole.masked_select(dropped.logical_not()),
+                        original.masked_select(dropped.logical_not())));
+  const at::Tensor rank_rows =
+      tr::draw_step_inputs(7, 5, sampler, batch(1000, 1000), B, dropout).labels;
+  EXPECT_TRUE(at::equal(rank_rows, whole.narrow(0, 1000, 1000)));
+  EXPECT_FALSE(
+      at::equal(tr::draw_step_inputs(7, 6, sampler, batch(0, B), B, dropout).labels, whole));
+  EXPECT_TRUE(at::equal(tr::draw_step_inputs(7, 5, sampler, batch(0, B), B).labels, original));
 }
 
 // On a fixed batch with fixed t and noise, each objective falls by a clear margin.
@@ -199,6 +230,39 @@ TEST(Denoiser, TheNetworkSeesTheScaledOriginalTimestep) {
   tr::Config unscaled = c;
   unscaled.diffusion.rescale_timesteps = false;
   EXPECT_DOUBLE_EQ(tr::make_denoiser(net, unscaled).timestep_scale, 1.0);
+}
+
+// Classifier-free guidance (Ho & Salimans Eq. 6): the mean channels are uncond + s (cond -
+// uncond), the learned variance channels the conditional call's; scale 1 is the conditional
+// model and 0 the unconditional one. (The guided call is one batch of 6: oneDNN's convolutions
+// round it about 1e-6 apart from two batches of 3.)
+TEST(Denoiser, GuidanceMixesTheConditionalAndUnconditionalMeans) {
+  TempDir dir;
+  const tr::Config c = tr::parse_config(tiny_config("unused", dir / "run"),
+                                        {"data.class_conditional=true", "training.p_uncond=0.1"});
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 4}));
+  ASSERT_TRUE(net->config().null_class);
+  {
+    torch::NoGradGuard no_grad;  // the output layer starts at zero: make the output depend on y
+    for (auto& p : net->parameters())
+      p.add_(at::randn_like(p) * 0.05);
+  }
+  net->eval();
+  const tr::Denoiser denoiser = tr::make_denoiser(net, c);
+  const at::Tensor x = at::randn({3, 1, 16, 16});
+  const at::Tensor t = at::tensor({0L, 20L, 49L}), y = at::tensor({0L, 3L, 1L});
+  const at::Tensor cond = denoiser(x, t, y), uncond = denoiser(x, t, at::full_like(y, 4));
+  ASSERT_EQ(cond.size(1), 2) << "mean and learned variance";
+  ASSERT_GT((cond - uncond).abs().max().item<double>(), 1e-3);
+  const auto guided = [&](double s) { return denoiser.with_guidance(y, 4, s)(x, t); };
+  const at::Tensor g = guided(2.5);
+  EXPECT_TRUE(at::allclose(
+      g.narrow(1, 0, 1),
+      uncond.narrow(1, 0, 1) + 2.5 * (cond.narrow(1, 0, 1) - uncond.narrow(1, 0, 1)), 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(g.narrow(1, 1, 1), cond.narrow(1, 1, 1), 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(guided(0).narrow(1, 0, 1), uncond.narrow(1, 0, 1), 1e-4, 1e-5));
+  EXPECT_TRUE(at::equal(guided(1), cond));
 }
 
 // The telemetry between log lines: means over samples, loss by quartile of t, the gradient norm

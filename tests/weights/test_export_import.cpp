@@ -59,6 +59,11 @@ class ExportImport : public ::testing::Test {
     difftrain::testing::write_tiny_checkpoint(path("run/checkpoints/ckpt_000000100.pt"), yaml,
                                               yaml);
     difftrain::testing::write_tiny_checkpoint(path("cond.pt"), cond_yaml, cond_yaml);
+    // The same trained for classifier-free guidance: label_emb has the null label's row too.
+    std::string cfg_yaml = cond_yaml;
+    const std::string ema = "  ema_rates: [0.9]\n";
+    cfg_yaml.insert(cfg_yaml.find(ema) + ema.size(), "  p_uncond: 0.1\n");
+    difftrain::testing::write_tiny_checkpoint(path("guided.pt"), cfg_yaml, cfg_yaml);
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
@@ -149,21 +154,30 @@ TEST_F(ExportImport, JsonSaysWhatTheWeightsAreAndTheVectorIsTheirOutput) {
 
 TEST_F(ExportImport, PyTorchUNetLoadsTheExportStrictlyAndReproducesTheVector) {
   std::string triples;
-  for (const std::string model : {"gray", "rgb"})
+  for (const std::string model : {"gray", "rgb", "cfg"})
     for (const std::string ext : {"pt", "safetensors"}) {
       const std::string out = path(model + "." + ext);
-      run_ok("export --checkpoint " + (model == "gray" ? checkpoint() : path("cond.pt")) +
-             " --with-test-batch --out " + out);
+      const std::string ckpt =
+          model == "gray" ? checkpoint() : path(model == "rgb" ? "cond.pt" : "guided.pt");
+      run_ok("export --checkpoint " + ckpt + " --with-test-batch --out " + out);
       triples += " " + path(model + ".json") + " " + out + " " + path(model + ".test." + ext);
     }
   const json results = python("forward" + triples);
-  ASSERT_EQ(results.size(), 4u) << triples;
+  ASSERT_EQ(results.size(), 6u) << triples;
   for (const json& r : results) {
     EXPECT_LT(r["max_abs_diff"].get<double>(), 1e-5) << r;
     EXPECT_GT(r["max_abs_out"].get<double>(), 1e-2) << r;
     EXPECT_EQ(r["type"], "dict") << "a plain dict of tensors";
   }
   EXPECT_EQ(results[2]["shape"], json({4, 6, 8, 8})) << "the class-conditional RGB model";
+  // The guidance model's JSON says it has the null label, and improved-diffusion's flags cannot.
+  const json cfg = read_json(path("cfg.json"));
+  EXPECT_EQ(cfg["model"]["null_class"], true);
+  EXPECT_EQ(read_json(path("rgb.json"))["model"]["null_class"], false);
+  bool flagged = false;
+  for (const auto& u : cfg["improved_diffusion"]["not_expressible"])
+    flagged |= u["key"] == "training.p_uncond";
+  EXPECT_TRUE(flagged) << cfg["improved_diffusion"].dump();
 }
 
 TEST_F(ExportImport, PythonSafetensorsReadsTheSameTensors) {
