@@ -392,6 +392,35 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
   EXPECT_NEAR(bpd[1], bpd[0], 1e-4 * bpd[0]);
 }
 
+// Classifier-free guidance on the GPU: the label dropout (drawn on the host, staged to the device)
+// trains as on the CPU, and guided DDIM sampling (the doubled batch) gives the CPU's images.
+TEST_F(Cuda, ClassifierFreeGuidanceOnTheGpuMatchesTheCpu) {
+  NoTf32 fp32;
+  auto overrides = kRunOverrides;
+  overrides.push_back("data.class_conditional=true");
+  overrides.push_back("training.p_uncond=0.3");
+  const auto cpu = train(config("cfg_cpu", overrides), at::kCPU);
+  const auto gpu = train(config("cfg_gpu", overrides), kGpu);
+  expect_same_training(config("cfg_cpu", overrides), gpu.last_checkpoint, cpu.last_checkpoint,
+                       false, kGpuCpuRelative);
+  std::vector<std::vector<uint8_t>> images;
+  for (const char* device : {"cpu", "cuda"}) {
+    const std::string out = dir / (std::string(device) + "_guided");
+    const auto r = difftrain::testing::run(
+        difftrain::testing::kNoTf32Env + "OMP_NUM_THREADS=2 " + DIFFTRAIN_BINARY +
+        " sample --checkpoint " + gpu.last_checkpoint +
+        " --num 4 --sampler ddim --steps 5 --seed 2 --guidance-scale 3 --device " + device +
+        " --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    images.push_back(difftrain::testing::read_raw_uint8(out + ".h5", "images"));
+  }
+  ASSERT_EQ(images[0].size(), images[1].size());
+  int worst = 0;
+  for (std::size_t i = 0; i < images[0].size(); ++i)
+    worst = std::max(worst, std::abs(images[0][i] - images[1][i]));
+  EXPECT_LE(worst, 2);
+}
+
 // `mpirun -np 2 difftrain train` with both ranks on GPU 0 (NCCL, the bucketed reducer) against one
 // rank on the GPU: the tolerance of tests/train/test_trainer.cpp's W ranks against 1 rank.
 void expect_two_ranks_match_one(Cuda& f, const std::string& run,
