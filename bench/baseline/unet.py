@@ -1,6 +1,9 @@
 """improved-diffusion's UNetModel (Nichol & Dhariwal 2021, openai/improved-diffusion unet.py and
 nn.py), reduced to what the benchmark needs, with the same module names so that difftrain's
-C++ state dict loads with load_state_dict(strict=True).
+C++ state dict loads with load_state_dict(strict=True). guided-diffusion's two architecture
+options (Dhariwal & Nichol 2021, openai/guided-diffusion unet.py) are here too, off by default:
+`resblock_updown` (ResBlocks that down- or upsample in place of Downsample / Upsample) and
+`use_new_attention_order` (q, k, v split before the heads).
 
 `tuned=True` swaps QKVAttention's two einsums and float32 softmax for
 F.scaled_dot_product_attention (the same math, one fused kernel). Everything else is the
@@ -72,9 +75,17 @@ class Downsample(nn.Module):
 
 
 class ResBlock(TimestepBlock):
-    def __init__(self, channels, emb_channels, dropout, out_channels, use_scale_shift_norm):
+    def __init__(self, channels, emb_channels, dropout, out_channels, use_scale_shift_norm,
+                 updown=None):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
+        # guided-diffusion's up / down blocks: the same resampling of h (before in_layers' conv)
+        # and of the skip path, without parameters.
+        self.updown = updown
+        if updown == "up":
+            self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
+        elif updown == "down":
+            self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
         self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(
@@ -87,7 +98,11 @@ class ResBlock(TimestepBlock):
                                 else nn.Conv2d(channels, out_channels, 1))
 
     def forward(self, x, emb):
-        h = self.in_layers(x)
+        if self.updown:
+            h = self.in_layers[-1](self.h_upd(self.in_layers[:-1](x)))
+            x = self.x_upd(x)
+        else:
+            h = self.in_layers(x)
         emb_out = self.emb_layers(emb).type(h.dtype)
         while len(emb_out.shape) < len(h.shape):
             emb_out = emb_out[..., None]
@@ -122,9 +137,10 @@ class QKVAttention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, channels, num_heads, tuned=False):
+    def __init__(self, channels, num_heads, tuned=False, new_order=False):
         super().__init__()
         self.num_heads = num_heads
+        self.new_order = new_order
         self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.attention = QKVAttention(tuned)
@@ -134,7 +150,11 @@ class AttentionBlock(nn.Module):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
-        qkv = qkv.reshape(b * self.num_heads, -1, qkv.shape[2])
+        if self.new_order:  # guided-diffusion's QKVAttention: q, k, v first, then the heads
+            qkv = th.cat([part.reshape(b * self.num_heads, -1, qkv.shape[2])
+                          for part in qkv.chunk(3, dim=1)], dim=1)
+        else:
+            qkv = qkv.reshape(b * self.num_heads, -1, qkv.shape[2])
         h = self.attention(qkv)
         h = h.reshape(b, -1, h.shape[-1])
         h = self.proj_out(h)
@@ -145,13 +165,17 @@ class UNetModel(nn.Module):
     def __init__(self, in_channels, model_channels, out_channels, num_res_blocks,
                  attention_resolutions, image_size, dropout=0.0, channel_mult=(1, 2, 4, 8),
                  conv_resample=True, num_classes=None, num_heads=4, num_head_channels=-1,
-                 use_scale_shift_norm=True, tuned=False):
+                 use_scale_shift_norm=True, tuned=False, resblock_updown=False,
+                 use_new_attention_order=False):
         super().__init__()
         self.model_channels = model_channels
         self.num_classes = num_classes
 
         def heads(ch):
             return ch // num_head_channels if num_head_channels > 0 else num_heads
+
+        def attention(ch):
+            return AttentionBlock(ch, heads(ch), tuned, use_new_attention_order)
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
@@ -170,17 +194,19 @@ class UNetModel(nn.Module):
                                    use_scale_shift_norm)]
                 ch = mult * model_channels
                 if res in attention_resolutions:
-                    layers.append(AttentionBlock(ch, heads(ch), tuned))
+                    layers.append(attention(ch))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 input_block_chans.append(ch)
             if level != len(channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, conv_resample)))
+                self.input_blocks.append(TimestepEmbedSequential(
+                    ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm, "down")
+                    if resblock_updown else Downsample(ch, conv_resample)))
                 input_block_chans.append(ch)
                 res //= 2
 
         self.middle_block = TimestepEmbedSequential(
             ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm),
-            AttentionBlock(ch, heads(ch), tuned),
+            attention(ch),
             ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm))
 
         self.output_blocks = nn.ModuleList([])
@@ -190,9 +216,11 @@ class UNetModel(nn.Module):
                                    model_channels * mult, use_scale_shift_norm)]
                 ch = model_channels * mult
                 if res in attention_resolutions:
-                    layers.append(AttentionBlock(ch, heads(ch), tuned))
+                    layers.append(attention(ch))
                 if level and i == num_res_blocks:
-                    layers.append(Upsample(ch, conv_resample))
+                    layers.append(
+                        ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm, "up")
+                        if resblock_updown else Upsample(ch, conv_resample))
                     res *= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
@@ -225,4 +253,6 @@ def model_from_difftrain(m, tuned=False):
                      channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
                      num_classes=(m["num_classes"] + m.get("null_class", False)) or None,
                      num_heads=m["num_heads"], num_head_channels=m["num_head_channels"],
-                     use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned)
+                     use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned,
+                     resblock_updown=m.get("resblock_updown", False),
+                     use_new_attention_order=m.get("use_new_attention_order", False))

@@ -79,7 +79,9 @@ json model_json(const model::UNetConfig& u) {
           {"null_class", u.null_class},
           {"num_heads", u.num_heads},
           {"num_head_channels", u.num_head_channels},
-          {"use_scale_shift_norm", u.use_scale_shift_norm}};
+          {"use_scale_shift_norm", u.use_scale_shift_norm},
+          {"resblock_updown", u.resblock_updown},
+          {"use_new_attention_order", u.use_new_attention_order}};
 }
 
 json export_json(const TrainedModel& m, const OutputPaths& p, const weights::StateDict& state,

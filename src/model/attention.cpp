@@ -4,19 +4,26 @@
 
 namespace difftrain::model {
 
-at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads) {
+at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads, bool new_order) {
   const int64_t n = qkv.size(0), t = qkv.size(2);
   const int64_t head_dim = qkv.size(1) / (3 * num_heads);
-  // [N, 3C, T] -> [N, H, 3d, T] -> [N, H, T, 3d]; then q, k, v are consecutive d-channel slices.
-  const auto per_head = qkv.reshape({n, num_heads, 3 * head_dim, t}).transpose(2, 3).contiguous();
-  const auto qkv_split = per_head.chunk(3, -1);
+  std::vector<at::Tensor> q_k_v;
+  if (new_order) {
+    // [N, 3C, T] -> three [N, C, T] -> each [N, H, d, T] -> [N, H, T, d].
+    for (const auto& part : qkv.chunk(3, 1))
+      q_k_v.push_back(part.reshape({n, num_heads, head_dim, t}).transpose(2, 3));
+  } else {
+    // [N, 3C, T] -> [N, H, 3d, T] -> [N, H, T, 3d]; then q, k, v are consecutive d-channel slices.
+    q_k_v = qkv.reshape({n, num_heads, 3 * head_dim, t}).transpose(2, 3).contiguous().chunk(3, -1);
+  }
   // Default scale 1 / sqrt(d), which equals improved-diffusion's (q d^-1/4) . (k d^-1/4).
-  const auto h = at::scaled_dot_product_attention(qkv_split[0], qkv_split[1], qkv_split[2]);
+  const auto h = at::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);
   return h.transpose(2, 3).reshape({n, num_heads * head_dim, t});
 }
 
-AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads)
+AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads, bool new_order)
     : num_heads_(num_heads),
+      new_order_(new_order),
       norm_(register_module("norm", GroupNorm32(channels))),
       qkv_(register_module("qkv",
                            torch::nn::Conv1d(torch::nn::Conv1dOptions(channels, 3 * channels, 1)))),
@@ -27,7 +34,7 @@ AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads)
 
 at::Tensor AttentionBlockImpl::forward(const at::Tensor& x) {
   // GroupNorm over [N, C, H, W] equals improved-diffusion's over [N, C, H * W].
-  const auto h = proj_out_(qkv_attention(qkv_(norm_(x).flatten(2)), num_heads_));
+  const auto h = proj_out_(qkv_attention(qkv_(norm_(x).flatten(2)), num_heads_, new_order_));
   return x + h.view(x.sizes());
 }
 

@@ -20,7 +20,11 @@ namespace difftrain::model {
 // qkv.reshape(N * H, 3 * d, T) then split into q, k, v. The output channels are head-major too:
 // channel h * d + i is channel i of head h. With this order, qkv/proj_out weights copy unchanged
 // to and from improved-diffusion.
-at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads);
+//
+// new_order (guided-diffusion's QKVAttention, use_new_attention_order): q, k, v are the three
+// C-channel thirds of the 3C channels, each then split into heads, [q: head 0 (d) | head 1 | ... |
+// k: ... | v: ...]. The output channels are head-major as above.
+at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads, bool new_order = false);
 
 // Children (state-dict names): norm (GroupNorm32), qkv (Conv1d C -> 3C, kernel 1), proj_out
 // (zero-initialised Conv1d C -> C, kernel 1). Conv1d keeps improved-diffusion's weight shapes
@@ -28,11 +32,12 @@ at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads);
 // forward: x + proj_out(qkv_attention(qkv(norm(x)))) over the H * W positions.
 class AttentionBlockImpl : public torch::nn::Module {
  public:
-  AttentionBlockImpl(int64_t channels, int64_t num_heads);
+  AttentionBlockImpl(int64_t channels, int64_t num_heads, bool new_order = false);
   at::Tensor forward(const at::Tensor& x);
 
  private:
   int64_t num_heads_;
+  bool new_order_;
   GroupNorm32 norm_{nullptr};
   torch::nn::Conv1d qkv_{nullptr};
   torch::nn::Conv1d proj_out_{nullptr};

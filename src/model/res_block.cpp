@@ -9,10 +9,23 @@ torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
 }
 
+at::Tensor resampled(const at::Tensor& x, Resample r) {
+  switch (r) {
+    case Resample::up:
+      return at::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)});
+    case Resample::down:
+      return at::avg_pool2d(x, {2, 2}, {2, 2});
+    case Resample::none:
+      break;
+  }
+  return x;
+}
+
 }  // namespace
 
 ResBlockImpl::ResBlockImpl(const ResBlockOptions& o)
     : use_scale_shift_norm_(o.use_scale_shift_norm),
+      resample_(o.resample),
       in_norm_(o.channels),
       in_conv_(conv3x3(o.channels, o.out_channels)),
       emb_linear_(o.emb_channels, o.use_scale_shift_norm ? 2 * o.out_channels : o.out_channels),
@@ -32,7 +45,7 @@ ResBlockImpl::ResBlockImpl(const ResBlockOptions& o)
 }
 
 at::Tensor ResBlockImpl::forward(const at::Tensor& x, const at::Tensor& emb) {
-  auto h = in_conv_(at::silu(in_norm_(x)));
+  auto h = in_conv_(resampled(at::silu(in_norm_(x)), resample_));
   // [N, out or 2 out] -> [N, ., 1, 1], in the activations' dtype (emb may be wider under autocast).
   const auto emb_out = emb_linear_(at::silu(emb)).to(h.scalar_type()).unsqueeze(-1).unsqueeze(-1);
   if (use_scale_shift_norm_) {
@@ -42,7 +55,8 @@ at::Tensor ResBlockImpl::forward(const at::Tensor& x, const at::Tensor& emb) {
     h = out_norm_(h + emb_out);
   }
   h = out_conv_(dropout_(at::silu(h)));
-  return (skip_connection_ ? skip_connection_(x) : x) + h;
+  const at::Tensor skip = resampled(x, resample_);
+  return (skip_connection_ ? skip_connection_(skip) : skip) + h;
 }
 
 }  // namespace difftrain::model

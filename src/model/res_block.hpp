@@ -1,6 +1,6 @@
-// improved-diffusion's ResBlock: a residual block conditioned on the timestep (and class)
-// embedding, optionally through scale-shift norm (FiLM; Nichol & Dhariwal 2021, sec. 3 /
-// Dhariwal & Nichol 2021, "AdaGN").
+// improved-diffusion's ResBlock (with guided-diffusion's up / down variant): a residual block
+// conditioned on the timestep (and class) embedding, optionally through scale-shift norm (FiLM;
+// Nichol & Dhariwal 2021, sec. 3 / Dhariwal & Nichol 2021, "AdaGN").
 #pragma once
 
 #include <cstdint>
@@ -16,12 +16,17 @@
 
 namespace difftrain::model {
 
+// guided-diffusion's up / down ResBlocks (resblock_updown): the resolution changes inside the
+// block.
+enum class Resample { none, up, down };
+
 struct ResBlockOptions {
   int64_t channels;
   int64_t emb_channels;
   int64_t out_channels;
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
+  Resample resample = Resample::none;
 };
 
 // Children (state-dict names):
@@ -30,6 +35,8 @@ struct ResBlockOptions {
 //   out_layers      = [GroupNorm32, SiLU, Dropout, zero-initialised conv3x3(out -> out)]
 //   skip_connection = conv1x1(channels -> out), only when the channel count changes.
 // forward: h = in_layers(x); e = emb_layers(emb)
+//   up / down: h = in_conv(resample(SiLU(in_norm(x)))), x = resample(x), where resample is
+//   nearest-neighbour x2 or 2x2 average pooling (guided-diffusion's h_upd / x_upd, no parameters)
 //   scale-shift: h = out_layers[1:](out_norm(h) * (1 + scale) + shift), [scale, shift] = e
 //   additive:    h = out_layers(h + e)
 //   return skip(x) + h
@@ -40,6 +47,7 @@ class ResBlockImpl : public torch::nn::Module {
 
  private:
   bool use_scale_shift_norm_;
+  Resample resample_;
   GroupNorm32 in_norm_{nullptr};
   torch::nn::Conv2d in_conv_{nullptr};
   torch::nn::Linear emb_linear_{nullptr};

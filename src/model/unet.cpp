@@ -32,15 +32,17 @@ torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
 UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
   const auto& c = config_;
   const int64_t time_embed_dim = 4 * c.model_channels;
-  const auto res_block = [&](int64_t channels, int64_t out_channels) {
+  const auto res_block = [&](int64_t channels, int64_t out_channels,
+                             Resample resample = Resample::none) {
     return ResBlock(ResBlockOptions{.channels = channels,
                                     .emb_channels = time_embed_dim,
                                     .out_channels = out_channels,
                                     .dropout = c.dropout,
-                                    .use_scale_shift_norm = c.use_scale_shift_norm});
+                                    .use_scale_shift_norm = c.use_scale_shift_norm,
+                                    .resample = resample});
   };
   const auto attention = [&](int64_t channels) {
-    return AttentionBlock(channels, attention_heads(c, channels));
+    return AttentionBlock(channels, attention_heads(c, channels), c.use_new_attention_order);
   };
 
   time_embed_in_ = torch::nn::Linear(c.model_channels, time_embed_dim);
@@ -77,7 +79,10 @@ UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
     }
     if (level != levels - 1) {
       TimestepEmbedSequential block;
-      block->push_back(Downsample(ch, c.conv_resample));
+      if (c.resblock_updown)
+        block->push_back(res_block(ch, ch, Resample::down));
+      else
+        block->push_back(Downsample(ch, c.conv_resample));
       add_input_block(block);
       input_block_chans.push_back(ch);
       resolution /= 2;
@@ -99,7 +104,10 @@ UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
       ch = level_ch;
       if (has_attention(c, resolution)) block->push_back(attention(ch));
       if (level > 0 && i == c.num_res_blocks) {
-        block->push_back(Upsample(ch, c.conv_resample));
+        if (c.resblock_updown)
+          block->push_back(res_block(ch, ch, Resample::up));
+        else
+          block->push_back(Upsample(ch, c.conv_resample));
         resolution *= 2;
       }
       output_blocks->push_back(block);

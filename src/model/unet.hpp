@@ -1,4 +1,5 @@
-// The UNet of Improved DDPM (Nichol & Dhariwal 2021; improved-diffusion's unet.py UNetModel).
+// The UNet of Improved DDPM (Nichol & Dhariwal 2021; improved-diffusion's unet.py UNetModel), with
+// guided-diffusion's resblock_updown and use_new_attention_order (Dhariwal & Nichol 2021).
 #pragma once
 
 #include <vector>
@@ -22,11 +23,12 @@ namespace difftrain::model {
 //                 embedding (conditional only)
 //   input_blocks  0: conv3x3(in_channels -> ch); then per level, num_res_blocks x
 //                 [ResBlock (+ AttentionBlock at attention_resolutions)], and a Downsample
-//                 between levels
+//                 between levels (a down ResBlock with resblock_updown)
 //   middle_block  [ResBlock, AttentionBlock, ResBlock]
 //   output_blocks per level from the deepest, num_res_blocks + 1 x [ResBlock on the concatenation
 //                 with the matching input block's output (+ AttentionBlock)], the last one of a
-//                 level followed by an Upsample (except at full resolution)
+//                 level followed by an Upsample (an up ResBlock with resblock_updown; except at
+//                 full resolution)
 //   out           [GroupNorm32, SiLU, zero-initialised conv3x3(ch -> out_channels)]
 // ch = model_channels; the channels of level l are model_channels * channel_mult[l].
 class UNetImpl : public torch::nn::Module {

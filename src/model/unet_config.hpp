@@ -1,5 +1,5 @@
-// The hyper-parameters of improved-diffusion's UNetModel (Nichol & Dhariwal 2021), and their
-// validation.
+// The hyper-parameters of improved-diffusion's UNetModel (Nichol & Dhariwal 2021), with
+// guided-diffusion's additions, and their validation.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +26,11 @@ struct UNetConfig {
   int64_t num_heads = 4;
   int64_t num_head_channels = -1;  // channels per head; overrides num_heads unless -1
   bool use_scale_shift_norm = true;
+  // guided-diffusion's (Dhariwal & Nichol 2021) two architecture options, both off in
+  // improved-diffusion: ResBlocks that down- and upsample between levels in place of Downsample /
+  // Upsample, and QKVAttention's split of q, k, v before the heads.
+  bool resblock_updown = false;
+  bool use_new_attention_order = false;
 };
 
 // GroupNorm32 (improved-diffusion's `normalization`): every normalised layer uses 32 groups.

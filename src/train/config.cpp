@@ -92,6 +92,8 @@ void visit(V& v, Config& c) {
     v.key("dropout", c.model.dropout);
     v.key("use_scale_shift_norm", c.model.use_scale_shift_norm);
     v.key("conv_resample", c.model.conv_resample);
+    v.key("resblock_updown", c.model.resblock_updown);
+    v.key("use_new_attention_order", c.model.use_new_attention_order);
     v.choice("channels_last", c.model.channels_last, parse_channels_last);
   });
   v.section("diffusion", [&] {

@@ -54,6 +54,10 @@ struct ModelConfig {
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
   bool conv_resample = true;
+  // guided-diffusion's architecture options (model/unet_config.hpp): up / down ResBlocks between
+  // levels, and q, k, v split before the attention heads. Off: improved-diffusion's UNet.
+  bool resblock_updown = false;
+  bool use_new_attention_order = false;
   // Channels-last weights and activations: auto (under bf16 / fp16 autocast, where the
   // convolutions are faster so), true or false.
   ChannelsLast channels_last = ChannelsLast::automatic;

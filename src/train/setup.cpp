@@ -89,6 +89,8 @@ model::UNetConfig unet_config(const Config& c, const DataShape& shape) {
   u.num_heads = c.model.num_heads;
   u.num_head_channels = c.model.num_head_channels;
   u.use_scale_shift_norm = c.model.use_scale_shift_norm;
+  u.resblock_updown = c.model.resblock_updown;
+  u.use_new_attention_order = c.model.use_new_attention_order;
   try {
     model::validate(u);
   } catch (const std::invalid_argument& e) {

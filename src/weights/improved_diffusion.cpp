@@ -66,6 +66,13 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
          "heads are set by count (num_heads), not by channels", true);
   if (!unet.conv_resample)
     flag("model.conv_resample", "false", "resampling is always convolutional", true);
+  if (unet.resblock_updown)
+    flag("model.resblock_updown", "true",
+         "guided-diffusion's up / down ResBlocks are not in improved-diffusion", true);
+  if (unet.use_new_attention_order)
+    flag("model.use_new_attention_order", "true",
+         "improved-diffusion splits the heads before q, k, v (guided-diffusion's legacy order)",
+         true);
   if (unet.attention_resolutions.empty())
     flag("model.attention_resolutions", "[]", "attention_resolutions cannot be empty", true);
 

@@ -56,6 +56,22 @@ TEST(Attention, HeadSplitOrderIsImprovedDiffusions) {
   EXPECT_TRUE(torch::equal(out.narrow(1, 0, d), torch::zeros({1, d, t})));
 }
 
+// guided-diffusion's new order: q, k, v are the three C-channel thirds, each split into heads.
+// Rearranging the channels into the legacy head-major order gives the legacy attention.
+TEST(Attention, NewOrderSplitsQkvBeforeTheHeads) {
+  torch::manual_seed(4);
+  const int64_t heads = 4, d = 8, t = 10;
+  const auto qkv = torch::randn({2, 3 * heads * d, t});
+  // [3, H, d] -> [H, 3, d]: head h's q, k and v next to each other.
+  const auto legacy = qkv.view({2, 3, heads, d, t}).transpose(1, 2).reshape({2, 3 * heads * d, t});
+  EXPECT_TRUE(torch::allclose(qkv_attention(qkv, heads, /*new_order=*/true),
+                              naive_qkv_attention(legacy, heads), 1e-5, 1e-5));
+  EXPECT_FALSE(
+      torch::allclose(qkv_attention(qkv, heads, true), qkv_attention(qkv, heads), 1e-3, 1e-3));
+  EXPECT_TRUE(torch::allclose(qkv_attention(qkv, 1, true), qkv_attention(qkv, 1), 1e-6, 1e-6))
+      << "one head: both orders are the same";
+}
+
 TEST(Attention, BlockEqualsResidualOverNaiveAttention) {
   torch::manual_seed(1);
   AttentionBlock block(64, 4);
@@ -103,6 +119,41 @@ TEST(ResBlock, AdditiveEmbeddingAndIdentitySkip) {
   // Zero-initialised out conv: the block starts as the identity.
   const auto x = torch::randn({2, 32, 4, 4}), emb = torch::randn({2, 16});
   EXPECT_TRUE(torch::equal(block(x, emb), x));
+}
+
+// guided-diffusion's up / down ResBlocks: in_layers' norm and SiLU, the resampling, then its conv;
+// the skip path resampled alike; no parameters beyond a plain ResBlock's.
+TEST(ResBlock, UpAndDownResampleInsideTheBlock) {
+  for (const Resample r : {Resample::up, Resample::down}) {
+    torch::manual_seed(5);
+    ResBlock block(
+        ResBlockOptions{.channels = 32, .emb_channels = 16, .out_channels = 32, .resample = r});
+    ResBlock plain(ResBlockOptions{.channels = 32, .emb_channels = 16, .out_channels = 32});
+    EXPECT_EQ(block->named_parameters().keys(), plain->named_parameters().keys());
+    test::perturb_zero_init(*block);
+    const auto x = torch::randn({2, 32, 8, 8}), emb = torch::randn({2, 16});
+    const auto resample = [&](const at::Tensor& in) {
+      return r == Resample::up ? torch::upsample_nearest2d(in, {16, 16})
+                               : torch::avg_pool2d(in, {2, 2}, {2, 2});
+    };
+    const auto conv = [&](const at::Tensor& in, const std::string& name) {
+      return torch::conv2d(in, param(*block, name + ".weight"), param(*block, name + ".bias"), 1,
+                           1);
+    };
+    const auto norm = [&](const at::Tensor& in, const std::string& name) {
+      return torch::group_norm(in, 32, param(*block, name + ".weight"),
+                               param(*block, name + ".bias"));
+    };
+    auto h = conv(resample(torch::silu(norm(x, "in_layers.0"))), "in_layers.2");
+    const auto e = torch::linear(torch::silu(emb), param(*block, "emb_layers.1.weight"),
+                                 param(*block, "emb_layers.1.bias"))
+                       .view({2, 64, 1, 1});
+    h = conv(torch::silu(norm(h, "out_layers.0") * (1 + e.narrow(1, 0, 32)) + e.narrow(1, 32, 32)),
+             "out_layers.3");
+    const auto out = block(x, emb);
+    EXPECT_EQ(out.size(2), r == Resample::up ? 16 : 4);
+    EXPECT_TRUE(torch::allclose(out, resample(x) + h, 1e-5, 1e-5));
+  }
 }
 
 TEST(Resample, ShapesAndNearestUpsampling) {

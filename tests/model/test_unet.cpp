@@ -49,6 +49,43 @@ TEST(UNet, WithoutConvResampleOrScaleShiftNorm) {
   EXPECT_TRUE(out.isfinite().all().item<bool>());
 }
 
+// guided-diffusion's options: up / down ResBlocks take the resampling layers' places (their
+// state-dict names), gradients reach every parameter, and the new attention order, on the same
+// weights, changes the output of a multi-head model.
+TEST(UNet, GuidedDiffusionResblockUpdownAndNewAttentionOrder) {
+  auto config = tiny_config();
+  config.resblock_updown = true;
+  config.use_new_attention_order = true;
+  auto model = perturbed_model(config);
+  const auto params = model->named_parameters();
+  EXPECT_TRUE(params.contains("input_blocks.2.0.in_layers.2.weight")) << "the down ResBlock";
+  EXPECT_FALSE(params.contains("input_blocks.2.0.op.weight"));
+  EXPECT_TRUE(params.contains("output_blocks.1.2.in_layers.2.weight")) << "the up ResBlock";
+  EXPECT_FALSE(params.contains("output_blocks.1.2.conv.weight"));
+
+  model->train();
+  torch::manual_seed(3);
+  const auto x = torch::randn({2, 3, 16, 16});
+  const auto t = torch::tensor({3, 400});
+  const auto out = model(x, t);
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{2, 6, 16, 16}));
+  (out * torch::randn_like(out)).sum().backward();
+  for (const auto& p : params)
+    EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << "dead parameter " << p.key();
+
+  model->eval();
+  auto legacy_config = config;
+  legacy_config.use_new_attention_order = false;
+  UNet legacy(legacy_config);
+  legacy->eval();
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : legacy->named_parameters())
+      p.value().copy_(params[p.key()]);
+  }
+  EXPECT_GT((model(x, t) - legacy(x, t)).abs().max().item<double>(), 1e-4);
+}
+
 TEST(UNet, RunsInFloat64) {
   auto model = perturbed_model(tiny_config());
   const auto x = torch::randn({2, 3, 16, 16});

@@ -9,7 +9,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/difftrain_cli.hpp"
 #include "sample/tiny_run.hpp"
@@ -64,6 +66,13 @@ class ExportImport : public ::testing::Test {
     const std::string ema = "  ema_rates: [0.9]\n";
     cfg_yaml.insert(cfg_yaml.find(ema) + ema.size(), "  p_uncond: 0.1\n");
     difftrain::testing::write_tiny_checkpoint(path("guided.pt"), cfg_yaml, cfg_yaml);
+    // guided-diffusion's architecture: up / down ResBlocks, q, k, v split before 2 heads.
+    std::string gd_yaml = yaml;
+    const std::string heads = "  num_heads: 1\n";
+    gd_yaml.replace(gd_yaml.find(heads), heads.size(),
+                    "  num_heads: 2\n  resblock_updown: true\n  use_new_attention_order: true\n");
+    difftrain::testing::write_tiny_checkpoint(path("gd_ckpt.pt"), gd_yaml, gd_yaml);
+    std::ofstream(path("gd.yaml")) << gd_yaml;
   }
   void TearDown() override { fs::remove_all(dir_); }
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
@@ -154,16 +163,19 @@ TEST_F(ExportImport, JsonSaysWhatTheWeightsAreAndTheVectorIsTheirOutput) {
 
 TEST_F(ExportImport, PyTorchUNetLoadsTheExportStrictlyAndReproducesTheVector) {
   std::string triples;
-  for (const std::string model : {"gray", "rgb", "cfg"})
+  const std::map<std::string, std::string> checkpoints{{"gray", checkpoint()},
+                                                       {"rgb", path("cond.pt")},
+                                                       {"cfg", path("guided.pt")},
+                                                       {"gd", path("gd_ckpt.pt")}};
+  for (const std::string model : {"gray", "rgb", "cfg", "gd"})
     for (const std::string ext : {"pt", "safetensors"}) {
       const std::string out = path(model + "." + ext);
-      const std::string ckpt =
-          model == "gray" ? checkpoint() : path(model == "rgb" ? "cond.pt" : "guided.pt");
+      const std::string& ckpt = checkpoints.at(model);
       run_ok("export --checkpoint " + ckpt + " --with-test-batch --out " + out);
       triples += " " + path(model + ".json") + " " + out + " " + path(model + ".test." + ext);
     }
   const json results = python("forward" + triples);
-  ASSERT_EQ(results.size(), 6u) << triples;
+  ASSERT_EQ(results.size(), 8u) << triples;
   for (const json& r : results) {
     EXPECT_LT(r["max_abs_diff"].get<double>(), 1e-5) << r;
     EXPECT_GT(r["max_abs_out"].get<double>(), 1e-2) << r;
@@ -178,6 +190,15 @@ TEST_F(ExportImport, PyTorchUNetLoadsTheExportStrictlyAndReproducesTheVector) {
   for (const auto& u : cfg["improved_diffusion"]["not_expressible"])
     flagged |= u["key"] == "training.p_uncond";
   EXPECT_TRUE(flagged) << cfg["improved_diffusion"].dump();
+  // The guided-diffusion model: its JSON has both options, which improved-diffusion cannot build.
+  const json gd = read_json(path("gd.json"));
+  EXPECT_EQ(gd["model"]["resblock_updown"], true);
+  EXPECT_EQ(gd["model"]["use_new_attention_order"], true);
+  std::set<std::string> keys;
+  for (const auto& u : gd["improved_diffusion"]["not_expressible"])
+    keys.insert(u["key"].get<std::string>());
+  EXPECT_TRUE(keys.count("model.resblock_updown") && keys.count("model.use_new_attention_order"))
+      << gd["improved_diffusion"].dump();
 }
 
 TEST_F(ExportImport, PythonSafetensorsReadsTheSameTensors) {
@@ -228,6 +249,26 @@ TEST_F(ExportImport, AStateDictSavedByPyTorchImportsToTheSameOutputs) {
     EXPECT_GT(f["max_abs_out"].get<double>(), 1e-2) << f;
     EXPECT_EQ(f["type"], "OrderedDict");
   }
+}
+
+// A guided-diffusion-style state dict (up / down ResBlocks, the new attention order) saved by
+// PyTorch imports with a config that sets both options, and gives PyTorch's outputs.
+TEST_F(ExportImport, AGuidedDiffusionStateDictImportsToTheSameOutputs) {
+  run_ok("export --checkpoint " + path("gd_ckpt.pt") + " --out " + path("gd_d.pt"));
+  python("write-state-dict " + path("gd_d.json") + " 8 " + path("gd32.pt") + " " + path("gd16.pt"));
+  run_ok("import --weights " + path("gd32.pt") + " --config " + path("gd.yaml") + " --out " +
+         path("gd_imported.pt"));
+  run_ok("export --checkpoint " + path("gd_imported.pt") + " --with-test-batch --out " +
+         path("gd_back.pt"));
+  const json results = python("forward " + path("gd_back.json") + " " + path("gd32.pt") + " " +
+                              path("gd_back.test.pt"));
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_LT(results[0]["max_abs_diff"].get<double>(), 1e-5) << results[0];
+  EXPECT_GT(results[0]["max_abs_out"].get<double>(), 1e-2) << results[0];
+  // Without the options the same weights do not load: the names differ.
+  const ProcessResult r = difftrain_cli("import --weights " + path("gd32.pt") + " --config " +
+                                        path("gray.yaml") + " --out " + path("x.pt"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
 TEST_F(ExportImport, ReadsViewsOfOneStorageAndPythonsSafetensors) {
