@@ -55,6 +55,25 @@ std::vector<nlohmann::json> metrics_lines(const std::string& run_dir) {
   return lines;
 }
 
+// `difftrain sample ARGS` with --device cpu and with --device cuda (TF32 off), written to
+// OUT_cpu.h5 and OUT_cuda.h5: the largest difference between their pixels, in levels of 255.
+int sampled_pixels_apart(const std::string& args, const std::string& out) {
+  std::vector<std::vector<uint8_t>> images;
+  for (const std::string device : {"cpu", "cuda"}) {
+    const auto r = difftrain::testing::run(difftrain::testing::kNoTf32Env + "OMP_NUM_THREADS=2 " +
+                                           DIFFTRAIN_BINARY + " sample " + args + " --device " +
+                                           device + " --out " + out + "_" + device);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("device " + device), std::string::npos) << r.output;
+    images.push_back(difftrain::testing::read_raw_uint8(out + "_" + device + ".h5", "images"));
+  }
+  if (images[0].size() != images[1].size()) return 255;
+  int worst = 0;
+  for (std::size_t i = 0; i < images[0].size(); ++i)
+    worst = std::max(worst, std::abs(images[0][i] - images[1][i]));
+  return worst;
+}
+
 struct Cuda : ::testing::Test {
   void SetUp() override {
     DIFFTRAIN_REQUIRE_CUDA();
@@ -366,19 +385,10 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
   };
   for (const char* sampler : {"ddim --steps 5", "ddpm"}) {
     SCOPED_TRACE(sampler);
-    std::vector<std::vector<uint8_t>> images;
-    for (const char* device : {"cpu", "cuda"}) {
-      const std::string out = dir / (std::string(device) + "_samples");
-      const auto r = cli("sample --checkpoint " + checkpoint + " --num 4 --batch 4 --seed 2 " +
-                         "--sampler " + sampler + " --device " + device + " --out " + out);
-      EXPECT_NE(r.output.find(std::string("device ") + device), std::string::npos) << r.output;
-      images.push_back(difftrain::testing::read_raw_uint8(out + ".h5", "images"));
-    }
-    ASSERT_EQ(images[0].size(), images[1].size());
-    int worst = 0;
-    for (std::size_t i = 0; i < images[0].size(); ++i)
-      worst = std::max(worst, std::abs(images[0][i] - images[1][i]));
-    EXPECT_LE(worst, 2);
+    EXPECT_LE(sampled_pixels_apart(
+                  "--checkpoint " + checkpoint + " --num 4 --batch 4 --seed 2 --sampler " + sampler,
+                  dir / "samples"),
+              2);
   }
   std::vector<double> bpd;
   for (const char* device : {"cpu", "cuda"}) {
@@ -403,22 +413,11 @@ TEST_F(Cuda, ClassifierFreeGuidanceOnTheGpuMatchesTheCpu) {
   const auto gpu = train(config("cfg_gpu", overrides), kGpu);
   expect_same_training(config("cfg_cpu", overrides), gpu.last_checkpoint, cpu.last_checkpoint,
                        false, kGpuCpuRelative);
-  std::vector<std::vector<uint8_t>> images;
-  for (const char* device : {"cpu", "cuda"}) {
-    const std::string out = dir / (std::string(device) + "_guided");
-    const auto r = difftrain::testing::run(
-        difftrain::testing::kNoTf32Env + "OMP_NUM_THREADS=2 " + DIFFTRAIN_BINARY +
-        " sample --checkpoint " + gpu.last_checkpoint +
-        " --num 4 --sampler ddim --steps 5 --seed 2 --guidance-scale 3 --device " + device +
-        " --out " + out);
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    images.push_back(difftrain::testing::read_raw_uint8(out + ".h5", "images"));
-  }
-  ASSERT_EQ(images[0].size(), images[1].size());
-  int worst = 0;
-  for (std::size_t i = 0; i < images[0].size(); ++i)
-    worst = std::max(worst, std::abs(images[0][i] - images[1][i]));
-  EXPECT_LE(worst, 2);
+  EXPECT_LE(
+      sampled_pixels_apart("--checkpoint " + gpu.last_checkpoint +
+                               " --num 4 --sampler ddim --steps 5 --seed 2 --guidance-scale 3",
+                           dir / "guided"),
+      2);
 }
 
 // `mpirun -np 2 difftrain train` with both ranks on GPU 0 (NCCL, the bucketed reducer) against one
