@@ -1,4 +1,5 @@
-// The parameter counts of the published Improved-DDPM UNets, whole and by part.
+// The parameter counts of the published Improved-DDPM UNets, whole and by part, and of
+// guided-diffusion's ImageNet 64x64 model.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -71,6 +72,29 @@ TEST(ParameterCount, ImageNet64) {
   const UNet model(config);
   EXPECT_EQ(parameter_count(model), 121'063'942);
   EXPECT_EQ(sum(parameter_breakdown(model)), 121'063'942);
+}
+
+// guided-diffusion's class-conditional ImageNet 64x64 model (its README's flags: 192 channels,
+// heads of 64 channels, attention at 32, 16 and 8, up / down ResBlocks, the new attention order,
+// 1000 classes): Dhariwal & Nichol give 296M; bench/baseline's PyTorch UNet, written
+// from guided-diffusion's unet.py, counts the same 295,904,454.
+TEST(ParameterCount, GuidedDiffusionImageNet64Conditional) {
+  UNetConfig config{.image_size = 64,
+                    .in_channels = 3,
+                    .model_channels = 192,
+                    .out_channels = 6,
+                    .num_res_blocks = 3,
+                    .attention_resolutions = {32, 16, 8},
+                    .dropout = 0.1,
+                    .channel_mult = {1, 2, 3, 4},
+                    .num_classes = 1000,
+                    .num_head_channels = 64,
+                    .resblock_updown = true,
+                    .use_new_attention_order = true};
+  const UNet model(config);
+  EXPECT_EQ(parameter_count(model), 295'904'454);
+  config.resblock_updown = false;  // Downsample / Upsample convs in place of the ResBlocks
+  EXPECT_LT(parameter_count(UNet(config)), 295'904'454);
 }
 
 // Parameter names and shapes follow improved-diffusion's state dict, so weights copy name for
