@@ -1,5 +1,6 @@
 #include "model/res_block.hpp"
 
+#include "model/resample.hpp"
 #include "model/zero_module.hpp"
 
 namespace difftrain::model {
@@ -12,9 +13,9 @@ torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
 at::Tensor resampled(const at::Tensor& x, Resample r) {
   switch (r) {
     case Resample::up:
-      return at::upsample_nearest2d(x, {2 * x.size(2), 2 * x.size(3)});
+      return upsample_nearest_x2(x);
     case Resample::down:
-      return at::avg_pool2d(x, {2, 2}, {2, 2});
+      return avg_pool_x2(x);
     case Resample::none:
       break;
   }

@@ -9,6 +9,10 @@
 
 namespace difftrain::model {
 
+// The parameter-free resampling both layers use, and guided-diffusion's up / down ResBlocks too.
+at::Tensor upsample_nearest_x2(const at::Tensor& x);  // [N, C, H, W] -> [N, C, 2H, 2W]
+at::Tensor avg_pool_x2(const at::Tensor& x);          // [N, C, H, W] -> [N, C, H/2, W/2]
+
 // x [N, C, H, W] -> [N, C, H/2, W/2]: stride-2 conv3x3 `op` when use_conv, else 2x2 average
 // pooling (no parameters).
 class DownsampleImpl : public torch::nn::Module {
