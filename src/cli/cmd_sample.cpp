@@ -81,12 +81,22 @@ void check_options(const Options& o) {
                                 fmt::format("{}", o.guidance_scale));
 }
 
-// --respacing, else --steps K as "K", else every step (ddpm) or 50 (ddim).
+// --respacing, else --steps K as "K", else every step (ddpm), 50 (ddim) or 20 (dpm++2m).
 std::string respacing_spec(const Options& o, long T) {
   if (!o.respacing.empty()) return o.respacing;
   if (o.steps > 0) return std::to_string(o.steps);
-  if (o.sampler == "ddim" && T > 50) return "50";
-  return "";
+  const long default_steps = o.sampler == "ddim" ? 50 : o.sampler == "dpm++2m" ? 20 : T;
+  return T > default_steps ? std::to_string(default_steps) : "";
+}
+
+at::Tensor sample_loop(const std::string& sampler, const diffusion::GaussianDiffusion& d,
+                       const diffusion::ModelFn& model, at::IntArrayRef shape,
+                       const diffusion::SampleNoiseFn& noise,
+                       const diffusion::SampleOptions& options) {
+  if (sampler == "ddim") return diffusion::ddim_sample_loop(d, model, shape, noise, options);
+  if (sampler == "dpm++2m")
+    return diffusion::dpm_solver_2m_sample_loop(d, model, shape, noise, options);
+  return diffusion::p_sample_loop(d, model, shape, noise, options);
 }
 
 Plan prepare(const Options& o, const parallel::World& world) {
@@ -181,9 +191,7 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
     at::Tensor x;
     {
       c10::InferenceMode guard;
-      x = o.sampler == "ddim"
-              ? diffusion::ddim_sample_loop(p.diffusion, model, {b, C, S, S}, noise, so)
-              : diffusion::p_sample_loop(p.diffusion, model, {b, C, S, S}, noise, so);
+      x = sample_loop(o.sampler, p.diffusion, model, {b, C, S, S}, noise, so);
     }
     images.push_back(data::to_stored_pixels(x, p.canvas));
     const double seconds =
@@ -301,15 +309,19 @@ int run(const Options& o, parallel::World& world) {
 void add_sample_command(CLI::App& app, int& exit_code) {
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "sample", "Draw images from a trained model (DDPM or DDIM); writes OUT.png, OUT.h5, OUT.npz");
+      "sample",
+      "Draw images from a trained model (DDPM, DDIM or DPM-Solver++); writes OUT.png, OUT.h5, "
+      "OUT.npz");
   add_model_source_options(*cmd, o->source);
   cmd->add_option("--num", o->num, "Number of images")->required();
   cmd->add_option("--out", o->out, "Output path without extension")->required();
-  cmd->add_option("--sampler", o->sampler, "ddpm (ancestral) or ddim")
-      ->check(CLI::IsMember({"ddpm", "ddim"}));
+  cmd->add_option("--sampler", o->sampler,
+                  "ddpm (ancestral), ddim, or dpm++2m (DPM-Solver++(2M), deterministic)")
+      ->check(CLI::IsMember({"ddpm", "ddim", "dpm++2m"}));
   auto* steps = cmd->add_option(
       "--steps", o->steps,
-      "Sampling steps, spread evenly over [0, T-1] (default: T for ddpm, 50 for ddim)");
+      "Sampling steps, spread evenly over [0, T-1] (default: T for ddpm, 50 for ddim, 20 for "
+      "dpm++2m)");
   auto* respacing = cmd->add_option("--respacing", o->respacing,
                                     "Respacing spec as improved-diffusion: ddim50, 250, 10,10,10");
   steps->excludes(respacing);

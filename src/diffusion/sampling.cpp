@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <stdexcept>
 
 #include "diffusion/gaussian_diffusion.hpp"
@@ -82,6 +83,43 @@ at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at
         extract(xstart_coef, t, x) * p.pred_xstart + extract(eps_coef, t, x) * eps;
     const at::Tensor z = draw(noise, shape, d, o);
     x = mean + nonzero_mask(t, x) * extract(sigma, t, x) * z;
+    if (o.on_step) o.on_step(i);
+  }
+  return x;
+}
+
+at::Tensor dpm_solver_2m_sample_loop(const GaussianDiffusion& d, const ModelFn& model,
+                                     at::IntArrayRef shape, const SampleNoiseFn& noise,
+                                     const SampleOptions& o) {
+  if (o.eta != 0.0)
+    throw std::invalid_argument("dpm_solver_2m_sample_loop: the solver is deterministic (eta 0)");
+  // alpha_i, sigma_i and lambda_i in float64 on the host: the step coefficients are scalars.
+  const at::Tensor abar_table = d.alphas_cumprod.to(at::kCPU, at::kDouble).contiguous();
+  const auto abar = abar_table.accessor<double, 1>();
+  const auto alpha = [&](long i) { return std::sqrt(abar[i]); };
+  const auto sigma = [&](long i) { return std::sqrt(1 - abar[i]); };
+  const auto lambda = [&](long i) { return std::log(alpha(i) / sigma(i)); };
+
+  at::Tensor x = draw(noise, shape, d, o);
+  at::Tensor x0_hat_prev;  // x0_hat of the step before: the second-order correction
+  double h_prev = 0;
+  for (long i = d.num_timesteps - 1; i >= 0; --i) {
+    const at::Tensor t = timesteps(i, x);
+    const at::Tensor x0_hat = p_mean_variance(d, model(x, t), x, t, o.clip_denoised).pred_xstart;
+    if (i == 0) {
+      x = x0_hat;
+    } else {
+      const double h = lambda(i - 1) - lambda(i);
+      at::Tensor D = x0_hat;
+      if (x0_hat_prev.defined() && i > 1) {
+        const double r = h_prev / h;
+        D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_hat_prev;
+      }
+      // e^{-h} - 1 as expm1: h is small when the steps are many.
+      x = (sigma(i - 1) / sigma(i)) * x - alpha(i - 1) * std::expm1(-h) * D;
+      x0_hat_prev = x0_hat;
+      h_prev = h;
+    }
     if (o.on_step) o.on_step(i);
   }
   return x;

@@ -1,7 +1,8 @@
 // Drawing samples from the reverse process, as improved-diffusion's p_sample_loop (ancestral
 // sampling, Ho et al. 2020 Alg. 2, with the model's own variance) and ddim_sample_loop (Song et
-// al. 2021, eq. 12 with sigma scaled by eta). Both run over every index of the diffusion they are
-// given: pass a respaced one (respace.hpp) to sample with fewer steps.
+// al. 2021, eq. 12 with sigma scaled by eta), and with DPM-Solver++(2M) (Lu et al. 2022, Alg. 2),
+// a second-order solver of the probability-flow ODE. All run over every index of the diffusion
+// they are given: pass a respaced one (respace.hpp) to sample with fewer steps.
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -41,5 +42,18 @@ at::Tensor p_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::I
 // sigma_t = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1}).
 at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::IntArrayRef shape,
                             const SampleNoiseFn& noise, const SampleOptions& options = {});
+
+// DPM-Solver++(2M) on the data prediction x0_hat, with alpha = sqrt(abar), sigma = sqrt(1 - abar),
+// lambda = log(alpha / sigma) and h_i = lambda_{i-1} - lambda_i:
+//   x_{i-1} = (sigma_{i-1} / sigma_i) x_i - alpha_{i-1} (e^{-h_i} - 1) D_i,
+//   D_i = (1 + 1 / (2 r_i)) x0_hat_i - 1 / (2 r_i) x0_hat_{i+1},  r_i = h_{i+1} / h_i.
+// Three steps are first order (D = x0_hat, which is DDIM's step): the first, which has no
+// x0_hat before it; the step into index 0, whose h dwarfs the one before (lambda goes 0.97 -> 4.61
+// from t = 111 to t = 0 in 10 even steps of the linear schedule), so extrapolating over it
+// amplifies errors, the reason diffusers makes its final step first order too; and the last,
+// x_{-1} = x0_hat_0. The ODE is deterministic: only x_T is drawn, and options.eta must be 0.
+at::Tensor dpm_solver_2m_sample_loop(const GaussianDiffusion& d, const ModelFn& model,
+                                     at::IntArrayRef shape, const SampleNoiseFn& noise,
+                                     const SampleOptions& options = {});
 
 }  // namespace difftrain::diffusion

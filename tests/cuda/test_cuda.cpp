@@ -369,8 +369,9 @@ TEST_F(Cuda, DropoutOnTheGpuFollowsManualSeed) {
   EXPECT_FALSE(at::equal(forward(5), forward(6)));
 }
 
-// `difftrain sample` (DDIM and DDPM) and `difftrain eval` with --device cuda against --device cpu
-// on the same checkpoint, with TF32 off: images within 2 of 255 levels, bits/dim within 1e-4.
+// `difftrain sample` (DDIM, DPM-Solver++ and DDPM) and `difftrain eval` with --device cuda against
+// --device cpu on the same checkpoint, with TF32 off: images within 2 of 255 levels, bits/dim
+// within 1e-4.
 TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
   const std::string train_set = difftrain::testing::write_tiny_set(dir / "tiny", 8, 6, 6, 1, 0);
   const std::string heldout = difftrain::testing::write_tiny_set(dir / "heldout", 5, 6, 6, 1, 0, 2);
@@ -383,7 +384,7 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return r;
   };
-  for (const char* sampler : {"ddim --steps 5", "ddpm"}) {
+  for (const char* sampler : {"ddim --steps 5", "dpm++2m --steps 6", "ddpm"}) {
     SCOPED_TRACE(sampler);
     EXPECT_LE(sampled_pixels_apart(
                   "--checkpoint " + checkpoint + " --num 4 --batch 4 --seed 2 --sampler " + sampler,

@@ -197,6 +197,30 @@ TEST_F(SampleEvalCli, SamplesDoNotDependOnTheBatchSize) {
   EXPECT_GT(max_abs_diff(a.data, read_npz(path("c.npz"), "arr_0").data), 8);
 }
 
+// DPM-Solver++ draws only x_T: its samples depend on the seed alone, not on the batch; it takes
+// 20 steps unless told otherwise, and the shard records it.
+TEST_F(SampleEvalCli, DpmSolverSamplesDependOnTheSeedOnly) {
+  for (const char* batch : {"1", "3"}) {
+    const ProcessResult r = difftrain_cli("sample --checkpoint " + checkpoint_ +
+                                          " --num 3 --sampler dpm++2m --seed 4 --batch " + batch +
+                                          " --out " + path(std::string("d") + batch));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  const Npy a = read_npz(path("d1.npz"), "arr_0"), b = read_npz(path("d3.npz"), "arr_0");
+  EXPECT_LE(max_abs_diff(a.data, b.data), 1);
+  const nlohmann::json source =
+      nlohmann::json::parse(difftrain::h5::File::open(path("d3.h5")).attr_string("source"));
+  EXPECT_EQ(source["sampler"], "dpm++2m");
+  EXPECT_NE(source["schedule"].get<std::string>().find("20 of 40 steps"), std::string::npos)
+      << source.dump();
+  // Not DDIM's images: the second-order steps move them.
+  ASSERT_EQ(difftrain_cli("sample --checkpoint " + checkpoint_ +
+                          " --num 3 --sampler ddim --steps 20 --seed 4 --out " + path("ddim"))
+                .exit_code,
+            0);
+  EXPECT_GT(max_abs_diff(a.data, read_npz(path("ddim.npz"), "arr_0").data), 0);
+}
+
 TEST_F(SampleEvalCli, EmaChoiceSelectsTheWeights) {
   ASSERT_EQ(
       difftrain_cli("sample --run " + run_ + " --num 2 --steps 4 --out " + path("ema")).exit_code,
@@ -474,6 +498,9 @@ TEST_F(SampleEvalCli, BadSamplingOptions) {
   expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --class 1 --out " + path("x")),
                    checkpoint_, "unconditional");
   expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --eta 0.5 --out " + path("x")),
+                   "--eta", "--sampler ddim only");
+  expect_bad_input(difftrain_cli("sample --run " + run_ +
+                                 " --num 2 --sampler dpm++2m --eta 0 --out " + path("x")),
                    "--eta", "--sampler ddim only");
   expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 0 --out " + path("x")), "--num",
                    "must be >= 1");
