@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""How often class-conditional Fashion-MNIST samples show the class they were drawn for.
+"""Sample quality on Fashion-MNIST: class agreement and a Frechet distance in a classifier's features.
 
 A small CNN is trained on the Fashion-MNIST training images (IDX files, as Debian's
-dataset-fashion-mnist installs them) and cached; it then classifies each `difftrain sample` .npz
-(arr_0 uint8 [N, 28, 28, 1] images, arr_1 int64 [N] requested labels). The share of samples
-classified as their requested label is what classifier-free guidance should raise; the
-classifier's accuracy on the test images bounds what the number can show.
+dataset-fashion-mnist installs them) and cached. For each `difftrain sample` .npz (arr_0 uint8
+[N, 28, 28, 1] images; arr_1 int64 [N] requested labels for class-conditional models) it reports:
 
-    .venv/bin/python launch/guidance_accuracy.py runs/cfg/s1.npz runs/cfg/s3.npz \
+- fd: the Frechet distance between the Gaussians fitted to the CNN's 128 penultimate features of
+  the samples and of the 10,000 test images: FID's formula in this classifier's feature space,
+  not FID (no Inception network). It is biased upwards for small N, so compare files of equal N;
+  `fd_real` is what N training images score, the floor for that N.
+- accuracy (files with labels): the share of samples classified as their requested label, what
+  classifier-free guidance should raise; the classifier's test accuracy bounds what it can show.
+
+    .venv/bin/python launch/sample_quality.py runs/cfg/s1.npz runs/cfg/s3.npz \
         [--json OUT.json] [--cache runs/fashion_mnist_classifier.pt]
 """
 import argparse
@@ -59,6 +64,29 @@ def predict(net, images, batch=1000):
                           for i in range(0, len(images), batch)]).numpy()
 
 
+def features(net, images, batch=1000):
+    """The 128 activations before the last layer, float64 [N, 128]."""
+    net.eval()
+    body = net[:-1]
+    with torch.no_grad():
+        return torch.cat([body(to_input(images[i:i + batch]))
+                          for i in range(0, len(images), batch)]).double().numpy()
+
+
+def gaussian(f):
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(a, b):
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the trace of the root from the
+    eigenvalues of S_a^(1/2) S_b S_a^(1/2), which is symmetric (no complex sqrtm needed)."""
+    (mu_a, s_a), (mu_b, s_b) = a, b
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ s_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
+
+
 def train_classifier(data_dir, epochs, limit, seed):
     images, labels = load_split(data_dir, "train")
     if limit:
@@ -80,7 +108,7 @@ def train_classifier(data_dir, epochs, limit, seed):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("samples", nargs="+", help="`difftrain sample` outputs (.npz with arr_1)")
+    p.add_argument("samples", nargs="+", help="`difftrain sample` outputs (.npz)")
     p.add_argument("--data", default=DATA, help="directory of the Fashion-MNIST IDX files")
     p.add_argument("--cache", default="runs/fashion_mnist_classifier.pt",
                    help="the trained classifier's weights: read if present, else written")
@@ -102,21 +130,33 @@ def main():
         os.replace(a.cache + ".tmp", a.cache)
         print(f"trained the classifier in {time.time() - t0:.0f} s: {a.cache}", file=sys.stderr)
     test_images, test_labels = load_split(a.data, "test")
+    train_images, _ = load_split(a.data, "train")
+    test_gaussian = gaussian(features(net, test_images))
     result = {"classifier_test_accuracy": float((predict(net, test_images) == test_labels).mean()),
               "samples": []}
     print(f"classifier accuracy on the {len(test_labels)} test images: "
           f"{result['classifier_test_accuracy']:.3f}")
+    fd_real = {}  # N -> FD of the first N training images: the floor for N samples
     for path in a.samples:
         with np.load(path) as z:
-            if "arr_1" not in z:
-                sys.exit(f"{path}: no arr_1 (labels): not samples of a class-conditional model")
-            images, labels = z["arr_0"], z["arr_1"]
-        if images.shape[1:3] != (28, 28) or images.shape[-1] != 1:
+            images = z["arr_0"]
+            labels = z["arr_1"] if "arr_1" in z else None
+        if images.shape[1:] != (28, 28, 1):
             sys.exit(f"{path}: images of shape {images.shape[1:]}, not 28x28x1 (Fashion-MNIST)")
-        hits = predict(net, images) == labels
-        result["samples"].append({"file": path, "num": int(len(labels)),
-                                  "accuracy": float(hits.mean())})
-        print(f"{path}: {hits.mean():.3f} of {len(labels)} samples classified as their class")
+        if len(images) < 2:
+            sys.exit(f"{path}: {len(images)} image(s): a Frechet distance needs at least 2")
+        n = len(images)
+        if n not in fd_real:
+            fd_real[n] = frechet_distance(gaussian(features(net, train_images[:n])), test_gaussian)
+        row = {"file": path, "num": int(n),
+               "fd": frechet_distance(gaussian(features(net, images)), test_gaussian),
+               "fd_real": fd_real[n]}
+        line = f"{path}: FD {row['fd']:.2f} (real images: {row['fd_real']:.2f})"
+        if labels is not None:
+            row["accuracy"] = float((predict(net, images) == labels).mean())
+            line += f", {row['accuracy']:.3f} of {n} samples classified as their class"
+        result["samples"].append(row)
+        print(line)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
