@@ -9,6 +9,10 @@ dataset-fashion-mnist installs them) and cached. For each `difftrain sample` .np
   the samples and of the 10,000 test images: FID's formula in this classifier's feature space,
   not FID (no Inception network). It is biased upwards for small N, so compare files of equal N;
   `fd_real` is what N training images score, the floor for that N.
+- precision and recall (Kynkaenniemi et al. 2019, k = 3): the share of samples inside the
+  k-nearest-neighbour balls of as many test images (fidelity), and the share of those test images
+  inside the samples' balls (variety), in the same features; `precision_real` and `recall_real`
+  are what as many training images score.
 - accuracy (files with labels): the share of samples classified as their requested label, what
   classifier-free guidance should raise; the classifier's test accuracy bounds what it can show.
 
@@ -77,6 +81,23 @@ def gaussian(f):
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def knn_radii(f, k=3):
+    """Distance of each point to its k-th nearest neighbour among the others."""
+    d = torch.cdist(torch.from_numpy(f), torch.from_numpy(f))
+    return d.kthvalue(k + 1, dim=1).values.numpy()  # the first is the point itself
+
+
+def coverage(points, centres, radii):
+    """Share of `points` inside at least one ball (centre, radius)."""
+    d = torch.cdist(torch.from_numpy(points), torch.from_numpy(centres)).numpy()
+    return float((d <= radii[None, :]).any(1).mean())
+
+
+def precision_recall(samples, real, k=3):
+    return (coverage(samples, real, knn_radii(real, k)),
+            coverage(real, samples, knn_radii(samples, k)))
+
+
 def frechet_distance(a, b):
     """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), the trace of the root from the
     eigenvalues of S_a^(1/2) S_b S_a^(1/2), which is symmetric (no complex sqrtm needed)."""
@@ -131,27 +152,34 @@ def main():
         print(f"trained the classifier in {time.time() - t0:.0f} s: {a.cache}", file=sys.stderr)
     test_images, test_labels = load_split(a.data, "test")
     train_images, _ = load_split(a.data, "train")
-    test_gaussian = gaussian(features(net, test_images))
+    test_features = features(net, test_images)
+    test_gaussian = gaussian(test_features)
     result = {"classifier_test_accuracy": float((predict(net, test_images) == test_labels).mean()),
               "samples": []}
     print(f"classifier accuracy on the {len(test_labels)} test images: "
           f"{result['classifier_test_accuracy']:.3f}")
-    fd_real = {}  # N -> FD of the first N training images: the floor for N samples
+    real = {}  # N -> what the first N training images score: FD, precision, recall
     for path in a.samples:
         with np.load(path) as z:
             images = z["arr_0"]
             labels = z["arr_1"] if "arr_1" in z else None
         if images.shape[1:] != (28, 28, 1):
             sys.exit(f"{path}: images of shape {images.shape[1:]}, not 28x28x1 (Fashion-MNIST)")
-        if len(images) < 2:
-            sys.exit(f"{path}: {len(images)} image(s): a Frechet distance needs at least 2")
         n = len(images)
-        if n not in fd_real:
-            fd_real[n] = frechet_distance(gaussian(features(net, train_images[:n])), test_gaussian)
-        row = {"file": path, "num": int(n),
-               "fd": frechet_distance(gaussian(features(net, images)), test_gaussian),
-               "fd_real": fd_real[n]}
-        line = f"{path}: FD {row['fd']:.2f} (real images: {row['fd_real']:.2f})"
+        if not 4 < n <= len(test_images):
+            sys.exit(f"{path}: {n} images: the measures need 5 to {len(test_images)}")
+
+        def scores(f):
+            precision, recall = precision_recall(f, test_features[:n])
+            return frechet_distance(gaussian(f), test_gaussian), precision, recall
+
+        if n not in real:
+            real[n] = scores(features(net, train_images[:n]))
+        fd, precision, recall = scores(features(net, images))
+        row = {"file": path, "num": int(n), "fd": fd, "precision": precision, "recall": recall,
+               "fd_real": real[n][0], "precision_real": real[n][1], "recall_real": real[n][2]}
+        line = (f"{path}: FD {fd:.2f}, precision {precision:.3f}, recall {recall:.3f} (real "
+                f"images: {real[n][0]:.2f}, {real[n][1]:.3f}, {real[n][2]:.3f})")
         if labels is not None:
             row["accuracy"] = float((predict(net, images) == labels).mean())
             line += f", {row['accuracy']:.3f} of {n} samples classified as their class"
