@@ -42,8 +42,13 @@ mpirun "${mpirun_flags[@]}" build/difftrain sample --run "$RUN" --num 256 --samp
   --steps 20 --out "$RUN/samples"
 
 echo "[quickstart] sample quality: Frechet distance, precision, recall in a Fashion-MNIST CNN's features"
-# The CNN is trained once (about 80 s) and cached in runs/.
-.venv/bin/python launch/sample_quality.py "$RUN/samples.npz" --json "$RUN/sample_quality.json"
+# The CNN is trained once (about 80 s) and cached in runs/. It needs the project's .venv, which a
+# build against a user's own LibTorch (LIBTORCH_DIR) does without.
+if .venv/bin/python -c 'import torch, numpy' 2>/dev/null; then
+  .venv/bin/python launch/sample_quality.py "$RUN/samples.npz" --json "$RUN/sample_quality.json"
+else
+  echo "[quickstart] skipped: launch/sample_quality.py needs .venv with torch and numpy (launch/setup.sh without LIBTORCH_DIR)"
+fi
 
 echo "[quickstart] bits/dim on 16 test images (the full bound: 1000 network evaluations per image)"
 mpirun "${mpirun_flags[@]}" build/difftrain eval --run "$RUN" --data data/fashion_mnist/test \
