@@ -33,9 +33,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Seeds of the sampling noise: a stream of their own, keyed by the sample's index.
-constexpr uint64_t kSampleStreamTag = 0x53414d504c45;  // "SAMPLE"
-
 struct Options {
   ModelSource source;
   int64_t num = 0;
@@ -87,16 +84,6 @@ std::string respacing_spec(const Options& o, long T) {
   if (o.steps > 0) return std::to_string(o.steps);
   const long default_steps = o.sampler == "ddim" ? 50 : o.sampler == "dpm++2m" ? 20 : T;
   return T > default_steps ? std::to_string(default_steps) : "";
-}
-
-at::Tensor sample_loop(const std::string& sampler, const diffusion::GaussianDiffusion& d,
-                       const diffusion::ModelFn& model, at::IntArrayRef shape,
-                       const diffusion::SampleNoiseFn& noise,
-                       const diffusion::SampleOptions& options) {
-  if (sampler == "ddim") return diffusion::ddim_sample_loop(d, model, shape, noise, options);
-  if (sampler == "dpm++2m")
-    return diffusion::dpm_solver_2m_sample_loop(d, model, shape, noise, options);
-  return diffusion::p_sample_loop(d, model, shape, noise, options);
 }
 
 Plan prepare(const Options& o, const parallel::World& world) {
@@ -170,10 +157,6 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t b0 = 0; b0 < count; b0 += o.batch) {
     const int64_t b = std::min(o.batch, count - b0);
-    std::vector<at::Generator> generators;
-    for (int64_t i = first + b0; i < first + b0 + b; ++i)
-      generators.push_back(train::cpu_generator(
-          train::step_seed(o.seed, i, train::RngStream::noise, kSampleStreamTag)));
     const at::Tensor y = classes > 0 ? labels.narrow(0, b0, b).to(m.device) : at::Tensor();
     // Scale 1 (the default, and the only one for other models) is with_labels(y).
     diffusion::ModelFn model = m.denoiser.with_guidance(y, classes, o.guidance_scale);
@@ -187,11 +170,12 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
                    steps);
         if (i == 0) fmt::print(stderr, "\r{:60}\r", "");
       };
-    const auto noise = diffusion::per_sample_noise(std::move(generators));
+    const auto noise = diffusion::per_sample_noise(train::sample_generators(o.seed, first + b0, b));
     at::Tensor x;
     {
       c10::InferenceMode guard;
-      x = sample_loop(o.sampler, p.diffusion, model, {b, C, S, S}, noise, so);
+      x = diffusion::sample_loop(diffusion::parse_sampler(o.sampler), p.diffusion, model,
+                                 {b, C, S, S}, noise, so);
     }
     images.push_back(data::to_stored_pixels(x, p.canvas));
     const double seconds =

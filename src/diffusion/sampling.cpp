@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <string>
 
 #include "diffusion/gaussian_diffusion.hpp"
 
@@ -123,6 +124,39 @@ at::Tensor dpm_solver_2m_sample_loop(const GaussianDiffusion& d, const ModelFn& 
     if (o.on_step) o.on_step(i);
   }
   return x;
+}
+
+Sampler parse_sampler(std::string_view name) {
+  for (const Sampler s : {Sampler::ddpm, Sampler::ddim, Sampler::dpm_solver_2m})
+    if (name == sampler_name(s)) return s;
+  throw std::invalid_argument("unknown sampler '" + std::string(name) +
+                              "': valid samplers are ddpm, ddim, dpm++2m");
+}
+
+const char* sampler_name(Sampler sampler) {
+  switch (sampler) {
+    case Sampler::ddpm:
+      return "ddpm";
+    case Sampler::ddim:
+      return "ddim";
+    case Sampler::dpm_solver_2m:
+      return "dpm++2m";
+  }
+  return "?";
+}
+
+at::Tensor sample_loop(Sampler sampler, const GaussianDiffusion& d, const ModelFn& model,
+                       at::IntArrayRef shape, const SampleNoiseFn& noise,
+                       const SampleOptions& options) {
+  switch (sampler) {
+    case Sampler::ddim:
+      return ddim_sample_loop(d, model, shape, noise, options);
+    case Sampler::dpm_solver_2m:
+      return dpm_solver_2m_sample_loop(d, model, shape, noise, options);
+    case Sampler::ddpm:
+      break;
+  }
+  return p_sample_loop(d, model, shape, noise, options);
 }
 
 }  // namespace difftrain::diffusion

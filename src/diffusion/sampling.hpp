@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <string_view>
 #include <vector>
 
 #include "diffusion/bound.hpp"
@@ -42,6 +43,17 @@ at::Tensor p_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::I
 // sigma_t = eta sqrt((1 - abar_{t-1}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t-1}).
 at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::IntArrayRef shape,
                             const SampleNoiseFn& noise, const SampleOptions& options = {});
+
+// The samplers by name, as `difftrain sample --sampler` takes them.
+enum class Sampler { ddpm, ddim, dpm_solver_2m };
+// "ddpm", "ddim" or "dpm++2m"; std::invalid_argument listing them otherwise.
+Sampler parse_sampler(std::string_view name);
+const char* sampler_name(Sampler sampler);
+
+// The loop of `sampler` (below).
+at::Tensor sample_loop(Sampler sampler, const GaussianDiffusion& d, const ModelFn& model,
+                       at::IntArrayRef shape, const SampleNoiseFn& noise,
+                       const SampleOptions& options = {});
 
 // DPM-Solver++(2M) on the data prediction x0_hat, with alpha = sqrt(abar), sigma = sqrt(1 - abar),
 // lambda = log(alpha / sigma) and h_i = lambda_{i-1} - lambda_i:

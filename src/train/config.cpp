@@ -150,6 +150,9 @@ void visit(V& v, Config& c) {
     v.key("bpd_every", c.logging.bpd_every);
     v.key("bpd_batch", c.logging.bpd_batch);
     v.key("bpd_timesteps", c.logging.bpd_timesteps);
+    v.key("sample_every", c.logging.sample_every);
+    v.key("sample_num", c.logging.sample_num);
+    v.key("sample_steps", c.logging.sample_steps);
   });
 }
 
@@ -544,6 +547,10 @@ void validate(const Config& c) {
   check(l.bpd_batch >= 1, "logging.bpd_batch", l.bpd_batch, "must be >= 1");
   check(l.bpd_timesteps >= 1 && l.bpd_timesteps <= d.steps, "logging.bpd_timesteps",
         l.bpd_timesteps, "must be in [1, diffusion.steps]");
+  check(l.sample_every >= 0, "logging.sample_every", l.sample_every, "must be >= 0 (0 = off)");
+  check(l.sample_num >= 1, "logging.sample_num", l.sample_num, "must be >= 1");
+  check(l.sample_steps >= 2 && l.sample_steps <= d.steps, "logging.sample_steps", l.sample_steps,
+        "must be in [2, diffusion.steps]");
 }
 
 void validate_for_world(const Config& c, int world_size) {

@@ -135,6 +135,11 @@ struct LoggingConfig {
   int64_t bpd_every = 0;
   int64_t bpd_batch = 64;
   int64_t bpd_timesteps = 16;
+  // Every sample_every steps (0 = off): rank 0 writes a grid of sample_num images drawn with the
+  // first EMA's weights by DPM-Solver++ in sample_steps steps (train/sample_grid.hpp).
+  int64_t sample_every = 0;
+  int64_t sample_num = 64;
+  int64_t sample_steps = 20;
 };
 
 struct Config {

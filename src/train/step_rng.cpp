@@ -18,4 +18,13 @@ at::Tensor step_noise(uint64_t seed, int64_t step, int64_t first_row, int64_t ro
   return eps;
 }
 
+std::vector<at::Generator> sample_generators(uint64_t seed, int64_t first, int64_t count) {
+  constexpr uint64_t kSampleStreamTag = 0x53414d504c45;  // "SAMPLE": apart from the training draws
+  std::vector<at::Generator> generators;
+  generators.reserve(count);
+  for (int64_t i = first; i < first + count; ++i)
+    generators.push_back(cpu_generator(step_seed(seed, i, RngStream::noise, kSampleStreamTag)));
+  return generators;
+}
+
 }  // namespace difftrain::train

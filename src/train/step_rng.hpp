@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace difftrain::train {
 
@@ -43,5 +44,10 @@ inline at::Generator cpu_generator(uint64_t seed) {
 // own rows and gets the numbers that row has in any other split of the batch.
 at::Tensor step_noise(uint64_t seed, int64_t step, int64_t first_row, int64_t rows,
                       at::IntArrayRef sample_shape);
+
+// The generators of samples [first, first + count) drawn with `seed` (`difftrain sample --seed`,
+// the trainer's sample grids): sample i's from its own stream, so an image depends on its seed
+// and index only, not on the batch it is drawn in or the number of ranks.
+std::vector<at::Generator> sample_generators(uint64_t seed, int64_t first, int64_t count);
 
 }  // namespace difftrain::train

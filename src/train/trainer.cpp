@@ -25,6 +25,7 @@
 #include "train/metrics.hpp"
 #include "train/phema_snapshot.hpp"
 #include "train/replica_check.hpp"
+#include "train/sample_grid.hpp"
 #include "train/step_rng.hpp"
 #include "train/train_state.hpp"
 #include "train/train_step.hpp"
@@ -256,6 +257,17 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
         estimate_heldout_bpd(step_context.denoiser, diffusion, config, held_out, comm);
     if (rank == 0) log_heldout_bpd(e, state.step, seconds_between(t0, Clock::now()), files);
   };
+  // Rank 0 alone draws the grid; the others wait for it in the next step's all-reduce.
+  const auto sample_grid = [&] {
+    if (rank != 0) return;
+    const auto t0 = Clock::now();
+    const std::string path = sample_grid_path(lc.run_dir, state.step);
+    write_sample_grid(state, config, shape, diffusion, manifest.height, manifest.width, path);
+    const double seconds = seconds_between(t0, Clock::now());
+    files.write(files.metrics,
+                {{"step", state.step}, {"sample_grid", path}, {"sample_seconds", seconds}});
+    spdlog::info("step {}: {} samples in {} ({:.1f} s)", state.step, lc.sample_num, path, seconds);
+  };
   const auto snapshot = [&] {  // of the post-hoc EMA profiles; a no-op without them
     if (rank == 0)
       phema::write_snapshot(lc.run_dir, state.step, state.phema, *state.net, config_yaml);
@@ -305,7 +317,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     metrics.add_step(r.grad_norm, r.skipped);
 
     // Every N steps: the log line, per-t statistics, the replica check, held-out bits/dim, a
-    // checkpoint.
+    // sample grid, a checkpoint.
     const int64_t step = state.step;
     if (step % lc.log_every == 0 || step == tc.max_steps) {
       const auto now = Clock::now();
@@ -322,6 +334,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (tc.check_replicas_every > 0 && step % tc.check_replicas_every == 0)
       check_replicas(state, comm);
     if (lc.bpd_every > 0 && step % lc.bpd_every == 0) estimate_bpd();
+    if (lc.sample_every > 0 && step % lc.sample_every == 0) sample_grid();
     if (step % tc.phema.snapshot_every == 0) snapshot();
     if (step % tc.checkpoint_every == 0) save("periodic");
   }

@@ -181,11 +181,17 @@ constexpr double kGpuCpuRelative = 0.05;
 // GPU against the CPU.
 TEST_F(Cuda, TrainingRunMatchesTheCpuInFp32) {
   NoTf32 fp32;
-  const auto cpu = train(config("cpu", kRunOverrides), at::kCPU);
-  const auto gpu = train(config("gpu", kRunOverrides), kGpu);
+  // With sample grids on both: drawn on the GPU with the EMA swapped in, then the weights put back.
+  auto overrides = kRunOverrides;
+  for (const char* grid :
+       {"logging.sample_every=2", "logging.sample_num=4", "logging.sample_steps=3"})
+    overrides.push_back(grid);
+  const auto cpu = train(config("cpu", overrides), at::kCPU);
+  const auto gpu = train(config("gpu", overrides), kGpu);
   ASSERT_EQ(gpu.step, 5);
-  expect_same_training(config("cpu", kRunOverrides), gpu.last_checkpoint, cpu.last_checkpoint,
-                       false, kGpuCpuRelative);
+  EXPECT_TRUE(fs::exists(dir / "gpu/samples/step_000000004.png"));
+  expect_same_training(config("cpu", overrides), gpu.last_checkpoint, cpu.last_checkpoint, false,
+                       kGpuCpuRelative);
 }
 
 // A checkpoint written on the GPU resumes on the CPU, and one written on the CPU on the GPU; each

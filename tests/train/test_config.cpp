@@ -69,6 +69,10 @@ TEST(Config, ErrorsNameTheKey) {
   expect_config_error({"training.p_uncond=0.1"},
                       "'training.p_uncond' = 0.1 trains classifier-free guidance, which needs "
                       "class labels: set data.class_conditional to true");
+  expect_config_error({"logging.sample_every=-1"}, "'logging.sample_every' = -1 must be >= 0");
+  expect_config_error({"logging.sample_steps=1"},
+                      "'logging.sample_steps' = 1 must be in [2, diffusion.steps]");
+  expect_config_error({"logging.sample_num=0"}, "'logging.sample_num' = 0 must be >= 1");
 }
 
 }  // namespace

@@ -209,12 +209,18 @@ TEST_F(MultiRankTraining, HungRankIsNamedByTheWatchdogAndOneRankResumes) {
   expect_same_model(config("one", o), one.last_checkpoint, resumed.last_checkpoint, false);
 }
 
+// With sample grids too: rank 0 puts the EMA into its network to draw them, while the others
+// wait, and the check after the step shows that it put its own weights back.
 TEST_F(MultiRankTraining, ReplicaCheckPassesWithImportanceSamplingAndCatchesADivergedRank) {
   auto o = kMpiOverrides;
   o.push_back("diffusion.timestep_sampler=loss-second-moment");
   o.push_back("training.check_replicas_every=1");
+  for (const char* grid :
+       {"logging.sample_every=2", "logging.sample_num=4", "logging.sample_steps=3"})
+    o.push_back(grid);
   const auto same = mpi_train(*this, 2, "same", o);
   EXPECT_EQ(same.exit_code, 0) << same.output;
+  EXPECT_TRUE(fs::exists(dir / "same/samples/step_000000002.png")) << same.output;
   const auto diverged = mpi_train(*this, 2, "diverged", o, "--fault diverge@2 --fault-rank 1");
   EXPECT_NE(diverged.exit_code, 0) << diverged.output;
   EXPECT_NE(diverged.output.find("replica check after step 3"), std::string::npos)

@@ -15,9 +15,11 @@
 #include <string>
 #include <thread>
 
+#include "common/process.hpp"
 #include "diffusion/bound.hpp"
 #include "train/denoiser.hpp"
 #include "train/heldout_bpd.hpp"
+#include "train/sample_grid.hpp"
 #include "train/step_rng.hpp"
 #include "trainer_fixture.hpp"
 
@@ -44,6 +46,45 @@ TEST_F(TrainerRun, ExactResumeIsBitIdentical) {
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [key, t] : a)
     EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// logging.sample_every: grids of the EMA weights at steps 3 and 6, the very images `difftrain
+// sample` draws from those steps' checkpoints with the grid's options (so they come from the
+// first EMA, the config's seed and classes in turn), cropped from the padded 16x16 back to 14x14;
+// and a run with grids trains bit for bit as one without.
+TEST_F(TrainerRun, SampleGridsAreWhatSampleDrawsAndLeaveTrainingAlone) {
+  const std::vector<std::string> grids{"data.class_conditional=true", "logging.sample_every=3",
+                                       "logging.sample_num=5", "logging.sample_steps=4"};
+  const auto with = train(config("grids", grids));
+  const auto without = train(config("plain", {"data.class_conditional=true"}));
+  ASSERT_EQ(with.step, 6);
+  const auto a = checkpoint_tensors(config("grids", grids), with.last_checkpoint);
+  const auto b = checkpoint_tensors(config("grids", grids), without.last_checkpoint);
+  for (const auto& [key, t] : a)
+    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+
+  for (const int64_t step : {3, 6}) {
+    const std::string grid = tr::sample_grid_path(dir / "grids", step);
+    ASSERT_TRUE(fs::exists(grid)) << grid;
+    EXPECT_FALSE(fs::exists(grid + ".tmp"));
+    const std::string out = dir / ("sampled_" + std::to_string(step));
+    const auto r = difftrain::testing::run_command(
+        std::string(DIFFTRAIN_BINARY) + " sample --checkpoint " +
+        tr::checkpoint_path(dir / "grids", step) +
+        " --num 5 --sampler dpm++2m --steps 4 --seed 3 --out " + out);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(file_bytes(grid), file_bytes(out + ".png")) << "step " << step;
+  }
+  std::ifstream metrics(dir / "grids/metrics.jsonl");
+  int grid_lines = 0;
+  for (std::string line; std::getline(metrics, line);)
+    grid_lines += nlohmann::json::parse(line).contains("sample_grid");
+  EXPECT_EQ(grid_lines, 2);
 }
 
 TEST_F(TrainerRun, CorruptLatestCheckpointFallsBackToThePrevious) {
