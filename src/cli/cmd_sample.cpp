@@ -43,8 +43,9 @@ struct Options {
   double eta = 0.0;
   bool eta_given = false;
   uint64_t seed = 0;
-  int64_t label = -1;           // --class; -1 = every class in turn
-  double guidance_scale = 1.0;  // classifier-free guidance; 1 = the conditional model as trained
+  int64_t label = -1;             // --class; -1 = every class in turn
+  double guidance_scale = 1.0;    // classifier-free guidance; 1 = the conditional model as trained
+  double guidance_rescale = 0.0;  // Lin et al.'s phi; 0 = off
   int64_t batch = 64;
 };
 
@@ -76,6 +77,14 @@ void check_options(const Options& o) {
   if (!(o.guidance_scale >= 0))
     throw std::invalid_argument("--guidance-scale must be >= 0, not " +
                                 fmt::format("{}", o.guidance_scale));
+  if (!(o.guidance_rescale >= 0 && o.guidance_rescale <= 1))
+    throw std::invalid_argument("--guidance-rescale must be in [0, 1], not " +
+                                fmt::format("{}", o.guidance_rescale));
+  if (o.guidance_rescale > 0 && (o.guidance_scale == 0 || o.guidance_scale == 1))
+    throw std::invalid_argument(fmt::format(
+        "--guidance-rescale {} rescales a guided prediction: give --guidance-scale other than 0 "
+        "and 1 (now {})",
+        o.guidance_rescale, o.guidance_scale));
 }
 
 // --respacing, else --steps K as "K", else every step (ddpm), 50 (ddim) or 20 (dpm++2m).
@@ -159,7 +168,8 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
     const int64_t b = std::min(o.batch, count - b0);
     const at::Tensor y = classes > 0 ? labels.narrow(0, b0, b).to(m.device) : at::Tensor();
     // Scale 1 (the default, and the only one for other models) is with_labels(y).
-    diffusion::ModelFn model = m.denoiser.with_guidance(y, classes, o.guidance_scale);
+    diffusion::ModelFn model =
+        m.denoiser.with_guidance(y, classes, o.guidance_scale, o.guidance_rescale);
     if (p.timestep_map.defined()) model = diffusion::respaced_model(model, p.timestep_map);
 
     diffusion::SampleOptions so;
@@ -235,6 +245,7 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
       {"schedule", p.schedule},
       {"eta", o.eta},
       {"guidance_scale", o.guidance_scale},
+      {"guidance_rescale", o.guidance_rescale},
       {"seed", o.seed}};
   const fs::path h5_path(p.out + ".h5");
   data::ShardSpec spec;
@@ -319,6 +330,10 @@ void add_sample_command(CLI::App& app, int& exit_code) {
                   "Classifier-free guidance: uncond + S * (cond - uncond); 1 = conditional (the "
                   "default), 0 = unconditional, > 1 = guided (models trained with "
                   "training.p_uncond > 0)");
+  cmd->add_option("--guidance-rescale", o->guidance_rescale,
+                  "Rescale the guided prediction to the conditional one's standard deviation, "
+                  "blended by this weight in [0, 1] (Lin et al.; diffusers' guidance_rescale; "
+                  "0 = off, 0.7 suggested)");
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

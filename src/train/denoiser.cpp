@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "train/config.hpp"
 
 namespace difftrain::train {
@@ -18,17 +20,24 @@ diffusion::ModelFn Denoiser::with_labels(const at::Tensor& y) const {
   };
 }
 
-diffusion::ModelFn Denoiser::with_guidance(const at::Tensor& y, int64_t null_label,
-                                           double scale) const {
+diffusion::ModelFn Denoiser::with_guidance(const at::Tensor& y, int64_t null_label, double scale,
+                                           double rescale) const {
   if (scale == 1.0) return with_labels(y);
   if (scale == 0.0) return with_labels(at::full_like(y, null_label));
-  return [denoiser = *this, y, null_label, scale](const at::Tensor& x_t, const at::Tensor& t) {
+  return [denoiser = *this, y, null_label, scale, rescale](const at::Tensor& x_t,
+                                                           const at::Tensor& t) {
     const at::Tensor out =
         denoiser(at::cat({x_t, x_t}), at::cat({t, t}), at::cat({y, at::full_like(y, null_label)}));
     const int64_t n = x_t.size(0), C = x_t.size(1);
     const at::Tensor cond = out.narrow(0, 0, n), uncond = out.narrow(0, n, n);
     const at::Tensor mean_cond = cond.narrow(1, 0, C), mean_uncond = uncond.narrow(1, 0, C);
-    const at::Tensor guided = mean_uncond + scale * (mean_cond - mean_uncond);
+    at::Tensor guided = mean_uncond + scale * (mean_cond - mean_uncond);
+    if (rescale > 0) {
+      const std::vector<int64_t> per_sample{1, 2, 3};
+      const at::Tensor rescaled = guided * (mean_cond.std(per_sample, /*unbiased=*/true, true) /
+                                            guided.std(per_sample, /*unbiased=*/true, true));
+      guided = rescale * rescaled + (1 - rescale) * guided;
+    }
     if (out.size(1) == C) return guided;
     return at::cat({guided, cond.narrow(1, C, out.size(1) - C)}, 1);
   };

@@ -27,7 +27,12 @@ struct Denoiser {
   // GLIDE. The mean output is eps, x_0, v or the posterior mean, each affine in the others given
   // x_t, so guiding it guides them all alike. scale 1 is the conditional model and 0 the
   // unconditional one, each one plain call.
-  diffusion::ModelFn with_guidance(const at::Tensor& y, int64_t null_label, double scale) const;
+  // rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+  // Eq. 15-16; diffusers' guidance_rescale) blends the guided mean with its copy rescaled to the
+  // conditional mean's standard deviation per sample: phi * guided * std(cond) / std(guided) +
+  // (1 - phi) * guided. It applies to the guided call only (scales other than 0 and 1).
+  diffusion::ModelFn with_guidance(const at::Tensor& y, int64_t null_label, double scale,
+                                   double rescale = 0.0) const;
 };
 
 // The config's timestep scale: 1000 / T with diffusion.rescale_timesteps, else 1.

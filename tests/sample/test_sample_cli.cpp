@@ -480,6 +480,19 @@ TEST_F(SampleEvalCli, GuidanceScaleSamplesAModelTrainedWithTheNullLabel) {
                                  " --num 2 --guidance-scale 2 --out " + path("x")),
                    plain_ckpt, "was not trained for classifier-free guidance");
   expect_bad_input(sample("--guidance-scale -1", "x"), "--guidance-scale", "must be >= 0");
+
+  // Guidance rescale moves the guided images, is recorded, and needs a guided call.
+  r = sample("--guidance-scale 3 --guidance-rescale 0.7", "s3_r07");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_GT(max_abs_diff(guided, read_npz(path("s3_r07.npz"), "arr_0").data), 0);
+  EXPECT_NE(difftrain::h5::File::open(path("s3_r07.h5"))
+                .attr_string("source")
+                .find("\"guidance_rescale\":0.7"),
+            std::string::npos);
+  expect_bad_input(sample("--guidance-rescale 0.7", "x"), "--guidance-rescale 0.7",
+                   "give --guidance-scale other than 0 and 1 (now 1)");
+  expect_bad_input(sample("--guidance-scale 3 --guidance-rescale 1.5", "x"), "--guidance-rescale",
+                   "must be in [0, 1]");
 }
 
 TEST_F(SampleEvalCli, BadSamplingOptions) {

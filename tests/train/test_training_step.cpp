@@ -234,8 +234,8 @@ TEST(Denoiser, TheNetworkSeesTheScaledOriginalTimestep) {
 
 // Classifier-free guidance (Ho & Salimans Eq. 6): the mean channels are uncond + s (cond -
 // uncond), the learned variance channels the conditional call's; scale 1 is the conditional
-// model and 0 the unconditional one. (The guided call is one batch of 6: oneDNN's convolutions
-// round it about 1e-6 apart from two batches of 3.)
+// model and 0 the unconditional one; and its rescaled variant. (The guided call is one batch of 6:
+// oneDNN's convolutions round it about 1e-6 apart from two batches of 3.)
 TEST(Denoiser, GuidanceMixesTheConditionalAndUnconditionalMeans) {
   TempDir dir;
   const tr::Config c = tr::parse_config(tiny_config("unused", dir / "run"),
@@ -263,6 +263,19 @@ TEST(Denoiser, GuidanceMixesTheConditionalAndUnconditionalMeans) {
   EXPECT_TRUE(at::allclose(g.narrow(1, 1, 1), cond.narrow(1, 1, 1), 1e-4, 1e-5));
   EXPECT_TRUE(at::allclose(guided(0).narrow(1, 0, 1), uncond.narrow(1, 0, 1), 1e-4, 1e-5));
   EXPECT_TRUE(at::equal(guided(1), cond));
+
+  // Guidance rescale (Lin et al. Eq. 15-16): with phi = 1 each sample's guided mean has the
+  // conditional mean's standard deviation; phi = 0.7 blends it with the plain guided mean.
+  const at::Tensor mean_g = g.narrow(1, 0, 1), mean_cond = cond.narrow(1, 0, 1);
+  const auto sample_std = [](const at::Tensor& v) { return v.flatten(1).std(1); };
+  const at::Tensor full = denoiser.with_guidance(y, 4, 2.5, 1.0)(x, t);
+  EXPECT_TRUE(at::allclose(sample_std(full.narrow(1, 0, 1)), sample_std(mean_cond), 1e-4, 1e-6));
+  EXPECT_FALSE(at::allclose(sample_std(mean_g), sample_std(mean_cond), 1e-2, 1e-4));
+  const at::Tensor ratio = (sample_std(mean_cond) / sample_std(mean_g)).view({-1, 1, 1, 1});
+  const at::Tensor blended = denoiser.with_guidance(y, 4, 2.5, 0.7)(x, t);
+  EXPECT_TRUE(
+      at::allclose(blended.narrow(1, 0, 1), 0.7 * mean_g * ratio + 0.3 * mean_g, 1e-4, 1e-5));
+  EXPECT_TRUE(at::allclose(blended.narrow(1, 1, 1), cond.narrow(1, 1, 1), 1e-4, 1e-5));
 }
 
 // The telemetry between log lines: means over samples, loss by quartile of t, the gradient norm
