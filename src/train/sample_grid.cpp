@@ -56,12 +56,16 @@ std::string sample_grid_path(const std::string& run_dir, int64_t step) {
   return (fs::path(run_dir) / "samples" / fmt::format("step_{:09d}.png", step)).string();
 }
 
-void write_sample_grid(TrainState& state, const Config& config, const DataShape& shape,
+bool write_sample_grid(TrainState& state, const Config& config, const DataShape& shape,
                        const diffusion::GaussianDiffusion& diffusion, int64_t height, int64_t width,
                        const std::string& path) {
   const LoggingConfig& l = config.logging;
   const int64_t n = l.sample_num, C = shape.channels, S = shape.image_size;
   const c10::Device device = state.net->parameters().front().device();
+  if (C != 1 && C != 3 && C != 4) {
+    spdlog::warn("{}-channel images: no sample grid (PNG holds 1, 3 or 4 channels)", C);
+    return false;
+  }
 
   // As `difftrain sample --sampler dpm++2m --steps K --seed <config seed>`: K steps spread
   // evenly, each sample its own seeded generator, classes in turn.
@@ -86,14 +90,11 @@ void write_sample_grid(TrainState& state, const Config& config, const DataShape&
   const data::Canvas canvas = config.data.pad_to > 0 ? data::centred_canvas(height, width, C, S)
                                                      : data::stored_canvas(S, S, C);
   const at::Tensor pixels = data::to_stored_pixels(x, canvas).contiguous();
-  if (C != 1 && C != 3 && C != 4) {
-    spdlog::warn("{}-channel images: no sample grid written", C);
-    return;
-  }
   fs::create_directories(fs::path(path).parent_path());
   const std::string tmp = path + ".tmp";
   data::write_png_grid(tmp, pixels.data_ptr<uint8_t>(), n, canvas.height, canvas.width, C);
   fs::rename(tmp, path);
+  return true;
 }
 
 }  // namespace difftrain::train

@@ -21,8 +21,9 @@ std::string sample_grid_path(const std::string& run_dir, int64_t step);
 // Draws the grid and writes it to `path` (through a temporary file, so a kill leaves no
 // half-written PNG). `diffusion` is the run's (un-respaced) diffusion on the network's device;
 // `height` x `width` the stored images' size, which padded data (data.pad_to) is cropped back to.
-// The network's weights and training mode are restored before it returns.
-void write_sample_grid(TrainState& state, const Config& config, const DataShape& shape,
+// The network's weights and training mode are restored before it returns. Images of other than
+// 1, 3 or 4 channels have no PNG: it warns and returns false.
+bool write_sample_grid(TrainState& state, const Config& config, const DataShape& shape,
                        const diffusion::GaussianDiffusion& diffusion, int64_t height, int64_t width,
                        const std::string& path);
 

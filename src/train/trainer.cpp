@@ -262,7 +262,8 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     if (rank != 0) return;
     const auto t0 = Clock::now();
     const std::string path = sample_grid_path(lc.run_dir, state.step);
-    write_sample_grid(state, config, shape, diffusion, manifest.height, manifest.width, path);
+    if (!write_sample_grid(state, config, shape, diffusion, manifest.height, manifest.width, path))
+      return;
     const double seconds = seconds_between(t0, Clock::now());
     files.write(files.metrics,
                 {{"step", state.step}, {"sample_grid", path}, {"sample_seconds", seconds}});
