@@ -37,7 +37,7 @@ struct Options {
   ModelSource source;
   int64_t num = 0;
   std::string out;
-  std::string sampler = "ddpm";
+  diffusion::Sampler sampler = diffusion::Sampler::ddpm;
   int64_t steps = 0;
   std::string respacing;
   double eta = 0.0;
@@ -70,7 +70,7 @@ void check_options(const Options& o) {
   if (o.num < 1) throw std::invalid_argument("--num must be >= 1, not " + std::to_string(o.num));
   if (o.batch < 1)
     throw std::invalid_argument("--batch must be >= 1, not " + std::to_string(o.batch));
-  if (o.eta_given && o.sampler != "ddim")
+  if (o.eta_given && o.sampler != diffusion::Sampler::ddim)
     throw std::invalid_argument("--eta applies to --sampler ddim only");
   if (o.eta < 0) throw std::invalid_argument("--eta must be >= 0, not " + fmt::format("{}", o.eta));
   if (o.steps < 0) throw std::invalid_argument("--steps must be >= 1");
@@ -91,7 +91,10 @@ void check_options(const Options& o) {
 std::string respacing_spec(const Options& o, long T) {
   if (!o.respacing.empty()) return o.respacing;
   if (o.steps > 0) return std::to_string(o.steps);
-  const long default_steps = o.sampler == "ddim" ? 50 : o.sampler == "dpm++2m" ? 20 : T;
+  using diffusion::Sampler;
+  const long default_steps = o.sampler == Sampler::ddim            ? 50
+                             : o.sampler == Sampler::dpm_solver_2m ? 20
+                                                                   : T;
   return T > default_steps ? std::to_string(default_steps) : "";
 }
 
@@ -184,8 +187,7 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
     at::Tensor x;
     {
       c10::InferenceMode guard;
-      x = diffusion::sample_loop(diffusion::parse_sampler(o.sampler), p.diffusion, model,
-                                 {b, C, S, S}, noise, so);
+      x = diffusion::sample_loop(o.sampler, p.diffusion, model, {b, C, S, S}, noise, so);
     }
     images.push_back(data::to_stored_pixels(x, p.canvas));
     const double seconds =
@@ -241,7 +243,7 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
       {"checkpoint", m.checkpoint},
       {"step", m.step},
       {"ema_rate", m.ema_rate ? nlohmann::ordered_json(*m.ema_rate) : nullptr},
-      {"sampler", o.sampler},
+      {"sampler", diffusion::sampler_name(o.sampler)},
       {"schedule", p.schedule},
       {"eta", o.eta},
       {"guidance_scale", o.guidance_scale},
@@ -270,7 +272,7 @@ int run(const Options& o, parallel::World& world) {
   const Plan plan = prepare(o, world);
   const TrainedModel& m = plan.model;
   spdlog::info("sampling {} images from {} with {} ({}){}, {} rank(s), device {}", o.num,
-               describe(m), o.sampler, plan.schedule,
+               describe(m), diffusion::sampler_name(o.sampler), plan.schedule,
                o.guidance_scale == 1.0 ? "" : fmt::format(", guidance scale {}", o.guidance_scale),
                world.size(), m.device.str());
 
@@ -310,8 +312,9 @@ void add_sample_command(CLI::App& app, int& exit_code) {
   add_model_source_options(*cmd, o->source);
   cmd->add_option("--num", o->num, "Number of images")->required();
   cmd->add_option("--out", o->out, "Output path without extension")->required();
-  cmd->add_option("--sampler", o->sampler,
-                  "ddpm (ancestral), ddim, or dpm++2m (DPM-Solver++(2M), deterministic)")
+  cmd->add_option_function<std::string>(
+         "--sampler", [o](const std::string& name) { o->sampler = diffusion::parse_sampler(name); },
+         "ddpm (ancestral), ddim, or dpm++2m (DPM-Solver++(2M), deterministic)")
       ->check(CLI::IsMember({"ddpm", "ddim", "dpm++2m"}));
   auto* steps = cmd->add_option(
       "--steps", o->steps,
