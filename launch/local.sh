@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Trains on this machine with N MPI ranks:
 #   launch/local.sh N CONFIG [difftrain train options, e.g. --set training.max_steps=100 --resume auto]
+#   DIFFTRAIN_COMMAND=train-classifier launch/local.sh N CONFIG ...   (a noisy classifier)
 # Sets the flags a single machine needs: oversubscription when N exceeds the cores, no core
 # binding then (ranks would share one core), one LibTorch thread per core share, and
 # --allow-run-as-root when run as root.
@@ -29,4 +30,4 @@ fi
 # Loopback TCP and shared memory only: a laptop or a single node needs no network setup.
 FLAGS+=(--mca btl self,vader,tcp --mca btl_tcp_if_include lo)
 
-exec mpirun "${FLAGS[@]}" "$BIN" train --config "$CONFIG" --set training.threads="$THREADS" "$@"
+exec mpirun "${FLAGS[@]}" "$BIN" "${DIFFTRAIN_COMMAND:-train}" --config "$CONFIG" --set training.threads="$THREADS" "$@"

@@ -161,6 +161,39 @@ class AttentionBlock(nn.Module):
         return (x + h).reshape(b, c, *spatial)
 
 
+def input_side(in_channels, stem_channels, model_channels, num_res_blocks, attention_resolutions,
+               image_size, dropout, channel_mult, conv_resample, use_scale_shift_norm,
+               resblock_updown, attention):
+    """The input blocks and middle block that UNetModel and EncoderUNetModel share. Returns
+    (input_blocks, middle_block, input_block_chans, channels, resolution)."""
+    time_embed_dim = model_channels * 4
+    input_blocks = nn.ModuleList([TimestepEmbedSequential(
+        nn.Conv2d(in_channels, stem_channels, 3, padding=1))])
+    input_block_chans = [stem_channels]
+    ch = stem_channels
+    res = image_size
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers = [ResBlock(ch, time_embed_dim, dropout, mult * model_channels,
+                               use_scale_shift_norm)]
+            ch = mult * model_channels
+            if res in attention_resolutions:
+                layers.append(attention(ch))
+            input_blocks.append(TimestepEmbedSequential(*layers))
+            input_block_chans.append(ch)
+        if level != len(channel_mult) - 1:
+            input_blocks.append(TimestepEmbedSequential(
+                ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm, "down")
+                if resblock_updown else Downsample(ch, conv_resample)))
+            input_block_chans.append(ch)
+            res //= 2
+    middle_block = TimestepEmbedSequential(
+        ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm),
+        attention(ch),
+        ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm))
+    return input_blocks, middle_block, input_block_chans, ch, res
+
+
 class UNetModel(nn.Module):
     def __init__(self, in_channels, model_channels, out_channels, num_res_blocks,
                  attention_resolutions, image_size, dropout=0.0, channel_mult=(1, 2, 4, 8),
@@ -183,31 +216,10 @@ class UNetModel(nn.Module):
         if num_classes:
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(
-            nn.Conv2d(in_channels, model_channels, 3, padding=1))])
-        input_block_chans = [model_channels]
-        ch = model_channels
-        res = image_size
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, time_embed_dim, dropout, mult * model_channels,
-                                   use_scale_shift_norm)]
-                ch = mult * model_channels
-                if res in attention_resolutions:
-                    layers.append(attention(ch))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                input_block_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(
-                    ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm, "down")
-                    if resblock_updown else Downsample(ch, conv_resample)))
-                input_block_chans.append(ch)
-                res //= 2
-
-        self.middle_block = TimestepEmbedSequential(
-            ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm),
-            attention(ch),
-            ResBlock(ch, time_embed_dim, dropout, ch, use_scale_shift_norm))
+        self.input_blocks, self.middle_block, input_block_chans, ch, res = input_side(
+            in_channels, model_channels, model_channels, num_res_blocks, attention_resolutions,
+            image_size, dropout, channel_mult, conv_resample, use_scale_shift_norm,
+            resblock_updown, attention)
 
         self.output_blocks = nn.ModuleList([])
         for level, mult in list(enumerate(channel_mult))[::-1]:
@@ -240,6 +252,65 @@ class UNetModel(nn.Module):
         for module in self.output_blocks:
             h = module(th.cat([h, hs.pop()], dim=1), emb)
         return self.out(h).type(x.dtype)
+
+
+class AttentionPool2d(nn.Module):
+    """CLIP's attention pooling as guided-diffusion's classifier has it: the mean position,
+    prepended, attends to every position (q, k, v split before the heads)."""
+
+    def __init__(self, spatial, channels, num_heads, out_channels):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(
+            th.randn(channels, spatial ** 2 + 1) / channels ** 0.5)
+        self.qkv_proj = nn.Conv1d(channels, 3 * channels, 1)
+        self.c_proj = nn.Conv1d(channels, out_channels, 1)
+        self.num_heads = num_heads
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        x = x.reshape(b, c, -1)
+        x = th.cat([x.mean(dim=-1, keepdim=True), x], dim=-1) + self.positional_embedding
+        qkv = self.qkv_proj(x)
+        q, k, v = (part.reshape(b, self.num_heads, c // self.num_heads, -1)
+                   for part in qkv.chunk(3, dim=1))
+        weight = th.softmax(th.einsum("bhct,bhcs->bhts", q, k) / math.sqrt(q.shape[2]), dim=-1)
+        h = th.einsum("bhts,bhcs->bhct", weight, v).reshape(b, c, -1)
+        return self.c_proj(h)[:, :, 0]
+
+
+class EncoderUNetModel(nn.Module):
+    """guided-diffusion's noisy classifier: the UNet's input side, then a pool to the classes."""
+
+    def __init__(self, in_channels, model_channels, out_channels, num_res_blocks,
+                 attention_resolutions, image_size, channel_mult, num_head_channels,
+                 use_scale_shift_norm=True, resblock_updown=False, pool="attention"):
+        super().__init__()
+        self.model_channels = model_channels
+        time_embed_dim = model_channels * 4
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
+                                        nn.Linear(time_embed_dim, time_embed_dim))
+
+        def attention(ch):
+            return AttentionBlock(ch, ch // num_head_channels, new_order=False)
+
+        self.input_blocks, self.middle_block, _, ch, res = input_side(
+            in_channels, channel_mult[0] * model_channels, model_channels, num_res_blocks,
+            attention_resolutions, image_size, 0.0, channel_mult, True, use_scale_shift_norm,
+            resblock_updown, attention)
+        if pool == "attention":
+            self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+                                     AttentionPool2d(res, ch, ch // num_head_channels,
+                                                     out_channels))
+        else:
+            self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
+                                     zero_module(nn.Conv2d(ch, out_channels, 1)), nn.Flatten())
+
+    def forward(self, x, timesteps):
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        h = x
+        for module in self.input_blocks:
+            h = module(h, emb)
+        return self.out(self.middle_block(h, emb))
 
 
 def model_from_difftrain(m, tuned=False):

@@ -1,7 +1,8 @@
 // `difftrain import`: a state dict from PyTorch (improved-diffusion, guided-diffusion, a difftrain
 // export; torch.save's zip format or safetensors) into a difftrain checkpoint of the model a
-// config builds. The checkpoint samples and evaluates as any other, and `train --resume` fine-tunes
-// it: the optimizer then starts fresh, as nothing in a state dict says what its moments were.
+// config builds, or of guided-diffusion's noisy classifier (--classifier). The checkpoint samples
+// and evaluates as any other, and `train --resume` fine-tunes it: the optimizer then starts fresh,
+// as nothing in a state dict says what its moments were.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -17,6 +18,8 @@
 #include "model/unet.hpp"
 #include "parallel/communicator.hpp"
 #include "train/checkpoint.hpp"
+#include "train/classifier.hpp"
+#include "train/classifier_trainer.hpp"
 #include "train/config.hpp"
 #include "train/setup.hpp"
 #include "train/train_state.hpp"
@@ -30,6 +33,7 @@ namespace {
 struct Options {
   std::string weights, ema_weights, config, out;
   std::vector<std::string> overrides;
+  bool classifier = false;
 };
 
 weights::StateDict read_weights(const std::string& path) {
@@ -48,7 +52,7 @@ train::DataShape model_shape(const train::Config& c) {
 }
 
 // Loads `path` into `net`, saying which precisions were converted.
-void load_weights(model::UNetImpl& net, const std::string& path) {
+void load_weights(torch::nn::Module& net, const std::string& path) {
   const weights::StateDict state = read_weights(path);
   std::map<std::string, int64_t> converted;
   for (const auto& [name, t] : state)
@@ -58,12 +62,31 @@ void load_weights(model::UNetImpl& net, const std::string& path) {
     spdlog::info("{}: converted {} {} tensor(s) to Float", path, count, dtype);
 }
 
+// guided-diffusion's classifier (EncoderUNetModel's state dict) into a classifier checkpoint for
+// `sample --classifier`.
+int import_classifier(const Options& o, const train::Config& config,
+                      const train::DataShape& shape) {
+  if (!o.ema_weights.empty())
+    throw std::invalid_argument("--ema-weights: a classifier has no EMA weights");
+  const std::unique_ptr<parallel::Communicator> comm = parallel::make_local_communicator();
+  train::ClassifierState state = train::make_classifier_state(config, shape, c10::kCPU, *comm);
+  load_weights(*state.net, o.weights);
+  train::save_classifier_checkpoint(
+      o.out, state, train::to_yaml(train::resolved_config(config, shape)), o.weights);
+  spdlog::info("wrote {}: a {}-class classifier, {} parameters from {}", o.out, shape.num_classes,
+               model::parameter_count(*state.net), o.weights);
+  spdlog::info("guide a model with it: `difftrain sample --run RUN --classifier {}`", o.out);
+  return kOk;
+}
+
 int run(const Options& o) {
   const train::Config config = train::load_config(o.config, o.overrides);
   train::validate(config);
+  if (o.classifier) train::validate_for_classifier(config);
   const train::DataShape shape = model_shape(config);
-  const auto& tc = config.training;
   check_output_directory(o.out, "--out");
+  if (o.classifier) return import_classifier(o, config, shape);
+  const auto& tc = config.training;
 
   // A fresh training state (zero Adam moments, no step count) around the imported weights; the
   // EMAs start from the weights, as the trainer starts them, or from --ema-weights.
@@ -111,6 +134,9 @@ void add_import_command(CLI::App& app, int& exit_code) {
       ->required();
   cmd->add_option("--set", o->overrides, "Override a config key: section.key=value (repeatable)");
   cmd->add_option("--out", o->out, "Checkpoint to write (.pt)")->required();
+  cmd->add_flag("--classifier", o->classifier,
+                "The weights are guided-diffusion's noisy classifier (EncoderUNetModel), the "
+                "config a train-classifier config: write a classifier's checkpoint");
   cmd->callback([o, &exit_code] { exit_code = run(*o); });
 }
 

@@ -1,5 +1,6 @@
-// `difftrain sample`: images from a trained model with ancestral (DDPM) or DDIM sampling,
-// optionally on a respaced schedule, written as a PNG grid, an HDF5 shard and a NumPy .npz.
+// `difftrain sample`: images from a trained model with ancestral (DDPM), DDIM or DPM-Solver++
+// sampling, optionally on a respaced schedule, guided by a label (classifier-free) or a noisy
+// classifier, written as a PNG grid, an HDF5 shard and a NumPy .npz.
 // Under mpirun every rank samples its share and rank 0 writes them all. Sample i is drawn from
 // generators seeded by (--seed, i) alone, so the images do not depend on --batch or the number
 // of ranks.
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cli/commands.hpp"
 #include "cli/run_on_world.hpp"
@@ -46,12 +48,16 @@ struct Options {
   int64_t label = -1;             // --class; -1 = every class in turn
   double guidance_scale = 1.0;    // classifier-free guidance; 1 = the conditional model as trained
   double guidance_rescale = 0.0;  // Lin et al.'s phi; 0 = off
+  std::string classifier;         // classifier guidance: a run directory or checkpoint
+  double classifier_scale = 1.0;
   int64_t batch = 64;
 };
 
 // Everything checked before any sampling starts.
 struct Plan {
   TrainedModel model;
+  std::optional<TrainedClassifier> classifier;  // --classifier
+  int64_t classes = 0;                     // of the labels drawn: the model's, or the classifier's
   diffusion::GaussianDiffusion diffusion;  // the one sampled: respaced or the training one
   at::Tensor timestep_map;                 // its index -> training timestep; undefined = same
   std::string schedule;                    // for logs and the shard's source attribute
@@ -80,6 +86,9 @@ void check_options(const Options& o) {
   if (!(o.guidance_rescale >= 0 && o.guidance_rescale <= 1))
     throw std::invalid_argument("--guidance-rescale must be in [0, 1], not " +
                                 fmt::format("{}", o.guidance_rescale));
+  if (!(o.classifier_scale >= 0))
+    throw std::invalid_argument("--classifier-scale must be >= 0, not " +
+                                fmt::format("{}", o.classifier_scale));
   if (o.guidance_rescale > 0 && (o.guidance_scale == 0 || o.guidance_scale == 1))
     throw std::invalid_argument(fmt::format(
         "--guidance-rescale {} rescales a guided prediction: give --guidance-scale other than 0 "
@@ -96,6 +105,27 @@ std::string respacing_spec(const Options& o, long T) {
                              : o.sampler == Sampler::dpm_solver_2m ? 20
                                                                    : T;
   return T > default_steps ? std::to_string(default_steps) : "";
+}
+
+// A classifier guides a model only where it was trained: on images of the model's shape, noised
+// by the same forward process, with the same classes when the model is class-conditional.
+void check_classifier_fits(const TrainedClassifier& c, const TrainedModel& m) {
+  if (c.shape.image_size != m.shape.image_size || c.shape.channels != m.shape.channels)
+    throw std::invalid_argument(
+        fmt::format("--classifier {}: classifies {}x{}x{} images, the model draws {}x{}x{}",
+                    c.checkpoint, c.shape.channels, c.shape.image_size, c.shape.image_size,
+                    m.shape.channels, m.shape.image_size, m.shape.image_size));
+  if (c.diffusion.num_timesteps != m.diffusion.num_timesteps ||
+      !at::allclose(c.diffusion.alphas_cumprod, m.diffusion.alphas_cumprod, 1e-9, 1e-12))
+    throw std::invalid_argument(fmt::format(
+        "--classifier {}: trained on another forward process ({} schedule, T = {}) than the "
+        "model's ({} schedule, T = {}): its p(y | x_t) does not apply",
+        c.checkpoint, diffusion::to_string(c.config.diffusion.schedule), c.diffusion.num_timesteps,
+        diffusion::to_string(m.config.diffusion.schedule), m.diffusion.num_timesteps));
+  if (m.shape.num_classes > 0 && m.shape.num_classes != c.shape.num_classes)
+    throw std::invalid_argument(
+        fmt::format("--classifier {}: has {} classes, the class-conditional model {}", c.checkpoint,
+                    c.shape.num_classes, m.shape.num_classes));
 }
 
 Plan prepare(const Options& o, const parallel::World& world) {
@@ -117,13 +147,19 @@ Plan prepare(const Options& o, const parallel::World& world) {
     p.timestep_map = r.timestep_map;
   }
 
-  const int64_t classes = m.shape.num_classes;
+  p.classes = m.shape.num_classes;
+  if (!o.classifier.empty()) {
+    p.classifier = load_trained_classifier(o.classifier, m.device);
+    check_classifier_fits(*p.classifier, m);
+    p.classes = p.classifier->shape.num_classes;
+  }
+  const int64_t classes = p.classes;
   if (o.label >= 0 && classes == 0)
     throw std::invalid_argument("--class " + std::to_string(o.label) + ": " + m.checkpoint +
-                                " is an unconditional model");
+                                " is an unconditional model (and no --classifier guides it)");
   if (o.label >= classes && classes > 0)
     throw std::invalid_argument("--class " + std::to_string(o.label) + " is outside [0, " +
-                                std::to_string(classes) + ") of " + m.checkpoint);
+                                std::to_string(classes) + ")");
   if (o.guidance_scale != 1.0 && !m.denoiser.net->config().null_class)
     throw std::invalid_argument(fmt::format(
         "--guidance-scale {}: {} was not trained for classifier-free guidance (it needs a "
@@ -158,7 +194,7 @@ struct Samples {
 
 Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t count, bool progress) {
   const TrainedModel& m = p.model;
-  const int64_t C = m.shape.channels, S = m.shape.image_size, classes = m.shape.num_classes;
+  const int64_t C = m.shape.channels, S = m.shape.image_size, classes = p.classes;
   std::vector<at::Tensor> images;
   std::vector<int64_t> label_list;
   for (int64_t i = first; i < first + count; ++i)
@@ -170,13 +206,19 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
   for (int64_t b0 = 0; b0 < count; b0 += o.batch) {
     const int64_t b = std::min(o.batch, count - b0);
     const at::Tensor y = classes > 0 ? labels.narrow(0, b0, b).to(m.device) : at::Tensor();
+    const int64_t model_classes = m.shape.num_classes;
     // Scale 1 (the default, and the only one for other models) is with_labels(y).
-    diffusion::ModelFn model =
-        m.denoiser.with_guidance(y, classes, o.guidance_scale, o.guidance_rescale);
+    diffusion::ModelFn model = m.denoiser.with_guidance(
+        model_classes > 0 ? y : at::Tensor(), model_classes, o.guidance_scale, o.guidance_rescale);
     if (p.timestep_map.defined()) model = diffusion::respaced_model(model, p.timestep_map);
 
     diffusion::SampleOptions so;
     so.eta = o.eta;
+    if (p.classifier && o.classifier_scale != 0) {  // scale 0: no gradient to compute
+      so.classifier_guidance = p.classifier->classifier.guidance(y, o.classifier_scale);
+      if (p.timestep_map.defined())
+        so.classifier_guidance = diffusion::respaced_model(so.classifier_guidance, p.timestep_map);
+    }
     if (progress)
       so.on_step = [&](long i) {
         fmt::print(stderr, "\rbatch at sample {}/{}: step {}/{}   ", b0 + b, count, steps - i,
@@ -228,7 +270,7 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
   const TrainedModel& m = p.model;
   const int64_t N = s.images.size(0), H = s.images.size(1), W = s.images.size(2),
                 C = s.images.size(3);
-  const bool conditional = m.shape.num_classes > 0;
+  const bool conditional = p.classes > 0;  // labels: the model's, or the classifier's
   const auto* pixels = s.images.data_ptr<uint8_t>();
   const auto* labels = s.labels.data_ptr<int64_t>();
 
@@ -248,6 +290,8 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
       {"eta", o.eta},
       {"guidance_scale", o.guidance_scale},
       {"guidance_rescale", o.guidance_rescale},
+      {"classifier", p.classifier ? nlohmann::ordered_json(p.classifier->checkpoint) : nullptr},
+      {"classifier_scale", p.classifier ? nlohmann::ordered_json(o.classifier_scale) : nullptr},
       {"seed", o.seed}};
   const fs::path h5_path(p.out + ".h5");
   data::ShardSpec spec;
@@ -271,9 +315,13 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
 int run(const Options& o, parallel::World& world) {
   const Plan plan = prepare(o, world);
   const TrainedModel& m = plan.model;
-  spdlog::info("sampling {} images from {} with {} ({}){}, {} rank(s), device {}", o.num,
+  spdlog::info("sampling {} images from {} with {} ({}){}{}, {} rank(s), device {}", o.num,
                describe(m), diffusion::sampler_name(o.sampler), plan.schedule,
                o.guidance_scale == 1.0 ? "" : fmt::format(", guidance scale {}", o.guidance_scale),
+               plan.classifier ? fmt::format(", guided by the classifier {} (step {}) at scale {}",
+                                             plan.classifier->checkpoint, plan.classifier->step,
+                                             o.classifier_scale)
+                               : "",
                world.size(), m.device.str());
 
   // Past this point a failure on one rank would leave the others waiting in the gather: it
@@ -337,6 +385,14 @@ void add_sample_command(CLI::App& app, int& exit_code) {
                   "Rescale the guided prediction to the conditional one's standard deviation, "
                   "blended by this weight in [0, 1] (Lin et al.; diffusers' guidance_rescale; "
                   "0 = off, 0.7 suggested)");
+  auto* classifier =
+      cmd->add_option("--classifier", o->classifier,
+                      "Classifier guidance: a noisy classifier's run directory or checkpoint "
+                      "(difftrain train-classifier), trained on the model's forward process");
+  cmd->add_option("--classifier-scale", o->classifier_scale,
+                  "Classifier guidance's scale s: the gradient of s log p(y | x_t) guides each "
+                  "step (default 1)")
+      ->needs(classifier);
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

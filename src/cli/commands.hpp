@@ -13,6 +13,7 @@ enum ExitCode : int { kOk = 0, kCheckFailed = 1, kBadInput = 2 };
 void add_info_command(CLI::App& app, int& exit_code);
 void add_loss_eval_command(CLI::App& app, int& exit_code);
 void add_train_command(CLI::App& app, int& exit_code);
+void add_train_classifier_command(CLI::App& app, int& exit_code);
 void add_model_info_command(CLI::App& app, int& exit_code);
 void add_sample_command(CLI::App& app, int& exit_code);
 void add_eval_command(CLI::App& app, int& exit_code);

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   add_info_command(app, exit_code);
   add_loss_eval_command(app, exit_code);
   add_train_command(app, exit_code);
+  add_train_classifier_command(app, exit_code);
   add_model_info_command(app, exit_code);
   add_sample_command(app, exit_code);
   add_eval_command(app, exit_code);

@@ -107,6 +107,7 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& de
   TrainedModel m;
   m.checkpoint = resolve_checkpoint(source);
   const train::CheckpointInfo info = train::read_checkpoint_info(m.checkpoint);
+  train::require_kind(info, m.checkpoint, "diffusion");
   m.step = info.step;
   const std::string origin = m.checkpoint + " (stored config)";
   std::vector<std::string> unknown_keys;  // from another version of difftrain
@@ -153,6 +154,28 @@ TrainedModel load_trained_model_on_rank(const ModelSource& source, const paralle
   if (m.config.training.threads > 0)
     at::set_num_threads(static_cast<int>(m.config.training.threads));
   return m;
+}
+
+TrainedClassifier load_trained_classifier(const std::string& run_or_checkpoint,
+                                          const c10::Device& device) {
+  TrainedClassifier c;
+  ModelSource source;
+  (fs::is_directory(run_or_checkpoint) ? source.run_dir : source.checkpoint) = run_or_checkpoint;
+  c.checkpoint = resolve_checkpoint(source);
+  const train::CheckpointInfo info = train::read_checkpoint_info(c.checkpoint);
+  train::require_kind(info, c.checkpoint, "classifier");
+  c.step = info.step;
+  std::vector<std::string> unknown_keys;
+  c.config =
+      train::parse_stored_config(info.config_yaml, c.checkpoint + " (stored config)", unknown_keys);
+  c.shape = train::data_shape(c.config, nullptr);  // the stored config is resolved: no data needed
+  model::EncoderUNet net(train::classifier_unet_config(c.config, c.shape), c.config.model.pool);
+  train::load_model_weights(c.checkpoint, *net);
+  net->to(device);
+  net->eval();
+  c.classifier = train::make_classifier(net, c.config);
+  c.diffusion = diffusion::to_device(train::make_diffusion(c.config), device);
+  return c;
 }
 
 void check_output_directory(const std::string& path, const std::string& what) {

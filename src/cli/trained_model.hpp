@@ -13,6 +13,7 @@
 #include "diffusion/bound.hpp"
 #include "diffusion/schedule.hpp"
 #include "model/unet.hpp"
+#include "train/classifier.hpp"
 #include "train/config.hpp"
 #include "train/denoiser.hpp"
 #include "train/setup.hpp"
@@ -64,6 +65,20 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& de
 // parallel::rank_device), with the training run's training.threads when it set them.
 TrainedModel load_trained_model_on_rank(const ModelSource& source, const parallel::World& world,
                                         const data::Manifest* fallback = nullptr);
+
+struct TrainedClassifier {
+  std::string checkpoint;
+  int64_t step = 0;
+  train::Config config;
+  train::DataShape shape;                  // the images it classifies; num_classes: its classes
+  train::Classifier classifier;            // in eval mode, on the device it was loaded for
+  diffusion::GaussianDiffusion diffusion;  // the one it was trained on, tables on the device
+};
+
+// A noisy classifier (difftrain train-classifier) from its run directory (the newest valid
+// checkpoint) or a checkpoint file; throws naming the file when it is no classifier's.
+TrainedClassifier load_trained_classifier(const std::string& run_or_checkpoint,
+                                          const c10::Device& device);
 
 // Creates the directory of `path` and checks that a file can be created in it (by creating and
 // removing one: permission bits do not stop root), so that a long job does not fail at the end.

@@ -28,6 +28,19 @@ at::Tensor nonzero_mask(const at::Tensor& t, const at::Tensor& x) {
   return (t != 0).to(x.scalar_type()).view(shape);
 }
 
+// guided-diffusion's condition_score: the x_0 prediction of eps' = eps - sqrt(1 - abar_t) *
+// gradient, which is x0_hat + (1 - abar_t) / sqrt(abar_t) * gradient, clamped again with
+// clip_denoised. guided-diffusion does not clamp again. Where abar_t is near 0 the factor is huge
+// (2e4 at t = T-1 of the cosine schedule, 3e2 of the linear one), and an unclamped x_0 ruins the
+// next step as a model's unclamped x_0 would.
+at::Tensor guided_xstart(const GaussianDiffusion& d, const at::Tensor& x, const at::Tensor& t,
+                         const at::Tensor& pred_xstart, const SampleOptions& o) {
+  if (!o.classifier_guidance) return pred_xstart;
+  const at::Tensor coef = d.sqrt_one_minus_alphas_cumprod * d.sqrt_recipm1_alphas_cumprod;
+  const at::Tensor guided = pred_xstart + extract(coef, t, x) * o.classifier_guidance(x, t);
+  return o.clip_denoised ? guided.clamp(-1, 1) : guided;
+}
+
 }  // namespace
 
 SampleNoiseFn generator_noise(at::Generator generator) {
@@ -56,9 +69,12 @@ at::Tensor p_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at::I
   for (long i = d.num_timesteps - 1; i >= 0; --i) {
     const at::Tensor t = timesteps(i, x);
     const ModelPrediction p = p_mean_variance(d, model(x, t), x, t, o.clip_denoised);
+    // guided-diffusion's condition_mean: mu + Sigma * gradient.
+    const at::Tensor mean =
+        o.classifier_guidance ? p.mean + p.variance * o.classifier_guidance(x, t) : p.mean;
     // Drawn at t = 0 too, as improved-diffusion, so a seed gives its samples.
     const at::Tensor z = draw(noise, shape, d, o);
-    x = p.mean + nonzero_mask(t, x) * at::exp(0.5 * p.log_variance) * z;
+    x = mean + nonzero_mask(t, x) * at::exp(0.5 * p.log_variance) * z;
     if (o.on_step) o.on_step(i);
   }
   return x;
@@ -77,11 +93,12 @@ at::Tensor ddim_sample_loop(const GaussianDiffusion& d, const ModelFn& model, at
   at::Tensor x = draw(noise, shape, d, o);
   for (long i = d.num_timesteps - 1; i >= 0; --i) {
     const at::Tensor t = timesteps(i, x);
-    const ModelPrediction p = p_mean_variance(d, model(x, t), x, t, o.clip_denoised);
+    const at::Tensor pred_xstart = guided_xstart(
+        d, x, t, p_mean_variance(d, model(x, t), x, t, o.clip_denoised).pred_xstart, o);
     // The eps the (clamped) x_0 prediction implies, so that both stay consistent.
-    const at::Tensor eps = predict_eps_from_xstart(d, x, t, p.pred_xstart);
+    const at::Tensor eps = predict_eps_from_xstart(d, x, t, pred_xstart);
     const at::Tensor mean =
-        extract(xstart_coef, t, x) * p.pred_xstart + extract(eps_coef, t, x) * eps;
+        extract(xstart_coef, t, x) * pred_xstart + extract(eps_coef, t, x) * eps;
     const at::Tensor z = draw(noise, shape, d, o);
     x = mean + nonzero_mask(t, x) * extract(sigma, t, x) * z;
     if (o.on_step) o.on_step(i);
@@ -106,7 +123,8 @@ at::Tensor dpm_solver_2m_sample_loop(const GaussianDiffusion& d, const ModelFn& 
   double h_prev = 0;
   for (long i = d.num_timesteps - 1; i >= 0; --i) {
     const at::Tensor t = timesteps(i, x);
-    const at::Tensor x0_hat = p_mean_variance(d, model(x, t), x, t, o.clip_denoised).pred_xstart;
+    const at::Tensor x0_hat = guided_xstart(
+        d, x, t, p_mean_variance(d, model(x, t), x, t, o.clip_denoised).pred_xstart, o);
     if (i == 0) {
       x = x0_hat;
     } else {

@@ -26,9 +26,18 @@ SampleNoiseFn generator_noise(at::Generator generator);
 // the same whatever the batch size or the number of ranks.
 SampleNoiseFn per_sample_noise(std::vector<at::Generator> generators);
 
+// Classifier guidance (Dhariwal & Nichol 2021, Alg. 1 and 2): the gradient s * grad log p(y | x_t)
+// of a noisy classifier at (x_t, t), t indices of the diffusion sampled (respaced_model maps them
+// like a network's).
+using GuidanceFn = std::function<at::Tensor(const at::Tensor& x_t, const at::Tensor& t)>;
+
 struct SampleOptions {
   bool clip_denoised = true;  // clamp the x_0 prediction to [-1, 1]
-  double eta = 0.0;           // DDIM only: 0 is deterministic, 1 is DDPM-like noise
+  // As guided-diffusion applies it: DDPM shifts the mean by the model's variance times the
+  // gradient (condition_mean, Alg. 1); DDIM and DPM-Solver++ shift the noise prediction,
+  // eps - sqrt(1 - abar_t) * gradient, and so the clamped x_0 prediction (condition_score, Alg. 2).
+  GuidanceFn classifier_guidance;
+  double eta = 0.0;  // DDIM only: 0 is deterministic, 1 is DDPM-like noise
   at::ScalarType dtype = at::kFloat;
   // Called after each step with the index just done (T-1 down to 0): a progress bar.
   std::function<void(long)> on_step;

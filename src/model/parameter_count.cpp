@@ -1,16 +1,12 @@
 #include "model/parameter_count.hpp"
 
 namespace difftrain::model {
-namespace {
-
-int64_t count(const torch::nn::Module& module) {
+int64_t parameter_count(const torch::nn::Module& module) {
   int64_t n = 0;
   for (const auto& p : module.parameters())
     n += p.numel();
   return n;
 }
-
-}  // namespace
 
 std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& model) {
   std::vector<std::pair<std::string, int64_t>> parts;
@@ -18,16 +14,16 @@ std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& mod
     const auto& name = child.key();
     if (name == "input_blocks" || name == "output_blocks") {
       for (const auto& block : child.value()->named_children())
-        parts.emplace_back(name + "." + block.key(), count(*block.value()));
+        parts.emplace_back(name + "." + block.key(), parameter_count(*block.value()));
     } else {
-      parts.emplace_back(name, count(*child.value()));
+      parts.emplace_back(name, parameter_count(*child.value()));
     }
   }
   return parts;
 }
 
 int64_t parameter_count(const UNet& model) {
-  return count(*model);
+  return parameter_count(*model);
 }
 
 }  // namespace difftrain::model

@@ -1,4 +1,4 @@
-// Parameter counts of a UNet, whole and by part (for `difftrain model-info`).
+// Parameter counts of a UNet (or any module), whole and by part (for `difftrain model-info`).
 #pragma once
 
 #include <cstdint>
@@ -16,5 +16,6 @@ namespace difftrain::model {
 std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& model);
 
 int64_t parameter_count(const UNet& model);
+int64_t parameter_count(const torch::nn::Module& module);
 
 }  // namespace difftrain::model

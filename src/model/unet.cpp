@@ -1,13 +1,9 @@
 #include "model/unet.hpp"
 
-#include <algorithm>
 #include <stdexcept>
 
-#include "model/attention.hpp"
 #include "model/memory_format.hpp"
-#include "model/res_block.hpp"
 #include "model/resample.hpp"
-#include "model/timestep_embedding.hpp"
 #include "model/zero_module.hpp"
 
 namespace difftrain::model {
@@ -18,11 +14,6 @@ const UNetConfig& validated(const UNetConfig& config) {
   return config;
 }
 
-bool has_attention(const UNetConfig& c, int64_t resolution) {
-  const auto& res = c.attention_resolutions;
-  return std::find(res.begin(), res.end(), resolution) != res.end();
-}
-
 torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
   return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
 }
@@ -31,81 +22,30 @@ torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
 
 UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
   const auto& c = config_;
-  const int64_t time_embed_dim = 4 * c.model_channels;
-  const auto res_block = [&](int64_t channels, int64_t out_channels,
-                             Resample resample = Resample::none) {
-    return ResBlock(ResBlockOptions{.channels = channels,
-                                    .emb_channels = time_embed_dim,
-                                    .out_channels = out_channels,
-                                    .dropout = c.dropout,
-                                    .use_scale_shift_norm = c.use_scale_shift_norm,
-                                    .resample = resample});
-  };
-  const auto attention = [&](int64_t channels) {
-    return AttentionBlock(channels, attention_heads(c, channels), c.use_new_attention_order);
-  };
-
-  time_embed_in_ = torch::nn::Linear(c.model_channels, time_embed_dim);
-  time_embed_out_ = torch::nn::Linear(time_embed_dim, time_embed_dim);
-  register_module("time_embed",
-                  torch::nn::Sequential(time_embed_in_, torch::nn::SiLU(), time_embed_out_));
+  time_embed_ = register_time_embed(*this, c);
   if (c.num_classes > 0)
     label_emb_ = register_module(
-        "label_emb", torch::nn::Embedding(c.num_classes + (c.null_class ? 1 : 0), time_embed_dim));
+        "label_emb",
+        torch::nn::Embedding(c.num_classes + (c.null_class ? 1 : 0), 4 * c.model_channels));
+  input_side_ = register_input_side(*this, c, c.model_channels);
 
-  // Input side. input_block_chans records each block's output channels: the skip connections
-  // the output side consumes, last first.
-  auto input_blocks = register_module("input_blocks", torch::nn::ModuleList());
-  const auto add_input_block = [&](TimestepEmbedSequential block) {
-    input_blocks->push_back(block);
-    input_blocks_.push_back(block);
-  };
-  TimestepEmbedSequential stem;
-  stem->push_back(conv3x3(c.in_channels, c.model_channels));
-  add_input_block(stem);
-  std::vector<int64_t> input_block_chans{c.model_channels};
-  int64_t ch = c.model_channels;
-  int64_t resolution = c.image_size;
+  // Output side: input_block_chans, consumed last first, are the skip connections' channels.
+  std::vector<int64_t> input_block_chans = input_side_.input_block_chans;
+  int64_t ch = input_side_.channels;
+  int64_t resolution = input_side_.resolution;
   const auto levels = static_cast<int64_t>(c.channel_mult.size());
-  for (int64_t level = 0; level < levels; ++level) {
-    const int64_t level_ch = c.channel_mult[level] * c.model_channels;
-    for (int64_t i = 0; i < c.num_res_blocks; ++i) {
-      TimestepEmbedSequential block;
-      block->push_back(res_block(ch, level_ch));
-      ch = level_ch;
-      if (has_attention(c, resolution)) block->push_back(attention(ch));
-      add_input_block(block);
-      input_block_chans.push_back(ch);
-    }
-    if (level != levels - 1) {
-      TimestepEmbedSequential block;
-      if (c.resblock_updown)
-        block->push_back(res_block(ch, ch, Resample::down));
-      else
-        block->push_back(Downsample(ch, c.conv_resample));
-      add_input_block(block);
-      input_block_chans.push_back(ch);
-      resolution /= 2;
-    }
-  }
-
-  middle_block_ = register_module("middle_block", TimestepEmbedSequential());
-  middle_block_->push_back(res_block(ch, ch));
-  middle_block_->push_back(attention(ch));
-  middle_block_->push_back(res_block(ch, ch));
-
   auto output_blocks = register_module("output_blocks", torch::nn::ModuleList());
   for (int64_t level = levels - 1; level >= 0; --level) {
     const int64_t level_ch = c.channel_mult[level] * c.model_channels;
     for (int64_t i = 0; i <= c.num_res_blocks; ++i) {
       TimestepEmbedSequential block;
-      block->push_back(res_block(ch + input_block_chans.back(), level_ch));
+      block->push_back(make_res_block(c, ch + input_block_chans.back(), level_ch));
       input_block_chans.pop_back();
       ch = level_ch;
-      if (has_attention(c, resolution)) block->push_back(attention(ch));
+      if (has_attention(c, resolution)) block->push_back(make_attention(c, ch));
       if (level > 0 && i == c.num_res_blocks) {
         if (c.resblock_updown)
-          block->push_back(res_block(ch, ch, Resample::up));
+          block->push_back(make_res_block(c, ch, ch, Resample::up));
         else
           block->push_back(Upsample(ch, c.conv_resample));
         resolution *= 2;
@@ -141,19 +81,12 @@ at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at:
                  ") and needs integer class labels y of shape [", x.size(0), "], got ",
                  y.defined() ? c10::str(y.scalar_type(), y.sizes()) : std::string("none")));
 
-  // The float32 embedding in the weights' dtype, so a float64 model works too.
-  const auto t_emb = timestep_embedding(t, c.model_channels).to(time_embed_in_->weight.dtype());
-  auto emb = time_embed_out_(at::silu(time_embed_in_(t_emb)));
+  auto emb = time_embed_(t);
   if (label_emb_) emb = emb + label_emb_(y);
 
   std::vector<at::Tensor> hs;
-  hs.reserve(input_blocks_.size());
-  auto h = x;
-  for (auto& block : input_blocks_) {
-    h = block->forward(h, emb);
-    hs.push_back(h);
-  }
-  h = middle_block_->forward(h, emb);
+  hs.reserve(input_side_.input_blocks.size());
+  auto h = run_input_side(input_side_, x, emb, &hs);
   for (auto& block : output_blocks_) {
     h = block->forward(at::cat({h, hs.back()}, 1), emb);
     hs.pop_back();

@@ -14,6 +14,7 @@
 #include "model/group_norm32.hpp"
 #include "model/timestep_embed_sequential.hpp"
 #include "model/unet_config.hpp"
+#include "model/unet_input_side.hpp"
 
 namespace difftrain::model {
 
@@ -21,10 +22,7 @@ namespace difftrain::model {
 //   time_embed    [Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)] on timestep_embedding(t, ch)
 //   label_emb     Embedding(num_classes (+ 1 with null_class), 4ch), added to the time
 //                 embedding (conditional only)
-//   input_blocks  0: conv3x3(in_channels -> ch); then per level, num_res_blocks x
-//                 [ResBlock (+ AttentionBlock at attention_resolutions)], and a Downsample
-//                 between levels (a down ResBlock with resblock_updown)
-//   middle_block  [ResBlock, AttentionBlock, ResBlock]
+//   input_blocks, middle_block  as unet_input_side.hpp builds them (stem: ch channels)
 //   output_blocks per level from the deepest, num_res_blocks + 1 x [ResBlock on the concatenation
 //                 with the matching input block's output (+ AttentionBlock)], the last one of a
 //                 level followed by an Upsample (an up ResBlock with resblock_updown; except at
@@ -51,10 +49,9 @@ class UNetImpl : public torch::nn::Module {
 
  private:
   UNetConfig config_;
-  torch::nn::Linear time_embed_in_{nullptr}, time_embed_out_{nullptr};
+  TimeEmbed time_embed_;
   torch::nn::Embedding label_emb_{nullptr};
-  std::vector<TimestepEmbedSequential> input_blocks_;
-  TimestepEmbedSequential middle_block_{nullptr};
+  InputSide input_side_;
   std::vector<TimestepEmbedSequential> output_blocks_;
   GroupNorm32 out_norm_{nullptr};
   torch::nn::Conv2d out_conv_{nullptr};

@@ -121,4 +121,15 @@ void validate(const UNetConfig& c) {
   check_heads(c);
 }
 
+Pool parse_pool(std::string_view name) {
+  for (const Pool p : {Pool::adaptive, Pool::attention})
+    if (name == to_string(p)) return p;
+  throw std::invalid_argument("unknown pool '" + std::string(name) +
+                              "': valid pools are adaptive, attention");
+}
+
+std::string to_string(Pool pool) {
+  return pool == Pool::adaptive ? "adaptive" : "attention";
+}
+
 }  // namespace difftrain::model

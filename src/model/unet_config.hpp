@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace difftrain::model {
@@ -32,6 +34,16 @@ struct UNetConfig {
   bool resblock_updown = false;
   bool use_new_attention_order = false;
 };
+
+// How guided-diffusion's classifier (EncoderUNet, encoder_unet.hpp) turns its last feature map
+// into logits (its `pool`):
+//   adaptive   global average, then a zero-initialised conv1x1 to the classes
+//   attention  CLIP's attention pooling: the mean position, with a learned positional embedding,
+//              attends to all positions (the pool of guided-diffusion's released classifiers)
+enum class Pool { adaptive, attention };
+// "adaptive" or "attention"; std::invalid_argument listing them otherwise.
+Pool parse_pool(std::string_view name);
+std::string to_string(Pool pool);
 
 // GroupNorm32 (improved-diffusion's `normalization`): every normalised layer uses 32 groups.
 inline constexpr int64_t kGroupNormGroups = 32;

@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "train/classifier.hpp"
 #include "train/phema.hpp"
 
 namespace fs = std::filesystem;
@@ -205,6 +206,41 @@ void save_weights_checkpoint(const std::string& path,
   write_with_trailer(path, a);
 }
 
+void save_classifier_checkpoint(const std::string& path, const ClassifierState& s,
+                                const std::string& config_yaml, const std::string& imported_from) {
+  torch::serialize::OutputArchive a;
+  a.write("format_version", c10::IValue(static_cast<int64_t>(kCheckpointFormatVersion)));
+  a.write("kind", c10::IValue(std::string("classifier")));
+  if (!imported_from.empty()) a.write("imported_from", c10::IValue(imported_from));
+  a.write("config_yaml", c10::IValue(config_yaml));
+  a.write("step", c10::IValue(s.step));
+  a.write("data_epoch", c10::IValue(s.cursor.epoch));
+  a.write("data_batch", c10::IValue(s.cursor.batch));
+  a.write("ema_count", c10::IValue(static_cast<int64_t>(0)));
+  for (const auto& [name, t] : named_state(*s.net))
+    a.write("model/" + name, t.detach());
+  torch::serialize::OutputArchive optimizer;
+  write_step_count(s.optimizer);
+  s.optimizer.state->save(optimizer);
+  a.write("optimizer", optimizer);
+  write_with_trailer(path, a);
+}
+
+void load_classifier_checkpoint(const std::string& path, ClassifierState& s) {
+  require_kind(read_checkpoint_info(path), path, "classifier");
+  auto a = open_archive(path);
+  check_no_unexpected_tensors(a, path, *s.net);
+  for (const auto& [name, t] : named_state(*s.net))
+    copy_checked(path, name, t, read_tensor(a, path, "model/" + name));
+  torch::serialize::InputArchive optimizer;
+  if (!a.try_read("optimizer", optimizer))
+    throw CheckpointError(path + ": checkpoint has no optimizer state");
+  s.optimizer.state->load(optimizer);
+  read_step_count(s.optimizer);
+  s.step = read_int(a, path, "step");
+  s.cursor = {read_int(a, path, "data_epoch"), read_int(a, path, "data_batch")};
+}
+
 void load_checkpoint(const std::string& path, TrainState& s, bool sampler_history) {
   auto a = open_archive(path);
   check_no_unexpected_tensors(a, path, *s.net);
@@ -249,7 +285,18 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
   c10::IValue imported_from;
   if (a.try_read("imported_from", imported_from) && imported_from.isString())
     info.imported_from = imported_from.toStringRef();
+  c10::IValue kind;  // absent before classifiers: a diffusion model's
+  if (a.try_read("kind", kind) && kind.isString()) info.kind = kind.toStringRef();
   return info;
+}
+
+void require_kind(const CheckpointInfo& info, const std::string& path, const std::string& kind) {
+  if (info.kind == kind) return;
+  if (info.kind == "classifier")
+    throw CheckpointError(path +
+                          ": is a noisy classifier's checkpoint (difftrain train-classifier), not "
+                          "a diffusion model's: pass it to difftrain sample --classifier");
+  throw CheckpointError(path + ": is a diffusion model's checkpoint, not a " + kind + "'s");
 }
 
 void load_model_weights(const std::string& path, torch::nn::Module& model,
@@ -306,6 +353,11 @@ std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir) {
     spdlog::warn("skipping checkpoint {}: {}", path, problem);
   }
   return std::nullopt;
+}
+
+std::string checkpoint_to_resume(const std::string& resume, const std::string& run_dir) {
+  if (resume != "auto") return resume;
+  return latest_valid_checkpoint(run_dir).value_or("");
 }
 
 void prune_checkpoints(const std::string& run_dir, int64_t keep) {

@@ -36,14 +36,26 @@ void save_checkpoint(const std::string& path, const TrainState& state,
 // fresh state: the loss history of another objective says nothing about this one.
 void load_checkpoint(const std::string& path, TrainState& state, bool sampler_history = true);
 
+struct ClassifierState;
+// A noisy classifier's training state (train/classifier.hpp: weights, AdamW, step, data cursor)
+// in the same file format, marked kind "classifier" so that a classifier and a diffusion model
+// are never loaded as each other.
+void save_classifier_checkpoint(const std::string& path, const ClassifierState& state,
+                                const std::string& config_yaml,
+                                const std::string& imported_from = "");
+void load_classifier_checkpoint(const std::string& path, ClassifierState& state);
+
 // Checks the trailer and CRC without loading. Returns an empty string when valid, else why not.
 std::string checkpoint_problem(const std::string& path);
 // Reads only the stored config and step (for `sample` / `eval` and for error messages).
 struct CheckpointInfo {
   int64_t step = 0;
   std::string config_yaml;
-  std::string imported_from;  // see save_checkpoint
+  std::string imported_from;       // see save_checkpoint
+  std::string kind = "diffusion";  // or "classifier"
 };
+// Throws CheckpointError unless `info` (of `path`) is of `kind`, saying what the file is for.
+void require_kind(const CheckpointInfo& info, const std::string& path, const std::string& kind);
 CheckpointInfo read_checkpoint_info(const std::string& path);
 // A checkpoint of model weights alone (`model_state`: the model's parameters and buffers by
 // name), at `step` with `config_yaml` stored: what `difftrain phema` writes. `sample` and `eval`
@@ -62,6 +74,9 @@ std::string checkpoint_path(const std::string& run_dir, int64_t step);
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 // The newest checkpoint that passes checkpoint_problem(); invalid ones are skipped with a warning.
 std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir);
+// The checkpoint `difftrain train --resume` names: "" (start afresh), "auto" (the newest valid
+// checkpoint of run_dir, "" when there is none) or a file.
+std::string checkpoint_to_resume(const std::string& resume, const std::string& run_dir);
 // Deletes all but the newest `keep` checkpoints.
 void prune_checkpoints(const std::string& run_dir, int64_t keep);
 

@@ -94,6 +94,7 @@ void visit(V& v, Config& c) {
     v.key("conv_resample", c.model.conv_resample);
     v.key("resblock_updown", c.model.resblock_updown);
     v.key("use_new_attention_order", c.model.use_new_attention_order);
+    v.choice("pool", c.model.pool, model::parse_pool);
     v.choice("channels_last", c.model.channels_last, parse_channels_last);
   });
   v.section("diffusion", [&] {

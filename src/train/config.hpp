@@ -12,6 +12,7 @@
 #include "data/sample_order.hpp"
 #include "diffusion/timestep_sampler.hpp"
 #include "diffusion/types.hpp"
+#include "model/unet_config.hpp"
 #include "parallel/rank_device.hpp"
 
 namespace difftrain::train {
@@ -58,6 +59,8 @@ struct ModelConfig {
   // levels, and q, k, v split before the attention heads. Off: improved-diffusion's UNet.
   bool resblock_updown = false;
   bool use_new_attention_order = false;
+  // A classifier's pooling (difftrain train-classifier; diffusion models do not read it).
+  model::Pool pool = model::Pool::attention;
   // Channels-last weights and activations: auto (under bf16 / fp16 autocast, where the
   // convolutions are faster so), true or false.
   ChannelsLast channels_last = ChannelsLast::automatic;

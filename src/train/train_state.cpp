@@ -14,12 +14,7 @@ TrainState make_train_state(const Config& config, const DataShape& shape, const 
   s.net = model::UNet(unet_config(config, shape));
   s.net->to(device);
   if (use_channels_last(config, tc.precision)) s.net->to(at::MemoryFormat::ChannelsLast);
-  std::vector<parallel::NamedTensor> params, buffers;
-  for (const auto& p : s.net->named_parameters())
-    params.push_back({p.key(), p.value()});
-  for (const auto& b : s.net->named_buffers())
-    buffers.push_back({b.key(), b.value()});
-  parallel::broadcast_parameters(comm, params, buffers);
+  broadcast_weights(*s.net, comm);
 
   s.optimizer =
       make_adamw(s.net->parameters(), tc.lr, tc.weight_decay, s.net->named_parameters().keys());
@@ -29,6 +24,15 @@ TrainState make_train_state(const Config& config, const DataShape& shape, const 
   s.scaler = make_loss_scaler(tc.precision == Precision::fp16, tc.loss_scale_init,
                               tc.loss_scale_growth_interval, tc.loss_scale_min, device);
   return s;
+}
+
+void broadcast_weights(torch::nn::Module& net, parallel::Communicator& comm) {
+  std::vector<parallel::NamedTensor> params, buffers;
+  for (const auto& p : net.named_parameters())
+    params.push_back({p.key(), p.value()});
+  for (const auto& b : net.named_buffers())
+    buffers.push_back({b.key(), b.value()});
+  parallel::broadcast_parameters(comm, params, buffers);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> named_state_tensors(const TrainState& s) {

@@ -41,6 +41,9 @@ struct TrainState {
 TrainState make_train_state(const Config& config, const DataShape& shape, const c10::Device& device,
                             parallel::Communicator& comm);
 
+// Rank 0's parameters and buffers of `net` copied into every rank's, in place.
+void broadcast_weights(torch::nn::Module& net, parallel::Communicator& comm);
+
 // Every tensor of the state but the optimizer's, under its checkpoint key: model/<name> for
 // parameters and buffers, ema/<i>/<j>, sampler/..., scaler/.... Checkpoints write and read
 // exactly these (the optimizer through LibTorch's own format).

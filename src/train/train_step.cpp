@@ -21,19 +21,6 @@ void phase_ended(const PhaseHook& hook, StepPhase phase) {
   if (hook) hook(phase);
 }
 
-std::vector<at::Tensor> grads_of(const std::vector<at::Tensor>& params) {
-  std::vector<at::Tensor> grads;
-  for (const auto& p : params)
-    if (p.grad().defined()) grads.push_back(p.grad());
-  return grads;
-}
-
-// The global L2 norm of the gradients, on the device (no host synchronisation).
-at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads, const c10::Device& device) {
-  if (grads.empty()) return at::zeros({}, at::TensorOptions(device).dtype(at::kFloat));
-  return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
-}
-
 // Rows [first_row, first_row + rows) of the global batch's labels after classifier-free
 // guidance's label dropout.
 at::Tensor drop_labels(const at::Tensor& labels, uint64_t seed, int64_t step, int64_t first_row,
@@ -59,6 +46,18 @@ StepInputs draw_step_inputs(uint64_t seed, int64_t step, const diffusion::Timest
   return {batch.images, draw.t.narrow(0, batch.row_offset, b),
           draw.weights.narrow(0, batch.row_offset, b), host_to_device(noise, batch.images.device()),
           drop_labels(batch.labels, seed, step, batch.row_offset, global_batch, dropout)};
+}
+
+std::vector<at::Tensor> grads_of(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  return grads;
+}
+
+at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads, const c10::Device& device) {
+  if (grads.empty()) return at::zeros({}, at::TensorOptions(device).dtype(at::kFloat));
+  return at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
 }
 
 double learning_rate(const TrainingConfig& t, int64_t step) {

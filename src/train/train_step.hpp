@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "diffusion/schedule.hpp"
 #include "diffusion/types.hpp"
@@ -79,6 +80,11 @@ struct StepResult {      // device tensors: reading them on the host waits for t
 // The phases of a step, for benchmarks that time them (the trainer passes no hook).
 enum class StepPhase { forward, backward, all_reduce, optimizer, ema };
 using PhaseHook = std::function<void(StepPhase ended)>;
+
+// The gradients of those of `params` that have one.
+std::vector<at::Tensor> grads_of(const std::vector<at::Tensor>& params);
+// The global L2 norm of `grads`, float32 on the device (no host synchronisation).
+at::Tensor global_grad_norm(const std::vector<at::Tensor>& grads, const c10::Device& device);
 
 // training.lr with its linear warm-up and linear annealing, at optimizer step `step`.
 double learning_rate(const TrainingConfig& training, int64_t step);

@@ -5,9 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include <atomic>
 #include <chrono>
-#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -27,6 +25,7 @@
 #include "train/replica_check.hpp"
 #include "train/sample_grid.hpp"
 #include "train/step_rng.hpp"
+#include "train/stop_rule.hpp"
 #include "train/train_state.hpp"
 #include "train/train_step.hpp"
 
@@ -36,47 +35,18 @@ using Clock = std::chrono::steady_clock;
 namespace difftrain::train {
 namespace {
 
-// Set by SIGTERM / SIGINT (cluster preemption, Ctrl-C); the loop checkpoints and stops. The one
-// piece of process-wide state here: a signal handler can reach nothing else.
-std::atomic<int> g_stop_signal{0};
-
-extern "C" void on_stop_signal(int sig) {
-  g_stop_signal.store(sig);
-}
-
-struct SignalGuard {
-  struct sigaction old_term {
-  }, old_int{};
-  SignalGuard() {
-    g_stop_signal.store(0);
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGINT, &sa, &old_int);
-  }
-  ~SignalGuard() {
-    sigaction(SIGTERM, &old_term, nullptr);
-    sigaction(SIGINT, &old_int, nullptr);
-  }
-};
-
 double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-// The checkpoint to continue from: none, the newest valid one of the run ("auto"), or a file.
-std::string checkpoint_to_resume(const std::string& resume, const std::string& run_dir) {
-  if (resume != "auto") return resume;
-  return latest_valid_checkpoint(run_dir).value_or("");
 }
 
 // Loads `path` into the state, refusing a checkpoint trained for another objective unless asked.
 void resume_from(const std::string& path, TrainState& state, const Config& config,
                  bool allow_objective_change) {
   std::vector<std::string> unknown_keys;  // keys of another version: not the objective's
-  const Config stored = parse_stored_config(read_checkpoint_info(path).config_yaml,
-                                            path + " (stored config)", unknown_keys);
+  const CheckpointInfo info = read_checkpoint_info(path);
+  require_kind(info, path, "diffusion");
+  const Config stored =
+      parse_stored_config(info.config_yaml, path + " (stored config)", unknown_keys);
   // The null label is a row of the label embedding: the weights of one setting do not load
   // into the model of the other.
   if ((stored.training.p_uncond > 0) != (config.training.p_uncond > 0))
@@ -103,20 +73,6 @@ void resume_from(const std::string& path, TrainState& state, const Config& confi
         "{}: continuing on inputs of another size ({}); the convolutional weights carry over, but "
         "bits/dim before and after this step are averaged over different dimensions",
         path, fmt::join(inputs, "; "));
-}
-
-// Every rank stops at the same step: a signal or the time limit seen by any rank. The ranks agree
-// at logging steps only, so that the steps between need no collective.
-enum class Stop { no, time_limit, signal };
-Stop agree_on_stop(parallel::Communicator& comm, const TrainingConfig& tc, Clock::time_point start,
-                   const c10::Device& device) {
-  int stop = g_stop_signal.load() != 0                                                  ? 2
-             : (tc.max_time > 0 && seconds_between(start, Clock::now()) >= tc.max_time) ? 1
-                                                                                        : 0;
-  at::Tensor flag = at::full({1}, stop, at::TensorOptions(device).dtype(at::kInt));
-  comm.all_reduce(flag, parallel::ReduceOp::max);
-  stop = flag.item<int>();
-  return stop == 2 ? Stop::signal : stop == 1 ? Stop::time_limit : Stop::no;
 }
 
 // The run directory's outputs; rank 0 writes them.
@@ -206,6 +162,22 @@ void check_replicas(const TrainState& state, parallel::Communicator& comm) {
 
 }  // namespace
 
+std::string save_and_wait(Cluster& cluster, const std::string& run_dir, int64_t step,
+                          int64_t keep, const char* why,
+                          const std::function<void(const std::string& path)>& write) {
+  const std::string path = checkpoint_path(run_dir, step);
+  if (cluster.comm.rank() == 0) {
+    write(path);
+    prune_checkpoints(run_dir, keep);
+    spdlog::info("checkpoint {} ({})", path, why);
+  }
+  if (cluster.slow_barrier)
+    cluster.slow_barrier("checkpoint at step " + std::to_string(step));
+  else
+    cluster.comm.barrier();
+  return path;
+}
+
 TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& options) {
   parallel::Communicator& comm = cluster.comm;
   const int rank = comm.rank(), world = comm.size();
@@ -274,35 +246,21 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       phema::write_snapshot(lc.run_dir, state.step, state.phema, *state.net, config_yaml);
   };
   const auto save = [&](const char* why) {
-    const std::string path = checkpoint_path(lc.run_dir, state.step);
-    if (rank == 0) {
-      save_checkpoint(path, state, config_yaml);
-      prune_checkpoints(lc.run_dir, tc.keep_checkpoints);
-      spdlog::info("checkpoint {} ({})", path, why);
-    }
-    if (cluster.slow_barrier)
-      cluster.slow_barrier("checkpoint at step " + std::to_string(state.step));
-    else
-      comm.barrier();
-    result.last_checkpoint = path;
+    result.last_checkpoint = save_and_wait(
+        cluster, lc.run_dir, state.step, tc.keep_checkpoints, why,
+        [&](const std::string& path) { save_checkpoint(path, state, config_yaml); });
   };
 
   if (lc.bpd_every > 0 && state.step == 0) estimate_bpd();  // the untrained model, to compare
-  SignalGuard signals;
+  StopSignalGuard signals;
   const auto start = Clock::now();
   auto last_log = start;
   int64_t last_log_step = state.step;
   while (tc.max_steps == 0 || state.step < tc.max_steps) {
     if (state.step % lc.log_every == 0) {
-      const Stop stop = agree_on_stop(comm, tc, start, device);
-      if (stop != Stop::no) {
-        result.interrupted = stop == Stop::signal;
-        if (rank == 0)
-          spdlog::info("{} at step {}",
-                       result.interrupted ? "stop signal received" : "training.max_time reached",
-                       state.step);
-        break;
-      }
+      const Stop stop = agree_on_stop(comm, tc, start, device, state.step);
+      result.interrupted = stop == Stop::signal;
+      if (stop != Stop::no) break;
     }
     if (cluster.watchdog) cluster.watchdog->set_step(state.step);
     const bool nan_loss = inject_fault(fault, state.step, state);

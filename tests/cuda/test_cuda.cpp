@@ -22,6 +22,8 @@
 #include "parallel/communicator.hpp"
 #include "tiny_run.hpp"
 #include "train/adamw.hpp"
+#include "train/classifier.hpp"
+#include "train/classifier_trainer.hpp"
 #include "train/denoiser.hpp"
 #include "train/heldout_bpd.hpp"
 #include "train/step_rng.hpp"
@@ -407,6 +409,55 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
   }
   EXPECT_GT(bpd[0], 1.0);
   EXPECT_NEAR(bpd[1], bpd[0], 1e-4 * bpd[0]);
+}
+
+// The noisy classifier trained on the GPU ends where the CPU's ends (the relative update difference
+// of whole runs), bf16 on the GPU is finite, and classifier guidance (a gradient through the
+// classifier inside the sampler's inference mode, on the device) gives the CPU's images.
+TEST_F(Cuda, ClassifierTrainingAndGuidanceOnTheGpuMatchTheCpu) {
+  NoTf32 fp32;
+  const auto classifier = [&](const std::string& run, const c10::Device& device,
+                              const std::string& precision = "fp32") {
+    const tr::Config c =
+        tr::parse_config(difftrain::testing::tiny_classifier_config(manifest, manifest, dir / run),
+                         {"training.max_steps=5", "training.batch_size=12", "training.lr=0.0001",
+                          "training.precision=" + precision});
+    auto comm = difftrain::parallel::make_local_communicator();
+    tr::Cluster cluster{*comm, nullptr, {}, device};
+    const tr::TrainResult r = tr::train_classifier(c, cluster, "");
+    EXPECT_EQ(r.step, 5);
+    return std::pair{c, difftrain::testing::classifier_checkpoint(c, r.last_checkpoint)};
+  };
+  const auto [c, cpu] = classifier("classifier_cpu", at::kCPU);
+  const auto gpu = classifier("classifier_gpu", kGpu).second;
+  const auto bf16 = classifier("classifier_bf16", kGpu, "bf16").second;
+  const auto manifest_data = difftrain::data::read_manifest(manifest);
+  auto comm = difftrain::parallel::make_local_communicator();
+  const tr::ClassifierState initial =
+      tr::make_classifier_state(c, tr::data_shape(c, &manifest_data), at::kCPU, *comm);
+  double apart = 0, moved = 0;
+  for (const auto& p : initial.net->named_parameters()) {
+    const at::Tensor& end = cpu.at("model/" + p.key());
+    apart += (gpu.at("model/" + p.key()) - end).square().sum().item<double>();
+    moved += (end - p.value()).square().sum().item<double>();
+    EXPECT_TRUE(at::isfinite(bf16.at("model/" + p.key())).all().item<bool>()) << p.key();
+  }
+  EXPECT_LT(std::sqrt(apart / moved), kGpuCpuRelative);
+
+  const std::string labelled = difftrain::testing::write_tiny_set(dir / "labelled", 8, 6, 6, 1, 3);
+  const std::string train_set = difftrain::testing::write_tiny_set(dir / "tiny", 8, 6, 6, 1, 0);
+  const std::string model = dir / "tiny.pt", guide = dir / "classifier.pt";
+  const std::string yaml = difftrain::testing::tiny_config_yaml(train_set);
+  difftrain::testing::write_tiny_checkpoint(model, yaml, yaml);
+  difftrain::testing::write_tiny_classifier(guide, labelled);
+  for (const char* sampler : {"ddim --steps 5", "dpm++2m --steps 6", "ddpm"}) {
+    SCOPED_TRACE(sampler);
+    EXPECT_LE(
+        sampled_pixels_apart("--checkpoint " + model + " --classifier " + guide +
+                                 " --classifier-scale 20 --num 4 --seed 2 --sampler " + sampler,
+                             dir / "guided"),
+        2);
+  }
 }
 
 // Classifier-free guidance on the GPU: the label dropout (drawn on the host, staged to the device)

@@ -246,7 +246,8 @@ uint8_t pixel_value(int64_t index, int64_t y, int64_t x, int64_t c) {
 }
 
 SyntheticSet write_synthetic_set(const std::string& dir, const std::vector<int64_t>& shard_sizes,
-                                 int64_t height, int64_t width, int64_t channels, int64_t classes) {
+                                 int64_t height, int64_t width, int64_t channels, int64_t classes,
+                                 const PixelFn& pixels) {
   fs::create_directories(dir);
   nlohmann::json shards = nlohmann::json::array();
   int64_t first = 0;
@@ -258,7 +259,7 @@ SyntheticSet write_synthetic_set(const std::string& dir, const std::vector<int64
       for (int64_t y = 0; y < height; ++y)
         for (int64_t x = 0; x < width; ++x)
           for (int64_t c = 0; c < channels; ++c)
-            images.push_back(pixel_value(i, y, x, c));
+            images.push_back(pixels(i, y, x, c));
       if (classes) labels.push_back(i % classes);
     }
     const std::string file = "part" + std::to_string(s) + ".h5";

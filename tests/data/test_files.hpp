@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -70,8 +71,12 @@ struct SyntheticSet {
   int64_t height = 0, width = 0, channels = 0, classes = 0;
 };
 uint8_t pixel_value(int64_t index, int64_t y, int64_t x, int64_t c);
+// `pixels` (index, y, x, c) -> value: pixel_value unless given (a set whose images show their
+// labels, for a classifier to learn).
+using PixelFn = std::function<uint8_t(int64_t index, int64_t y, int64_t x, int64_t c)>;
 SyntheticSet write_synthetic_set(const std::string& dir, const std::vector<int64_t>& shard_sizes,
-                                 int64_t height, int64_t width, int64_t channels, int64_t classes);
+                                 int64_t height, int64_t width, int64_t channels, int64_t classes,
+                                 const PixelFn& pixels = pixel_value);
 
 std::string read_text(const std::string& path);
 void write_text(const std::string& path, const std::string& text);

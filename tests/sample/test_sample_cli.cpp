@@ -495,6 +495,67 @@ TEST_F(SampleEvalCli, GuidanceScaleSamplesAModelTrainedWithTheNullLabel) {
                    "must be in [0, 1]");
 }
 
+// Classifier guidance: an unconditional model guided by a noisy classifier draws the classes in
+// turn (or --class), records them as a conditional model's samples, and scale 0 is no guidance.
+TEST_F(SampleEvalCli, ClassifierGuidesAnUnconditionalModelAndItsLabelsAreRecorded) {
+  const std::string labelled = difftrain::testing::write_tiny_set(path("labelled"), 8, 6, 6, 1, 3);
+  const std::string classifier = path("classifier_run/checkpoints/ckpt_000000050.pt");
+  difftrain::testing::write_tiny_classifier(classifier, labelled);
+  const std::string guide = " --classifier " + path("classifier_run") + " --steps 4 --seed 3";
+  for (const std::string sampler : {"ddpm", "ddim", "dpm++2m"}) {
+    const Npy unguided = sample_npz("--steps 4 --seed 3 --sampler " + sampler, "u_" + sampler);
+    const Npy scale0 =
+        sample_npz(guide + " --classifier-scale 0 --sampler " + sampler, "g0_" + sampler);
+    const Npy guided =
+        sample_npz(guide + " --classifier-scale 50 --sampler " + sampler, "g_" + sampler);
+    EXPECT_EQ(scale0.data, unguided.data) << sampler;
+    EXPECT_GT(max_abs_diff(guided.data, unguided.data), 10) << sampler;
+    const Npy labels = read_npz(path("g_" + sampler + ".npz"), "arr_1");
+    std::vector<int64_t> got(3);
+    std::memcpy(got.data(), labels.data.data(), 24);
+    EXPECT_EQ(got, (std::vector<int64_t>{0, 1, 2})) << "every class in turn";
+  }
+  const ProcessResult r = difftrain_cli("sample --checkpoint " + checkpoint_ + " --num 2" + guide +
+                                        " --class 2 --out " + path("c2"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("guided by the classifier"), std::string::npos) << r.output;
+  EXPECT_EQ(difftrain::h5::File::open(path("c2.h5")).read<int64_t>("labels"),
+            (std::vector<int64_t>{2, 2}));
+  // Two ranks draw what one draws.
+  const ProcessResult two =
+      difftrain_mpi(2, "sample --checkpoint " + checkpoint_ + " --num 3" + guide +
+                           " --classifier-scale 50 --out " + path("g_two"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_LE(max_abs_diff(read_npz(path("g_two.npz"), "arr_0").data,
+                         read_npz(path("g_ddpm.npz"), "arr_0").data),
+            1);
+}
+
+TEST_F(SampleEvalCli, AClassifierOfAnotherForwardProcessOrAModelInItsPlaceIsRefused) {
+  const std::string labelled = difftrain::testing::write_tiny_set(path("labelled"), 8, 6, 6, 1, 3);
+  const std::string cosine = path("cosine.pt"), linear = path("linear.pt");
+  difftrain::testing::write_tiny_classifier(cosine, labelled, "cosine");
+  difftrain::testing::write_tiny_classifier(linear, labelled);
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --classifier " + cosine +
+                                 " --out " + path("x")),
+                   cosine, "another forward process");
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --classifier " + checkpoint_ +
+                                 " --out " + path("x")),
+                   checkpoint_, "is a diffusion model's checkpoint, not a classifier's");
+  expect_bad_input(difftrain_cli("sample --checkpoint " + linear + " --num 2 --out " + path("x")),
+                   linear, "noisy classifier's checkpoint");
+  expect_bad_input(
+      difftrain_cli("eval --checkpoint " + linear + " --data " + heldout_ + " --out " + path("x")),
+      linear, "noisy classifier's checkpoint");
+  expect_bad_input(difftrain_cli("sample --run " + run_ + " --num 2 --classifier " + linear +
+                                 " --classifier-scale -1 --out " + path("x")),
+                   "--classifier-scale", "must be >= 0");
+  const ProcessResult r =
+      difftrain_cli("sample --run " + run_ + " --num 2 --classifier-scale 2 --out " + path("x"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--classifier"), std::string::npos) << r.output;
+}
+
 TEST_F(SampleEvalCli, BadSamplingOptions) {
   expect_bad_input(
       difftrain_cli("sample --run " + run_ + " --num 2 --respacing ddim11 --out " + path("x")),

@@ -13,7 +13,9 @@
 #include "data/shard_writer.hpp"
 #include "diffusion/timestep_sampler.hpp"
 #include "model/unet.hpp"
+#include "parallel/communicator.hpp"
 #include "train/checkpoint.hpp"
+#include "train/classifier.hpp"
 #include "train/config.hpp"
 #include "train/ema.hpp"
 #include "train/loss_scaler.hpp"
@@ -98,6 +100,35 @@ inline void write_tiny_checkpoint(const std::string& path, const std::string& we
   state.scaler = train::make_loss_scaler(false, 65536, 2000, 1, at::kCPU);
   state.step = step;
   train::save_checkpoint(path, state, stored_yaml);
+}
+
+// A noisy classifier's checkpoint (difftrain train-classifier) for images of `manifest` (labelled),
+// padded to 8, on a `schedule` diffusion of 40 steps, its weights perturbed from their start.
+inline void write_tiny_classifier(const std::string& path, const std::string& manifest,
+                                  const std::string& schedule = "linear") {
+  const train::Config c = train::parse_config(
+      "seed: 0\ndevice: cpu\n"
+      "data: {train: " +
+      manifest +
+      ", pad_to: 8, class_conditional: true}\n"
+      "model: {model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1,"
+      " attention_resolutions: [4], num_head_channels: 32, pool: attention}\n"
+      "diffusion: {schedule: " +
+      schedule +
+      ", steps: 40}\n"
+      "training: {batch_size: 4}\nlogging: {log_every: 50}\n");
+  const data::Manifest m = data::read_manifest(c.data.train);
+  const train::DataShape shape = train::data_shape(c, &m);
+  auto comm = parallel::make_local_communicator();
+  train::ClassifierState state = train::make_classifier_state(c, shape, at::kCPU, *comm);
+  {
+    torch::NoGradGuard no_grad;
+    auto g = at::make_generator<at::CPUGeneratorImpl>(6);
+    for (auto& p : state.net->parameters())
+      p.add_(at::randn(p.sizes(), g, at::TensorOptions().dtype(at::kFloat)) * 0.1);
+  }
+  state.step = 50;
+  train::save_classifier_checkpoint(path, state, train::to_yaml(train::resolved_config(c, shape)));
 }
 
 }  // namespace difftrain::testing

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "train/classifier_trainer.hpp"
 #include "trainer_fixture.hpp"
 
 namespace fs = std::filesystem;
@@ -82,6 +83,56 @@ TEST_F(MultiRankTraining, TwoRanksChannelsLastMatchOneRank) {
 // bf16 autocast, channels-last by `auto`: the configuration multi-GPU users train in.
 TEST_F(MultiRankTraining, TwoRanksBf16MatchOneRank) {
   expect_ranks_match_one_rank(*this, 2, {"training.precision=bf16"}, /*elementwise=*/false);
+}
+
+// The noisy classifier's gradients are averaged over ranks as the diffusion model's: 2 ranks end
+// with the weights of 1 rank, in fp32 element by element, in bf16 as a whole.
+TEST_F(MultiRankTraining, TwoRanksTrainTheClassifierOneRankTrains) {
+  for (const std::string precision : {"fp32", "bf16"}) {
+    const std::vector<std::string> overrides{"training.max_steps=5", "training.batch_size=12",
+                                             "training.lr=0.0001",
+                                             "training.precision=" + precision};
+    const auto config = [&](const std::string& run) {
+      return tr::parse_config(
+          difftrain::testing::tiny_classifier_config(manifest, manifest, dir / run), overrides);
+    };
+    auto comm = difftrain::parallel::make_local_communicator();
+    tr::Cluster cluster{*comm, nullptr, {}};
+    const auto one = tr::train_classifier(config("classifier_one_" + precision), cluster, "");
+    const std::string run = "classifier_two_" + precision;
+    const std::string yaml = dir / (run + ".yaml");
+    std::ofstream(yaml) << difftrain::testing::tiny_classifier_config(manifest, manifest,
+                                                                      dir / run);
+    std::string cmd =
+        "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 "
+        "mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 " +
+        std::string(DIFFTRAIN_BINARY) + " train-classifier --config " + yaml;
+    for (const auto& o : overrides)
+      cmd += " --set " + o;
+    const auto r = difftrain::testing::run(cmd);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto a = difftrain::testing::classifier_checkpoint(config(run), one.last_checkpoint);
+    const auto b =
+        difftrain::testing::classifier_checkpoint(config(run), tr::checkpoint_path(dir / run, 5));
+    // How far the runs ended apart, relative to how far training moved the weights.
+    const auto manifest_data = difftrain::data::read_manifest(manifest);
+    const tr::ClassifierState initial = tr::make_classifier_state(
+        config(run), tr::data_shape(config(run), &manifest_data), at::kCPU, *comm);
+    double apart = 0, moved = 0;
+    for (const auto& p : initial.net->named_parameters()) {
+      const at::Tensor& t = a.at("model/" + p.key());
+      apart += (t - b.at("model/" + p.key())).square().sum().item<double>();
+      moved += (t - p.value()).square().sum().item<double>();
+      if (precision == "fp32") {
+        EXPECT_TRUE(at::allclose(t, b.at("model/" + p.key()), 1e-4, 1e-5)) << p.key();
+      }
+    }
+    std::cout << "classifier, " << precision
+              << ": relative update difference, 2 ranks against 1: " << std::sqrt(apart / moved)
+              << "\n";
+    EXPECT_LT(std::sqrt(apart / moved), 0.05) << precision;
+    EXPECT_TRUE(at::equal(a.at("cursor"), b.at("cursor")));
+  }
 }
 
 // Classifier-free guidance's label dropout is drawn over the global batch: 2 ranks drop the

@@ -17,6 +17,7 @@
 #include "model/unet.hpp"
 #include "parallel/communicator.hpp"
 #include "train/checkpoint.hpp"
+#include "train/classifier.hpp"
 #include "train/config.hpp"
 #include "train/setup.hpp"
 #include "train/train_state.hpp"
@@ -43,6 +44,22 @@ inline std::string tiny_config(const std::string& manifest, const std::string& r
          ", log_every: 2, timestep_stats_every: 3,"
          " timestep_buckets: 5}\n" +
          extra;
+}
+
+// A tiny noisy classifier (difftrain train-classifier) on the same images, labelled.
+inline std::string tiny_classifier_config(const std::string& train, const std::string& validation,
+                                          const std::string& run_dir) {
+  return "seed: 5\ndevice: cpu\n"
+         "data: {train: " +
+         train + ", validation: " + validation +
+         ", pad_to: 16, class_conditional: true}\n"
+         "model: {model_channels: 32, channel_mult: [1, 2], num_res_blocks: 1,"
+         " attention_resolutions: [8], num_head_channels: 32, resblock_updown: true,"
+         " pool: attention}\n"
+         "diffusion: {schedule: cosine, steps: 50}\n"
+         "training: {batch_size: 8, lr: 0.001, max_steps: 6, checkpoint_every: 3, threads: 1}\n"
+         "logging: {run_dir: " +
+         run_dir + ", log_every: 2, bpd_every: 3, bpd_batch: 16}\n";
 }
 
 struct TrainerFixture : ::testing::Test {
@@ -95,6 +112,28 @@ inline std::map<std::string, at::Tensor> checkpoint_tensors(const tr::Config& c,
     out["adam/step/" + std::to_string(j)] = torch::tensor(st.step());
   }
   out["cursor"] = torch::tensor({state.step, state.cursor.epoch, state.cursor.batch});
+  return out;
+}
+
+// The weights, Adam moments, step and data cursor of a classifier's checkpoint.
+inline std::map<std::string, at::Tensor> classifier_checkpoint(const tr::Config& c,
+                                                               const std::string& path) {
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  auto comm = difftrain::parallel::make_local_communicator();
+  tr::ClassifierState s =
+      tr::make_classifier_state(c, tr::data_shape(c, &manifest), at::kCPU, *comm);
+  tr::load_classifier_checkpoint(path, s);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : s.net->named_parameters())
+    out["model/" + p.key()] = p.value().clone();
+  const auto params = s.net->parameters();
+  for (std::size_t j = 0; j < params.size(); ++j) {
+    auto& st = static_cast<torch::optim::AdamWParamState&>(
+        *s.optimizer.state->state().at(params[j].unsafeGetTensorImpl()));
+    out["adam/exp_avg/" + std::to_string(j)] = st.exp_avg();
+    out["adam/exp_avg_sq/" + std::to_string(j)] = st.exp_avg_sq();
+  }
+  out["cursor"] = torch::tensor({s.step, s.cursor.epoch, s.cursor.batch});
   return out;
 }
 

@@ -14,6 +14,13 @@ UNetModel (the same module names). Each command prints one line of JSON for the 
       Saves the UNet EXPORT.json describes, with random weights (none zero), as improved-diffusion
       saves a model: torch.save(model.state_dict()), an OrderedDict with _metadata; once in
       float32 and once in float16.
+  pytorch_side.py write-classifier CLASSIFIER.json SEED OUT.pt BATCH.pt
+      Builds bench/baseline's EncoderUNetModel (guided-diffusion's noisy classifier) that
+      CLASSIFIER.json describes, with random weights (none zero), saves its state dict as
+      guided-diffusion saves a classifier, and saves {"x", "t", "out"}: a test batch and its
+      logits.
+  pytorch_side.py classifier-shapes CLASSIFIER.json
+      The state-dict names and shapes of that EncoderUNetModel.
   pytorch_side.py write-shared-storage FILE.pt FILE.safetensors
       FILE.pt: torch.save({"view": base[1:, ::2], "base": base}) with base = arange(12) as a
       3 x 4 float32 matrix (two tensors of one storage, one at an offset with strides);
@@ -31,7 +38,7 @@ import torch as th
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench",
                                 "baseline"))
-from unet import model_from_difftrain  # noqa: E402
+from unet import EncoderUNetModel, model_from_difftrain  # noqa: E402
 
 
 def build(export_json):
@@ -88,6 +95,29 @@ def write_state_dict(export_json, seed, out_fp32, out_fp16):
             "tensors": len(state)}
 
 
+def write_classifier(classifier_json, seed, out_pt, batch_pt):
+    with open(classifier_json) as f:
+        c = json.load(f)
+    model = EncoderUNetModel(**c)
+    g = th.Generator().manual_seed(int(seed))
+    with th.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * th.randn(p.shape, generator=g))
+    th.save(model.state_dict(), out_pt)
+    x = th.randn(3, c["in_channels"], c["image_size"], c["image_size"], generator=g)
+    t = th.tensor([3.0, 250.0, 990.0])
+    with th.no_grad():
+        out = model(x, t)
+    th.save({"x": x, "t": t, "out": out}, batch_pt)
+    return {"tensors": len(model.state_dict()), "max_abs_out": out.abs().max().item()}
+
+
+def classifier_shapes(classifier_json):
+    with open(classifier_json) as f:
+        model = EncoderUNetModel(**json.load(f))
+    return {name: list(t.shape) for name, t in model.state_dict().items()}
+
+
 def write_shared_storage(pt_path, st_path):
     from safetensors.torch import save_file
     base = th.arange(12, dtype=th.float32).reshape(3, 4)
@@ -107,7 +137,9 @@ def write_bad_files(directory):
 def main():
     th.set_num_threads(1)
     commands = {"forward": forward, "compare-safetensors": compare_safetensors,
-                "write-state-dict": write_state_dict, "write-shared-storage": write_shared_storage,
+                "write-state-dict": write_state_dict, "write-classifier": write_classifier,
+                "classifier-shapes": classifier_shapes,
+                "write-shared-storage": write_shared_storage,
                 "write-bad-files": write_bad_files}
     print(json.dumps(commands[sys.argv[1]](*sys.argv[2:])))
 

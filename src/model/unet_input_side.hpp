@@ -1,0 +1,61 @@
+// The half of improved-diffusion's UNetModel that guided-diffusion's EncoderUNetModel (the noisy
+// classifier of Dhariwal & Nichol 2021) shares with it: the timestep-embedding MLP, the input
+// blocks and the middle block, built alike and named alike in both.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+#include "model/attention.hpp"
+#include "model/res_block.hpp"
+#include "model/timestep_embed_sequential.hpp"
+#include "model/unet_config.hpp"
+
+namespace difftrain::model {
+
+// time_embed = [Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)] on timestep_embedding(t, ch).
+struct TimeEmbed {
+  torch::nn::Linear in{nullptr}, out{nullptr};
+  // The float32 sinusoidal embedding in the weights' dtype, so a float64 model works too.
+  at::Tensor operator()(const at::Tensor& t);
+};
+// Registers "time_embed" on `parent`.
+TimeEmbed register_time_embed(torch::nn::Module& parent, const UNetConfig& c);
+
+// Whether blocks at this feature-map size have attention (config.attention_resolutions).
+bool has_attention(const UNetConfig& c, int64_t resolution);
+
+// A ResBlock of this config (embedding 4 * model_channels, its dropout and norm).
+ResBlock make_res_block(const UNetConfig& c, int64_t channels, int64_t out_channels,
+                        Resample resample = Resample::none);
+// An AttentionBlock of this config (its heads and head order) over `channels`.
+AttentionBlock make_attention(const UNetConfig& c, int64_t channels);
+
+struct InputSide {
+  std::vector<TimestepEmbedSequential> input_blocks;
+  TimestepEmbedSequential middle_block{nullptr};
+  std::vector<int64_t> input_block_chans;  // each input block's output channels, in order
+  int64_t channels = 0;                    // of the middle block's output
+  int64_t resolution = 0;                  // its feature-map size
+};
+
+// Registers "input_blocks" and "middle_block" on `parent`:
+//   input_blocks  0: conv3x3(in_channels -> stem_channels); then per level, num_res_blocks x
+//                 [ResBlock (+ AttentionBlock at attention_resolutions)], and a Downsample
+//                 between levels (a down ResBlock with resblock_updown)
+//   middle_block  [ResBlock, AttentionBlock, ResBlock]
+// stem_channels: model_channels in improved-diffusion's UNet, channel_mult[0] * model_channels in
+// guided-diffusion's encoder (the same for channel_mult[0] = 1).
+InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c,
+                              int64_t stem_channels);
+
+// Runs the input blocks and the middle block; `skips` (when given) receives every input block's
+// output, the skip connections of the UNet's output side.
+at::Tensor run_input_side(InputSide& side, const at::Tensor& x, const at::Tensor& emb,
+                          std::vector<at::Tensor>* skips = nullptr);
+
+}  // namespace difftrain::model
