@@ -162,8 +162,8 @@ void check_replicas(const TrainState& state, parallel::Communicator& comm) {
 
 }  // namespace
 
-std::string save_and_wait(Cluster& cluster, const std::string& run_dir, int64_t step,
-                          int64_t keep, const char* why,
+std::string save_and_wait(Cluster& cluster, const std::string& run_dir, int64_t step, int64_t keep,
+                          const char* why,
                           const std::function<void(const std::string& path)>& write) {
   const std::string path = checkpoint_path(run_dir, step);
   if (cluster.comm.rank() == 0) {
@@ -246,9 +246,9 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       phema::write_snapshot(lc.run_dir, state.step, state.phema, *state.net, config_yaml);
   };
   const auto save = [&](const char* why) {
-    result.last_checkpoint = save_and_wait(
-        cluster, lc.run_dir, state.step, tc.keep_checkpoints, why,
-        [&](const std::string& path) { save_checkpoint(path, state, config_yaml); });
+    result.last_checkpoint =
+        save_and_wait(cluster, lc.run_dir, state.step, tc.keep_checkpoints, why,
+                      [&](const std::string& path) { save_checkpoint(path, state, config_yaml); });
   };
 
   if (lc.bpd_every > 0 && state.step == 0) estimate_bpd();  // the untrained model, to compare

@@ -53,8 +53,8 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
 
 // A checkpoint of `step` in run_dir: rank 0 writes it with `write(path)` and keeps the newest
 // `keep`; every rank waits for it (the cluster's slow barrier). Returns its path.
-std::string save_and_wait(Cluster& cluster, const std::string& run_dir, int64_t step,
-                          int64_t keep, const char* why,
+std::string save_and_wait(Cluster& cluster, const std::string& run_dir, int64_t step, int64_t keep,
+                          const char* why,
                           const std::function<void(const std::string& path)>& write);
 
 }  // namespace difftrain::train

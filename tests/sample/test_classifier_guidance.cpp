@@ -135,7 +135,8 @@ TEST(ClassifierGuidance, GuidedPredictionsAreClampedLikeTheModelsWithClipDenoise
     return at::full_like(x, 0.05);
   };
   for (const Sampler sampler : {Sampler::ddim, Sampler::dpm_solver_2m}) {
-    const at::Tensor unguided = sample_loop(sampler, r.diffusion, uncond, kShape, noise(), float64());
+    const at::Tensor unguided =
+        sample_loop(sampler, r.diffusion, uncond, kShape, noise(), float64());
     const at::Tensor in_range =
         sample_loop(sampler, r.diffusion, uncond, kShape, noise(), float64(strong));
     EXPECT_LE(in_range.abs().max().item<double>(), 1.0) << sampler_name(sampler);
