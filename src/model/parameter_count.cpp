@@ -8,9 +8,9 @@ int64_t parameter_count(const torch::nn::Module& module) {
   return n;
 }
 
-std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& model) {
+std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const torch::nn::Module& model) {
   std::vector<std::pair<std::string, int64_t>> parts;
-  for (const auto& child : model->named_children()) {
+  for (const auto& child : model.named_children()) {
     const auto& name = child.key();
     if (name == "input_blocks" || name == "output_blocks") {
       for (const auto& block : child.value()->named_children())

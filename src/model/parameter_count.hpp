@@ -12,8 +12,12 @@ namespace difftrain::model {
 
 // (part, parameters) in state-dict order: "time_embed", "label_emb" (conditional models only),
 // "input_blocks.0" (the input conv), ..., "input_blocks.<i>", "middle_block",
-// "output_blocks.0", ..., "out". The parts sum to parameter_count.
-std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& model);
+// "output_blocks.0", ..., "out". The parts sum to parameter_count. The same for the classifier
+// (EncoderUNet), which has no label_emb and no output_blocks.
+std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const torch::nn::Module& model);
+inline std::vector<std::pair<std::string, int64_t>> parameter_breakdown(const UNet& model) {
+  return parameter_breakdown(*model);
+}
 
 int64_t parameter_count(const UNet& model);
 int64_t parameter_count(const torch::nn::Module& module);

@@ -12,6 +12,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "common/difftrain_cli.hpp"
 #include "model/encoder_unet.hpp"
@@ -372,6 +373,23 @@ TEST_F(ExportImport, TheReleasedImageNet64ClassifiersConfigHasItsStateDict) {
     EXPECT_EQ(ours[name], shape.get<std::vector<int64_t>>()) << name;
   }
   EXPECT_EQ(count, 65'438'568);
+  // `model-info --classifier` counts the same, part by part.
+  const ProcessResult info = difftrain_cli(
+      "model-info --classifier --config " + std::string(DIFFTRAIN_SOURCE_DIR) +
+      "/configs/guided_diffusion_64x64_classifier.yaml");
+  ASSERT_EQ(info.exit_code, 0) << info.output;
+  std::istringstream lines(info.output);
+  int64_t parts = 0, total = 0;
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream fields(line);
+    std::string part;
+    int64_t n = 0;
+    if (!(fields >> part >> n)) continue;
+    (part == "total" ? total : parts) += n;
+  }
+  EXPECT_EQ(total, 65'438'568) << info.output;
+  EXPECT_EQ(parts, total) << info.output;
+  EXPECT_NE(info.output.find("attention pooling"), std::string::npos) << info.output;
 }
 
 TEST_F(ExportImport, ReadsViewsOfOneStorageAndPythonsSafetensors) {
