@@ -31,7 +31,7 @@ at::Tensor nonzero_mask(const at::Tensor& t, const at::Tensor& x) {
 // guided-diffusion's condition_score: the x_0 prediction of eps' = eps - sqrt(1 - abar_t) *
 // gradient, which is x0_hat + (1 - abar_t) / sqrt(abar_t) * gradient, clamped again with
 // clip_denoised. guided-diffusion does not clamp again. Where abar_t is near 0 the factor is huge
-// (2e4 at t = T-1 of the cosine schedule, 3e2 of the linear one), and an unclamped x_0 ruins the
+// (2e4 at t = T-1 of the cosine schedule, 1.6e2 of the linear one), and an unclamped x_0 ruins the
 // next step as a model's unclamped x_0 would.
 at::Tensor guided_xstart(const GaussianDiffusion& d, const at::Tensor& x, const at::Tensor& t,
                          const at::Tensor& pred_xstart, const SampleOptions& o) {
