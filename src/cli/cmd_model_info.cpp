@@ -8,8 +8,8 @@
 
 #include "cli/commands.hpp"
 #include "data/manifest.hpp"
-#include "model/parameter_count.hpp"
 #include "model/encoder_unet.hpp"
+#include "model/parameter_count.hpp"
 #include "model/unet.hpp"
 #include "train/classifier.hpp"
 #include "train/classifier_trainer.hpp"

@@ -374,9 +374,9 @@ TEST_F(ExportImport, TheReleasedImageNet64ClassifiersConfigHasItsStateDict) {
   }
   EXPECT_EQ(count, 65'438'568);
   // `model-info --classifier` counts the same, part by part.
-  const ProcessResult info = difftrain_cli(
-      "model-info --classifier --config " + std::string(DIFFTRAIN_SOURCE_DIR) +
-      "/configs/guided_diffusion_64x64_classifier.yaml");
+  const ProcessResult info =
+      difftrain_cli("model-info --classifier --config " + std::string(DIFFTRAIN_SOURCE_DIR) +
+                    "/configs/guided_diffusion_64x64_classifier.yaml");
   ASSERT_EQ(info.exit_code, 0) << info.output;
   std::istringstream lines(info.output);
   int64_t parts = 0, total = 0;
