@@ -254,6 +254,20 @@ class UNetModel(nn.Module):
         return self.out(h).type(x.dtype)
 
 
+class SuperResModel(UNetModel):
+    """guided-diffusion's (and improved-diffusion's) upsampler: a UNetModel with twice the input
+    channels, the low-resolution image bilinearly upsampled to x's size and concatenated to x."""
+
+    def __init__(self, in_channels, *args, **kwargs):
+        super().__init__(in_channels * 2, *args, **kwargs)
+
+    def forward(self, x, timesteps, low_res=None, **kwargs):
+        _, _, new_height, new_width = x.shape
+        upsampled = F.interpolate(low_res, (new_height, new_width), mode="bilinear")
+        x = th.cat([x, upsampled], dim=1)
+        return super().forward(x, timesteps, **kwargs)
+
+
 class AttentionPool2d(nn.Module):
     """CLIP's attention pooling as guided-diffusion's classifier has it: the mean position,
     prepended, attends to every position (q, k, v split before the heads)."""
@@ -316,14 +330,16 @@ class EncoderUNetModel(nn.Module):
 def model_from_difftrain(m, tuned=False):
     """The UNetModel of a difftrain model config: the "model" object of the JSON that difftrain
     writes beside its weight exports (bench_train_step --export, difftrain export). A model
-    trained for classifier-free guidance (null_class) has one more label row, the null label."""
-    return UNetModel(in_channels=m["in_channels"], model_channels=m["model_channels"],
-                     out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
-                     attention_resolutions=m["attention_resolutions"],
-                     image_size=m["image_size"], dropout=m["dropout"],
-                     channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
-                     num_classes=(m["num_classes"] + m.get("null_class", False)) or None,
-                     num_heads=m["num_heads"], num_head_channels=m["num_head_channels"],
-                     use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned,
-                     resblock_updown=m.get("resblock_updown", False),
-                     use_new_attention_order=m.get("use_new_attention_order", False))
+    trained for classifier-free guidance (null_class) has one more label row, the null label; an
+    upsampler (low_res_size > 0) is a SuperResModel."""
+    model = SuperResModel if m.get("low_res_size", 0) > 0 else UNetModel
+    return model(in_channels=m["in_channels"], model_channels=m["model_channels"],
+                 out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
+                 attention_resolutions=m["attention_resolutions"],
+                 image_size=m["image_size"], dropout=m["dropout"],
+                 channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
+                 num_classes=(m["num_classes"] + m.get("null_class", False)) or None,
+                 num_heads=m["num_heads"], num_head_channels=m["num_head_channels"],
+                 use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned,
+                 resblock_updown=m.get("resblock_updown", False),
+                 use_new_attention_order=m.get("use_new_attention_order", False))

@@ -69,8 +69,9 @@ at::Tensor evaluate_range(const TrainedModel& m, const EvalImages& e, int64_t ba
         fmt::print(stderr, "\rimages {}-{} of {}: t = {:<8}", b0, b0 + b, count, t);
     };
     c10::InferenceMode guard;
-    const diffusion::BoundTerms terms = diffusion::calc_bpd_loop(
-        m.diffusion, m.denoiser.with_labels(y), x, /*clip_denoised=*/true, noise, on_step);
+    const diffusion::BoundTerms terms =
+        diffusion::calc_bpd_loop(m.diffusion, m.denoiser.with_labels(y, m.denoiser.low_res_of(x)),
+                                 x, /*clip_denoised=*/true, noise, on_step);
     sums += diffusion::bound_sums(terms).cpu();
     image_bpd.narrow(0, first + b0, b).copy_(terms.total_bpd);
     if (progress) fmt::print(stderr, "\r{:60}\r", "");

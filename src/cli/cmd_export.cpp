@@ -81,7 +81,8 @@ json model_json(const model::UNetConfig& u) {
           {"num_head_channels", u.num_head_channels},
           {"use_scale_shift_norm", u.use_scale_shift_norm},
           {"resblock_updown", u.resblock_updown},
-          {"use_new_attention_order", u.use_new_attention_order}};
+          {"use_new_attention_order", u.use_new_attention_order},
+          {"low_res_size", u.low_res_size}};
 }
 
 json export_json(const TrainedModel& m, const OutputPaths& p, const weights::StateDict& state,

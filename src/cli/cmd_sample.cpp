@@ -1,6 +1,7 @@
 // `difftrain sample`: images from a trained model with ancestral (DDPM), DDIM or DPM-Solver++
 // sampling, optionally on a respaced schedule, guided by a label (classifier-free) or a noisy
-// classifier, written as a PNG grid, an HDF5 shard and a NumPy .npz.
+// classifier, written as a PNG grid, an HDF5 shard and a NumPy .npz. An upsampler upsamples the
+// images of --low-res, sample i the (i mod n)-th of its n images, as super_res_sample.py cycles.
 // Under mpirun every rank samples its share and rank 0 writes them all. Sample i is drawn from
 // generators seeded by (--seed, i) alone, so the images do not depend on --batch or the number
 // of ranks.
@@ -17,6 +18,7 @@
 #include <optional>
 
 #include "cli/commands.hpp"
+#include "cli/low_res_images.hpp"
 #include "cli/run_on_world.hpp"
 #include "cli/trained_model.hpp"
 #include "data/canvas.hpp"
@@ -50,6 +52,7 @@ struct Options {
   double guidance_rescale = 0.0;  // Lin et al.'s phi; 0 = off
   std::string classifier;         // classifier guidance: a run directory or checkpoint
   double classifier_scale = 1.0;
+  std::string low_res;  // an upsampler's input images: a shard file or set
   int64_t batch = 64;
 };
 
@@ -57,6 +60,7 @@ struct Options {
 struct Plan {
   TrainedModel model;
   std::optional<TrainedClassifier> classifier;  // --classifier
+  std::optional<LowResImages> low_res;          // --low-res, for an upsampler
   int64_t classes = 0;                     // of the labels drawn: the model's, or the classifier's
   diffusion::GaussianDiffusion diffusion;  // the one sampled: respaced or the training one
   at::Tensor timestep_map;                 // its index -> training timestep; undefined = same
@@ -160,6 +164,31 @@ Plan prepare(const Options& o, const parallel::World& world) {
   if (o.label >= classes && classes > 0)
     throw std::invalid_argument("--class " + std::to_string(o.label) + " is outside [0, " +
                                 std::to_string(classes) + ")");
+  const int64_t low_res_size = m.denoiser.net->config().low_res_size;
+  if (low_res_size == 0 && !o.low_res.empty())
+    throw std::invalid_argument("--low-res " + o.low_res + ": " + m.checkpoint +
+                                " is not an upsampler (model.low_res_size is 0)");
+  if (low_res_size > 0) {
+    if (o.low_res.empty())
+      throw std::invalid_argument(
+          fmt::format("{} is an upsampler from {}x{} images: give them with --low-res (a shard "
+                      "file, such as a difftrain sample .h5, or a shard set)",
+                      m.checkpoint, low_res_size, low_res_size));
+    if (p.classifier)
+      throw std::invalid_argument(
+          "--classifier: classifier guidance of an upsampler is not "
+          "supported (guided-diffusion guides its base models only)");
+    p.low_res = read_low_res_images(o.low_res, o.num, m);
+    if (p.classes > 0 && p.low_res->labels.defined() &&
+        (p.low_res->labels.min().item<int64_t>() < 0 ||
+         p.low_res->labels.max().item<int64_t>() >= p.classes))
+      throw std::invalid_argument(fmt::format(
+          "--low-res {}: its labels leave [0, {}), the upsampler's classes", o.low_res, p.classes));
+    if (p.classes > 0 && o.label < 0 && !p.low_res->labels.defined())
+      throw std::invalid_argument(
+          "--low-res " + o.low_res +
+          ": has no labels, and the upsampler is class-conditional: give --class");
+  }
   if (o.guidance_scale != 1.0 && !m.denoiser.net->config().null_class)
     throw std::invalid_argument(fmt::format(
         "--guidance-scale {}: {} was not trained for classifier-free guidance (it needs a "
@@ -197,9 +226,19 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
   const int64_t C = m.shape.channels, S = m.shape.image_size, classes = p.classes;
   std::vector<at::Tensor> images;
   std::vector<int64_t> label_list;
+  // An upsampler's sample i starts from low-res image i mod n, with its label.
+  const int64_t n_low = p.low_res ? p.low_res->images.size(0) : 0;
+  const at::Tensor low_res_labels = p.low_res ? p.low_res->labels : at::Tensor();
   for (int64_t i = first; i < first + count; ++i)
-    label_list.push_back(classes == 0 ? 0 : (o.label >= 0 ? o.label : i % classes));
+    label_list.push_back(o.label >= 0 && classes > 0 ? o.label
+                         : low_res_labels.defined()  ? low_res_labels[i % n_low].item<int64_t>()
+                         : classes == 0              ? 0
+                                                     : i % classes);
   const at::Tensor labels = at::tensor(label_list, at::kLong);
+  at::Tensor low_res_rows;  // this rank's low-res images, one per sample
+  if (p.low_res)
+    low_res_rows =
+        p.low_res->images.index_select(0, at::arange(first, first + count).remainder(n_low));
 
   const long steps = p.diffusion.num_timesteps;
   const auto t0 = std::chrono::steady_clock::now();
@@ -208,8 +247,11 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
     const at::Tensor y = classes > 0 ? labels.narrow(0, b0, b).to(m.device) : at::Tensor();
     const int64_t model_classes = m.shape.num_classes;
     // Scale 1 (the default, and the only one for other models) is with_labels(y).
-    diffusion::ModelFn model = m.denoiser.with_guidance(
-        model_classes > 0 ? y : at::Tensor(), model_classes, o.guidance_scale, o.guidance_rescale);
+    const at::Tensor low_res =
+        low_res_rows.defined() ? low_res_rows.narrow(0, b0, b).to(m.device) : at::Tensor();
+    diffusion::ModelFn model =
+        m.denoiser.with_guidance(model_classes > 0 ? y : at::Tensor(), model_classes,
+                                 o.guidance_scale, o.guidance_rescale, low_res);
     if (p.timestep_map.defined()) model = diffusion::respaced_model(model, p.timestep_map);
 
     diffusion::SampleOptions so;
@@ -270,7 +312,8 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
   const TrainedModel& m = p.model;
   const int64_t N = s.images.size(0), H = s.images.size(1), W = s.images.size(2),
                 C = s.images.size(3);
-  const bool conditional = p.classes > 0;  // labels: the model's, or the classifier's
+  // Labels: the model's, the classifier's, or those of an upsampler's low-res images.
+  const bool conditional = p.classes > 0 || (p.low_res && p.low_res->labels.defined());
   const auto* pixels = s.images.data_ptr<uint8_t>();
   const auto* labels = s.labels.data_ptr<int64_t>();
 
@@ -292,6 +335,7 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
       {"guidance_rescale", o.guidance_rescale},
       {"classifier", p.classifier ? nlohmann::ordered_json(p.classifier->checkpoint) : nullptr},
       {"classifier_scale", p.classifier ? nlohmann::ordered_json(o.classifier_scale) : nullptr},
+      {"low_res", p.low_res ? nlohmann::ordered_json(o.low_res) : nullptr},
       {"seed", o.seed}};
   const fs::path h5_path(p.out + ".h5");
   data::ShardSpec spec;
@@ -393,6 +437,10 @@ void add_sample_command(CLI::App& app, int& exit_code) {
                   "Classifier guidance's scale s: the gradient of s log p(y | x_t) guides each "
                   "step (default 1)")
       ->needs(classifier);
+  cmd->add_option("--low-res", o->low_res,
+                  "An upsampler's input images: a shard file (.h5, e.g. a base model's difftrain "
+                  "sample output) or a shard set (manifest.json or its directory); images of "
+                  "the output size are area-downsampled first. Sample i upsamples image i mod n");
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

@@ -83,8 +83,13 @@ int train_on(parallel::World& world, const Options& o) {
                  r.step, r.run_dir);
     spdlog::info("checkpoint: {}", r.last_checkpoint);
     spdlog::info("resume:  {} --resume auto", command_line("train", o));
-    spdlog::info("sample:  difftrain sample --run {} --num 64 --out {}", shell_word(r.run_dir),
-                 shell_word(r.run_dir + "/samples"));
+    const train::DataConfig& d = config->data;
+    const std::string low_res =
+        config->model.low_res_size == 0
+            ? ""
+            : " --low-res " + shell_word(d.validation.empty() ? d.train : d.validation);
+    spdlog::info("sample:  difftrain sample --run {}{} --num 64 --out {}", shell_word(r.run_dir),
+                 low_res, shell_word(r.run_dir + "/samples"));
   }
   return kOk;
 }

@@ -23,6 +23,9 @@ const UNetConfig& validated(const UNetConfig& config) {
     throw std::invalid_argument(
         "EncoderUNet: num_classes must be 0 (the classifier is not conditioned on a label; its "
         "classes are out_channels)");
+  if (config.low_res_size != 0)
+    throw std::invalid_argument(
+        "EncoderUNet: low_res_size must be 0 (a classifier is not an upsampler)");
   return config;
 }
 

@@ -61,7 +61,8 @@ UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
   register_module("out", torch::nn::Sequential(out_norm_, torch::nn::SiLU(), out_conv_));
 }
 
-at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
+at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y,
+                             const at::Tensor& low_res) {
   const auto& c = config_;
   const int64_t factor = int64_t{1} << (c.channel_mult.size() - 1);
   if (x.dim() != 4 || x.size(1) != c.in_channels || x.size(2) % factor || x.size(3) % factor)
@@ -81,12 +82,29 @@ at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at:
                  ") and needs integer class labels y of shape [", x.size(0), "], got ",
                  y.defined() ? c10::str(y.scalar_type(), y.sizes()) : std::string("none")));
 
+  if (c.low_res_size == 0 && low_res.defined())
+    throw std::invalid_argument(
+        "UNet got a low-resolution image, but the model is not an upsampler (low_res_size = 0)");
+  if (c.low_res_size > 0 && (!low_res.defined() || low_res.dim() != 4 ||
+                             low_res.size(0) != x.size(0) || low_res.size(1) != c.in_channels))
+    throw std::invalid_argument(c10::str(
+        "UNet is an upsampler (low_res_size = ", c.low_res_size,
+        ") and needs a low-resolution image of shape [", x.size(0), ", ", c.in_channels,
+        ", h, w], got ", low_res.defined() ? c10::str(low_res.sizes()) : std::string("none")));
+
+  // SuperResModel.forward: the upsampled image as extra input channels.
+  const at::Tensor input =
+      low_res.defined()
+          ? at::cat({x, at::upsample_bilinear2d(low_res.to(x.scalar_type()), {x.size(2), x.size(3)},
+                                                /*align_corners=*/false)},
+                    1)
+          : x;
   auto emb = time_embed_(t);
   if (label_emb_) emb = emb + label_emb_(y);
 
   std::vector<at::Tensor> hs;
   hs.reserve(input_side_.input_blocks.size());
-  auto h = run_input_side(input_side_, x, emb, &hs);
+  auto h = run_input_side(input_side_, input, emb, &hs);
   for (auto& block : output_blocks_) {
     h = block->forward(at::cat({h, hs.back()}, 1), emb);
     hs.pop_back();

@@ -18,6 +18,9 @@
 
 namespace difftrain::model {
 
+// An upsampler (low_res_size > 0, guided-diffusion's SuperResModel) first concatenates to x its
+// low-resolution image, bilinearly upsampled to x's size (F.interpolate's "bilinear", corners
+// not aligned): the network sees [x, up(low_res)].
 // Children, in improved-diffusion's order and with its state-dict names:
 //   time_embed    [Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)] on timestep_embedding(t, ch)
 //   label_emb     Embedding(num_classes (+ 1 with null_class), 4ch), added to the time
@@ -36,9 +39,11 @@ class UNetImpl : public torch::nn::Module {
 
   // x [N, in_channels, H, W] (H, W divisible by 2^(levels - 1); the attention levels are set by
   // image_size), t [N] timesteps (integer or fractional), y [N] int64 class labels, required iff
-  // num_classes > 0 (label num_classes is the null label of a null_class model). Returns [N,
+  // num_classes > 0 (label num_classes is the null label of a null_class model), low_res [N,
+  // in_channels, h, w] the low-resolution image, required iff low_res_size > 0. Returns [N,
   // out_channels, H, W] in x's dtype (also under autocast).
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y = {});
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y = {},
+                     const at::Tensor& low_res = {});
 
   const UNetConfig& config() const { return config_; }
 

@@ -59,6 +59,10 @@ std::vector<int64_t> feature_map_sizes(const UNetConfig& c) {
   return sizes;
 }
 
+int64_t stem_in_channels(const UNetConfig& c) {
+  return c.low_res_size > 0 ? 2 * c.in_channels : c.in_channels;
+}
+
 int64_t attention_heads(const UNetConfig& c, int64_t channels) {
   return c.num_head_channels == -1 ? c.num_heads : channels / c.num_head_channels;
 }
@@ -77,6 +81,9 @@ void validate(const UNetConfig& c) {
   if (c.num_classes < 0)
     throw std::invalid_argument(field("num_classes", c.num_classes) +
                                 " must be non-negative (0 = unconditional)");
+  if (c.low_res_size < 0)
+    throw std::invalid_argument(field("low_res_size", c.low_res_size) +
+                                " must be non-negative (0 = not an upsampler)");
   if (c.null_class && c.num_classes == 0)
     throw std::invalid_argument(
         "UNetConfig.null_class needs a class-conditional model (num_classes > 0)");

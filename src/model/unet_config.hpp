@@ -33,6 +33,10 @@ struct UNetConfig {
   // Upsample, and QKVAttention's split of q, k, v before the heads.
   bool resblock_updown = false;
   bool use_new_attention_order = false;
+  // An upsampler (guided-diffusion's SuperResModel): > 0 makes the model also take a low-resolution
+  // image [N, in_channels, low_res_size, low_res_size], bilinearly upsampled to x's size and
+  // concatenated to x, so the first convolution sees 2 * in_channels. 0 = an ordinary model.
+  int64_t low_res_size = 0;
 };
 
 // How guided-diffusion's classifier (EncoderUNet, encoder_unet.hpp) turns its last feature map
@@ -47,6 +51,9 @@ std::string to_string(Pool pool);
 
 // GroupNorm32 (improved-diffusion's `normalization`): every normalised layer uses 32 groups.
 inline constexpr int64_t kGroupNormGroups = 32;
+
+// The channels of the first convolution: in_channels, doubled for an upsampler.
+int64_t stem_in_channels(const UNetConfig& config);
 
 // Throws std::invalid_argument with a one-line message naming the offending field.
 void validate(const UNetConfig& config);

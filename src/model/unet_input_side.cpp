@@ -49,8 +49,8 @@ InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c,
     side.input_block_chans.push_back(channels);
   };
   TimestepEmbedSequential stem;
-  stem->push_back(
-      torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, stem_channels, 3).padding(1)));
+  stem->push_back(torch::nn::Conv2d(
+      torch::nn::Conv2dOptions(stem_in_channels(c), stem_channels, 3).padding(1)));
   add_input_block(stem, stem_channels);
   int64_t ch = stem_channels;
   int64_t resolution = c.image_size;

@@ -44,7 +44,7 @@ struct InputSide {
 };
 
 // Registers "input_blocks" and "middle_block" on `parent`:
-//   input_blocks  0: conv3x3(in_channels -> stem_channels); then per level, num_res_blocks x
+//   input_blocks  0: conv3x3(stem_in_channels -> stem_channels); then per level, num_res_blocks x
 //                 [ResBlock (+ AttentionBlock at attention_resolutions)], and a Downsample
 //                 between levels (a down ResBlock with resblock_updown)
 //   middle_block  [ResBlock, AttentionBlock, ResBlock]

@@ -142,6 +142,9 @@ void validate_for_classifier(const Config& c) {
     throw ConfigError(
         "config key 'data.class_conditional' must be true for a classifier: it trains on the "
         "shards' labels");
+  if (c.model.low_res_size != 0)
+    throw ConfigError(
+        "config key 'model.low_res_size' must be 0 for a classifier: it is not an upsampler");
   if (c.training.precision == Precision::fp16)
     throw ConfigError(
         "config key 'training.precision' = fp16: a classifier trains in fp32 or bf16 (no loss "

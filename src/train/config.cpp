@@ -94,6 +94,7 @@ void visit(V& v, Config& c) {
     v.key("conv_resample", c.model.conv_resample);
     v.key("resblock_updown", c.model.resblock_updown);
     v.key("use_new_attention_order", c.model.use_new_attention_order);
+    v.key("low_res_size", c.model.low_res_size);
     v.choice("pool", c.model.pool, model::parse_pool);
     v.choice("channels_last", c.model.channels_last, parse_channels_last);
   });
@@ -447,6 +448,12 @@ void validate(const Config& c) {
               std::to_string(m.model_channels * mult) +
               " channels is not divisible by the 32 GroupNorm groups");
   }
+  check(m.low_res_size >= 0, "model.low_res_size", m.low_res_size,
+        "must be >= 0 (0 = not an upsampler)");
+  if (m.low_res_size > 0 && c.data.pad_to > 0)
+    throw ConfigError(
+        "config key 'model.low_res_size' = " + std::to_string(m.low_res_size) +
+        " with data.pad_to: an upsampler works on its images as stored (set data.pad_to: 0)");
   check(m.num_res_blocks >= 1, "model.num_res_blocks", m.num_res_blocks, "must be >= 1");
   check(m.dropout >= 0 && m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)");
   check(m.num_heads >= 1 || m.num_head_channels > 0, "model.num_heads", m.num_heads,

@@ -59,6 +59,10 @@ struct ModelConfig {
   // levels, and q, k, v split before the attention heads. Off: improved-diffusion's UNet.
   bool resblock_updown = false;
   bool use_new_attention_order = false;
+  // > 0: an upsampler (guided-diffusion's super-resolution model) of the data's images from
+  // copies of them area-downsampled to low_res_size x low_res_size, its input while training,
+  // evaluating and sampling (difftrain sample --low-res). 0 = an ordinary model.
+  int64_t low_res_size = 0;
   // A classifier's pooling (difftrain train-classifier; diffusion models do not read it).
   model::Pool pool = model::Pool::attention;
   // Channels-last weights and activations: auto (under bf16 / fp16 autocast, where the

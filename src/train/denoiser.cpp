@@ -8,26 +8,33 @@
 
 namespace difftrain::train {
 
-at::Tensor Denoiser::operator()(const at::Tensor& x_t, const at::Tensor& t,
-                                const at::Tensor& y) const {
+at::Tensor Denoiser::operator()(const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& y,
+                                const at::Tensor& low_res) const {
   // The handle is const here, the module it shares is not: calling it is not a change of handle.
-  return net.ptr()->forward(x_t, t.to(at::kFloat) * timestep_scale, y);
+  return net.ptr()->forward(x_t, t.to(at::kFloat) * timestep_scale, y, low_res);
 }
 
-diffusion::ModelFn Denoiser::with_labels(const at::Tensor& y) const {
-  return [denoiser = *this, y](const at::Tensor& x_t, const at::Tensor& t) {
-    return denoiser(x_t, t, y);
+diffusion::ModelFn Denoiser::with_labels(const at::Tensor& y, const at::Tensor& low_res) const {
+  return [denoiser = *this, y, low_res](const at::Tensor& x_t, const at::Tensor& t) {
+    return denoiser(x_t, t, y, low_res);
   };
 }
 
+at::Tensor Denoiser::low_res_of(const at::Tensor& x_start) const {
+  const int64_t size = net->config().low_res_size;
+  if (size == 0) return {};
+  return at::adaptive_avg_pool2d(x_start, {size, size});
+}
+
 diffusion::ModelFn Denoiser::with_guidance(const at::Tensor& y, int64_t null_label, double scale,
-                                           double rescale) const {
-  if (scale == 1.0) return with_labels(y);
-  if (scale == 0.0) return with_labels(at::full_like(y, null_label));
-  return [denoiser = *this, y, null_label, scale, rescale](const at::Tensor& x_t,
-                                                           const at::Tensor& t) {
+                                           double rescale, const at::Tensor& low_res) const {
+  if (scale == 1.0) return with_labels(y, low_res);
+  if (scale == 0.0) return with_labels(at::full_like(y, null_label), low_res);
+  return [denoiser = *this, y, null_label, scale, rescale, low_res](const at::Tensor& x_t,
+                                                                    const at::Tensor& t) {
     const at::Tensor out =
-        denoiser(at::cat({x_t, x_t}), at::cat({t, t}), at::cat({y, at::full_like(y, null_label)}));
+        denoiser(at::cat({x_t, x_t}), at::cat({t, t}), at::cat({y, at::full_like(y, null_label)}),
+                 low_res.defined() ? at::cat({low_res, low_res}) : at::Tensor());
     const int64_t n = x_t.size(0), C = x_t.size(1);
     const at::Tensor cond = out.narrow(0, 0, n), uncond = out.narrow(0, n, n);
     const at::Tensor mean_cond = cond.narrow(1, 0, C), mean_uncond = uncond.narrow(1, 0, C);

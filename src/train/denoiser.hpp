@@ -17,10 +17,16 @@ struct Denoiser {
   model::UNet net{nullptr};
   double timestep_scale = 1.0;
 
-  // x_t [N, C, H, W], t [N] int64 timesteps, y [N] class labels or undefined.
-  at::Tensor operator()(const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& y = {}) const;
-  // The same for the diffusion code (bound, samplers, bits/dim estimates), labels fixed.
-  diffusion::ModelFn with_labels(const at::Tensor& y) const;
+  // x_t [N, C, H, W], t [N] int64 timesteps, y [N] class labels or undefined, low_res an
+  // upsampler's low-resolution image [N, C, h, w] in [-1, 1] or undefined.
+  at::Tensor operator()(const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& y = {},
+                        const at::Tensor& low_res = {}) const;
+  // The same for the diffusion code (bound, samplers, bits/dim estimates), conditions fixed.
+  diffusion::ModelFn with_labels(const at::Tensor& y, const at::Tensor& low_res = {}) const;
+  // What an upsampler is conditioned on when x_0 is known (training, held-out bits/dim, eval):
+  // x_0 area-downsampled to low_res_size (guided-diffusion's load_superres_data,
+  // F.interpolate(mode="area")). Undefined for other models.
+  at::Tensor low_res_of(const at::Tensor& x_start) const;
   // Classifier-free guidance (Ho & Salimans 2022, Eq. 6 with w = scale - 1) for the samplers:
   // the mean output uncond + scale * (cond - uncond), from one network call on the doubled batch
   // with labels y and `null_label`. A learned variance comes from the conditional call, as in
@@ -32,7 +38,7 @@ struct Denoiser {
   // conditional mean's standard deviation per sample: phi * guided * std(cond) / std(guided) +
   // (1 - phi) * guided. It applies to the guided call only (scales other than 0 and 1).
   diffusion::ModelFn with_guidance(const at::Tensor& y, int64_t null_label, double scale,
-                                   double rescale = 0.0) const;
+                                   double rescale = 0.0, const at::Tensor& low_res = {}) const;
 };
 
 // The config's timestep scale: 1000 / T with diffusion.rescale_timesteps, else 1.

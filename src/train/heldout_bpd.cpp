@@ -13,32 +13,39 @@
 
 namespace difftrain::train {
 
-HeldOutBatch read_heldout_batch(const Config& config, const DataShape& shape, int rank, int world,
-                                const c10::Device& device) {
-  const data::Manifest manifest = data::read_manifest(config.data.validation);
+HeldOutBatch read_fixed_batch(const Config& config, const DataShape& shape,
+                              const std::string& manifest_path, const std::string& key,
+                              int64_t count, const std::string& count_key, int rank, int world,
+                              const c10::Device& device) {
+  const data::Manifest manifest = data::read_manifest(manifest_path);
   const DataShape held_out = data_shape(config, &manifest);
   if (held_out.channels != shape.channels || held_out.image_size != shape.image_size)
     throw ConfigError(
-        "config key 'data.validation': " + manifest.path + " has " +
-        std::to_string(held_out.channels) + "-channel " + std::to_string(held_out.image_size) +
-        " px images (after data.pad_to), the "
-        "training data " +
-        std::to_string(shape.channels) + "-channel " + std::to_string(shape.image_size) + " px");
-  if (manifest.num_samples() < config.logging.bpd_batch)
-    throw ConfigError(
-        "config key 'logging.bpd_batch' = " + std::to_string(config.logging.bpd_batch) + " but " +
-        manifest.path + " holds " + std::to_string(manifest.num_samples()) + " images");
+        "config key '" + key + "': " + manifest.path + " has " + std::to_string(held_out.channels) +
+        "-channel " + std::to_string(held_out.image_size) +
+        " px images (after data.pad_to), the training data " + std::to_string(shape.channels) +
+        "-channel " + std::to_string(shape.image_size) + " px");
+  if (manifest.num_samples() < count)
+    throw ConfigError("config key '" + count_key + "' = " + std::to_string(count) + " but " +
+                      manifest.path + " holds " + std::to_string(manifest.num_samples()) +
+                      " images");
 
-  // The training loader's geometry on the held-out set: one fixed batch, no flips.
+  // The training loader's geometry: one fixed batch, no flips.
   data::LoaderOptions lo = loader_options(config, shape, rank, world, device);
-  lo.manifest = config.data.validation;
-  lo.global_batch = config.logging.bpd_batch;
+  lo.manifest = manifest_path;
+  lo.global_batch = count;
   lo.last_batch = data::LastBatch::drop;
   lo.random_flip = false;
   lo.prefetch = 1;
   data::Loader loader(lo);
   const data::Batch b = loader.next();
-  return {b.images, b.labels, config.logging.bpd_batch, b.row_offset};
+  return {b.images, b.labels, count, b.row_offset};
+}
+
+HeldOutBatch read_heldout_batch(const Config& config, const DataShape& shape, int rank, int world,
+                                const c10::Device& device) {
+  return read_fixed_batch(config, shape, config.data.validation, "data.validation",
+                          config.logging.bpd_batch, "logging.bpd_batch", rank, world, device);
 }
 
 HeldOutBpd estimate_heldout_bpd(const Denoiser& denoiser,
@@ -50,7 +57,7 @@ HeldOutBpd estimate_heldout_bpd(const Denoiser& denoiser,
   torch::NoGradGuard no_grad;
 
   const at::Tensor& x = batch.images;
-  const diffusion::ModelFn model = denoiser.with_labels(batch.labels);
+  const diffusion::ModelFn model = denoiser.with_labels(batch.labels, denoiser.low_res_of(x));
   const uint64_t seed = static_cast<uint64_t>(config.seed);
   // eps at timestep t: drawn for the whole fixed batch, this rank takes its rows.
   const auto noise = [&](long t) {

@@ -27,6 +27,14 @@ struct HeldOutBatch {
   int64_t global_size = 0, row_offset = 0;
 };
 
+// The first global batch of `count` images of `manifest_path` in the training loader's order (the
+// config's seed), this rank's rows: ConfigError naming `key` when the images have another shape
+// than the training data's, naming `count_key` when they are fewer than `count`.
+HeldOutBatch read_fixed_batch(const Config& config, const DataShape& shape,
+                              const std::string& manifest_path, const std::string& key,
+                              int64_t count, const std::string& count_key, int rank, int world,
+                              const c10::Device& device);
+
 // Reads logging.bpd_batch images of data.validation (throws data::Error naming the file when it
 // is unreadable, ConfigError when its images have another shape than the training data's).
 HeldOutBatch read_heldout_batch(const Config& config, const DataShape& shape, int rank, int world,

@@ -14,6 +14,7 @@
 #include "diffusion/respace.hpp"
 #include "diffusion/sampling.hpp"
 #include "train/denoiser.hpp"
+#include "train/heldout_bpd.hpp"
 #include "train/step_rng.hpp"
 
 namespace difftrain::train {
@@ -75,8 +76,21 @@ bool write_sample_grid(TrainState& state, const Config& config, const DataShape&
   at::Tensor y;
   if (shape.num_classes > 0) y = at::arange(n, at::kLong).remainder(shape.num_classes).to(device);
   const Denoiser denoiser = make_denoiser(state.net, config);
+  // An upsampler upsamples the first images of the held-out set (else the training set), with
+  // their labels, by ancestral sampling: the deterministic samplers left noise in a third of the
+  // demo upsampler's images (docs/sampling-and-eval.md#upsamplers), and guided-diffusion samples
+  // its upsamplers so too.
+  at::Tensor low_res;
+  if (config.model.low_res_size > 0) {
+    const bool held_out = !config.data.validation.empty();
+    const HeldOutBatch images = read_fixed_batch(
+        config, shape, held_out ? config.data.validation : config.data.train,
+        held_out ? "data.validation" : "data.train", n, "logging.sample_num", 0, 1, device);
+    low_res = denoiser.low_res_of(images.images);
+    if (y.defined()) y = images.labels;
+  }
   const diffusion::ModelFn model =
-      diffusion::respaced_model(denoiser.with_labels(y), respaced.timestep_map);
+      diffusion::respaced_model(denoiser.with_labels(y, low_res), respaced.timestep_map);
   const auto noise =
       diffusion::per_sample_noise(sample_generators(static_cast<uint64_t>(config.seed), 0, n));
 
@@ -84,8 +98,9 @@ bool write_sample_grid(TrainState& state, const Config& config, const DataShape&
   {
     const EmaWeightsInNetwork ema(state);
     c10::InferenceMode guard;
-    x = diffusion::sample_loop(diffusion::Sampler::dpm_solver_2m, respaced.diffusion, model,
-                               {n, C, S, S}, noise);
+    x = diffusion::sample_loop(
+        low_res.defined() ? diffusion::Sampler::ddpm : diffusion::Sampler::dpm_solver_2m,
+        respaced.diffusion, model, {n, C, S, S}, noise);
   }
   const data::Canvas canvas = config.data.pad_to > 0 ? data::centred_canvas(height, width, C, S)
                                                      : data::stored_canvas(S, S, C);

@@ -3,7 +3,8 @@
 // logging.sample_steps steps, and writes them as one PNG. Sample i has the seed
 // `difftrain sample --seed <config seed>` gives it and the class i mod num_classes, so successive
 // grids start from the same x_T and show the model change; `difftrain sample` on the step's
-// checkpoint with those options draws the same images.
+// checkpoint with those options draws the same images. An upsampler's grid upsamples held-out
+// images (else training images) by ancestral (DDPM) sampling in logging.sample_steps steps.
 #pragma once
 
 #include <string>

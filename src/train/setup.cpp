@@ -91,6 +91,11 @@ model::UNetConfig unet_config(const Config& c, const DataShape& shape) {
   u.use_scale_shift_norm = c.model.use_scale_shift_norm;
   u.resblock_updown = c.model.resblock_updown;
   u.use_new_attention_order = c.model.use_new_attention_order;
+  u.low_res_size = c.model.low_res_size;
+  if (u.low_res_size >= u.image_size)
+    throw ConfigError("config key 'model.low_res_size' = " + std::to_string(u.low_res_size) +
+                      ": an upsampler's input must be smaller than its " +
+                      std::to_string(u.image_size) + "-pixel images");
   try {
     model::validate(u);
   } catch (const std::invalid_argument& e) {

@@ -85,7 +85,7 @@ StepTerms forward_backward(const StepContext& c, const StepInputs& in, const at:
     {
       AutocastScope autocast(x0.device().type(), precision != Precision::fp32,
                              precision == Precision::bf16 ? at::kBFloat16 : at::kHalf);
-      model_output = c.denoiser(x_t, t, y);
+      model_output = c.denoiser(x_t, t, y, c.denoiser.low_res_of(x0));
     }
     auto terms = diffusion::training_terms(c.diffusion, c.loss, model_output.to(at::kFloat), x0,
                                            x_t, t, eps);

@@ -18,11 +18,16 @@ StateDict conformance_batch(const train::Denoiser& denoiser, int64_t num_timeste
   const at::Tensor t = timesteps.to(at::kFloat) * denoiser.timestep_scale;
   at::Tensor y;
   if (c.num_classes > 0) y = at::arange(kBatch, at::kLong).remainder(c.num_classes);
+  at::Tensor low_res;
+  if (c.low_res_size > 0)
+    low_res =
+        at::rand({kBatch, c.in_channels, c.low_res_size, c.low_res_size}, g, at::kFloat) * 2 - 1;
 
   torch::NoGradGuard no_grad;
-  at::Tensor out = denoiser(x, timesteps, y).contiguous();
+  at::Tensor out = denoiser(x, timesteps, y, low_res).contiguous();
   StateDict batch{{"x", x}, {"timesteps", timesteps}, {"t", t}};
   if (y.defined()) batch.push_back({"y", y});
+  if (low_res.defined()) batch.push_back({"low_res", low_res});
   batch.push_back({"out", out});
   return batch;
 }

@@ -46,10 +46,15 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
   if (unet.in_channels != 3)
     flag("model.in_channels", std::to_string(unet.in_channels),
          "create_model builds 3 input channels", true);
-  const auto mult = default_channel_mult(unet.image_size);
+  // An upsampler is sr_create_model's SuperResModel, which builds only 64 and 256 pixels.
+  const bool upsampler = unet.low_res_size > 0;
+  const auto mult = upsampler && unet.image_size == 32 ? std::vector<int64_t>{}
+                                                       : default_channel_mult(unet.image_size);
   if (mult.empty())
     flag("model.image_size", std::to_string(unet.image_size),
-         "create_model builds only 32, 64 and 256 pixel models", true);
+         upsampler ? "sr_create_model builds only 64 and 256 pixel upsamplers"
+                   : "create_model builds only 32, 64 and 256 pixel models",
+         true);
   else if (mult != unet.channel_mult)
     flag("model.channel_mult", list_string(unet.channel_mult),
          fmt::format("create_model fixes channel_mult {} at {} px", list_string(mult),
@@ -133,11 +138,22 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
              {"rescale_learned_sigmas", rescale_learned_sigmas},
              {"use_checkpoint", false},
              {"use_scale_shift_norm", unet.use_scale_shift_norm}};
+  if (upsampler) {  // sr_model_and_diffusion_defaults: large_size and small_size for image_size
+    nlohmann::ordered_json sr{{"large_size", unet.image_size}, {"small_size", unet.low_res_size}};
+    for (const auto& [name, value] : r.flags.items())
+      if (name != "image_size") sr[name] = value;
+    r.flags = std::move(sr);
+  }
   return r;
 }
 
 std::string image_sample_command(const ImprovedDiffusionFlags& f, const std::string& weights_path) {
-  std::string cmd = "python scripts/image_sample.py --model_path " + shell_word(weights_path);
+  const bool upsampler = f.flags.contains("large_size");
+  std::string cmd = upsampler
+                        ? "python scripts/super_res_sample.py --base_samples BASE.npz "
+                          "--model_path " +
+                              shell_word(weights_path)
+                        : "python scripts/image_sample.py --model_path " + shell_word(weights_path);
   for (const auto& [name, value] : f.flags.items()) {
     if (name == "timestep_respacing" || name == "use_checkpoint") continue;  // sampling choices
     std::string v;

@@ -33,7 +33,8 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
                                                 const model::UNetConfig& unet);
 
 // "python scripts/image_sample.py --model_path <weights> --image_size 32 ...": every model and
-// diffusion flag, booleans as True / False (its str2bool reads them).
+// diffusion flag, booleans as True / False (its str2bool reads them). An upsampler's is
+// super_res_sample.py, with --base_samples BASE.npz for the base model's samples.
 std::string image_sample_command(const ImprovedDiffusionFlags& f, const std::string& weights_path);
 
 }  // namespace difftrain::weights

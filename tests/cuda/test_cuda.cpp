@@ -478,6 +478,35 @@ TEST_F(Cuda, ClassifierFreeGuidanceOnTheGpuMatchesTheCpu) {
       2);
 }
 
+// An upsampler (model.low_res_size 7 of the 14x14 images): its training, with held-out bits/dim
+// and a grid from held-out images, on the GPU against the CPU; `sample --low-res` of the training
+// images (area-downsampled as in training) within 2 levels of 255; in bf16 its run is finite.
+TEST_F(Cuda, AnUpsamplerTrainsAndSamplesOnTheGpuAsOnTheCpu) {
+  NoTf32 fp32;
+  auto overrides = kRunOverrides;
+  for (const std::string o :
+       {"data.pad_to=0", "model.low_res_size=7", "logging.bpd_every=5", "logging.bpd_batch=8",
+        "logging.sample_every=5", "logging.sample_num=4", "logging.sample_steps=3"})
+    overrides.push_back(o);
+  overrides.push_back("data.validation=" + manifest);
+  const auto cpu = train(config("up_cpu", overrides), at::kCPU);
+  const auto gpu = train(config("up_gpu", overrides), kGpu);
+  ASSERT_EQ(gpu.step, 5);
+  EXPECT_TRUE(fs::exists(dir / "up_gpu/samples/step_000000005.png"));
+  expect_same_training(config("up_cpu", overrides), gpu.last_checkpoint, cpu.last_checkpoint, false,
+                       kGpuCpuRelative);
+  EXPECT_LE(sampled_pixels_apart("--checkpoint " + gpu.last_checkpoint + " --low-res " + manifest +
+                                     " --num 4 --sampler dpm++2m --steps 5 --seed 2",
+                                 dir / "upsampled"),
+            2);
+  auto bf16 = overrides;
+  bf16.push_back("training.precision=bf16");
+  const auto r = train(config("up_bf16", bf16), kGpu);
+  for (const auto& line : metrics_lines(dir / "up_bf16"))
+    EXPECT_TRUE(std::isfinite(line["loss"].get<double>())) << line;
+  EXPECT_EQ(r.step, 5);
+}
+
 // `mpirun -np 2 difftrain train` with both ranks on GPU 0 (NCCL, the bucketed reducer) against one
 // rank on the GPU: the tolerance of tests/train/test_trainer.cpp's W ranks against 1 rank.
 void expect_two_ranks_match_one(Cuda& f, const std::string& run,

@@ -1,7 +1,9 @@
 // The whole UNet: shapes, initial output, conditioning, memory formats, autocast, gradients.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -138,6 +140,100 @@ TEST(UNet, ClassConditioning) {
     EXPECT_STREQ(e.what(),
                  "UNet got class labels y, but the model is unconditional (num_classes = 0)");
   }
+}
+
+// Bilinear interpolation with corners not aligned (F.interpolate's "bilinear"), written out: output
+// pixel i samples the input at (i + 0.5) * in / out - 0.5, clamped at 0, from its two neighbours.
+at::Tensor bilinear_by_hand(const at::Tensor& image, int64_t out) {
+  const int64_t n = image.size(0), c = image.size(1), in = image.size(2);
+  at::Tensor r = at::zeros({n, c, out, out}, image.options());
+  const auto source = [&](int64_t i, int64_t& lo, int64_t& hi, double& frac) {
+    const double s = std::max(0.0, (i + 0.5) * static_cast<double>(in) / out - 0.5);
+    lo = std::min(static_cast<int64_t>(s), in - 1);
+    hi = std::min(lo + 1, in - 1);
+    frac = s - lo;
+  };
+  for (int64_t y = 0; y < out; ++y)
+    for (int64_t x = 0; x < out; ++x) {
+      int64_t y0, y1, x0, x1;
+      double fy, fx;
+      source(y, y0, y1, fy);
+      source(x, x0, x1, fx);
+      const auto px = [&](int64_t yy, int64_t xx) { return image.select(2, yy).select(2, xx); };
+      r.select(2, y).select(2, x).copy_((1 - fy) * ((1 - fx) * px(y0, x0) + fx * px(y0, x1)) +
+                                        fy * ((1 - fx) * px(y1, x0) + fx * px(y1, x1)));
+    }
+  return r;
+}
+
+// guided-diffusion's SuperResModel: the UNet with twice the input channels, run on x and the
+// low-resolution image bilinearly upsampled; the same weights in a plain UNet of 2C input channels
+// give the same output on that concatenation.
+TEST(UNet, AnUpsamplerIsThePlainUNetOnXAndTheUpsampledLowResImage) {
+  auto config = tiny_config();
+  config.low_res_size = 6;
+  auto upsampler = perturbed_model(config);
+  EXPECT_EQ(upsampler->named_parameters()["input_blocks.0.0.weight"].size(1), 6);
+
+  auto plain_config = tiny_config();
+  plain_config.in_channels = 6;
+  UNet plain(plain_config);
+  plain->eval();
+  {
+    torch::NoGradGuard no_grad;
+    const auto from = upsampler->named_parameters();
+    for (auto& p : plain->named_parameters()) {
+      ASSERT_EQ(p.value().sizes(), from[p.key()].sizes()) << p.key();
+      p.value().copy_(from[p.key()]);
+    }
+  }
+  const auto x = torch::randn({2, 3, 16, 16}, torch::kDouble);
+  const auto low_res = torch::rand({2, 3, 6, 6}, torch::kDouble) * 2 - 1;
+  const auto t = torch::tensor({3, 700});
+  upsampler->to(torch::kDouble);
+  plain->to(torch::kDouble);
+  torch::NoGradGuard no_grad;
+  const auto out = upsampler->forward(x, t, at::Tensor(), low_res);
+  const auto expected = plain(torch::cat({x, bilinear_by_hand(low_res, 16)}, 1), t);
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{2, 6, 16, 16}));
+  EXPECT_LT((out - expected).abs().max().item<double>(), 1e-12);
+  // The low-resolution image matters, per sample.
+  const auto other = upsampler->forward(
+      x, t, at::Tensor(), torch::cat({low_res.narrow(0, 0, 1), -low_res[1].unsqueeze(0)}));
+  EXPECT_LT((other[0] - out[0]).abs().max().item<double>(), 1e-12);
+  EXPECT_GT((other[1] - out[1]).abs().max().item<double>(), 1e-3);
+}
+
+TEST(UNet, AnUpsamplerNeedsItsLowResImageAndOthersRefuseOne) {
+  auto config = tiny_config();
+  config.low_res_size = 8;
+  UNet upsampler(config);
+  const auto x = torch::randn({2, 3, 16, 16});
+  const auto t = torch::tensor({1, 2});
+  try {
+    upsampler(x, t);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "UNet is an upsampler (low_res_size = 8) and needs a low-resolution image of "
+                 "shape [2, 3, h, w], got none");
+  }
+  EXPECT_THROW(upsampler->forward(x, t, at::Tensor(), torch::zeros({2, 6, 8, 8})),
+               std::invalid_argument);
+  EXPECT_THROW(upsampler->forward(x, t, at::Tensor(), torch::zeros({1, 3, 8, 8})),
+               std::invalid_argument);
+
+  UNet plain(tiny_config());
+  try {
+    plain->forward(x, t, at::Tensor(), torch::zeros({2, 3, 8, 8}));
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "UNet got a low-resolution image, but the model is not an upsampler "
+                 "(low_res_size = 0)");
+  }
+  config.low_res_size = -1;
+  EXPECT_THROW(UNet{config}, std::invalid_argument);
 }
 
 TEST(UNet, ChannelsLastEqualsContiguous) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <zip.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -554,6 +555,64 @@ TEST_F(SampleEvalCli, AClassifierOfAnotherForwardProcessOrAModelInItsPlaceIsRefu
       difftrain_cli("sample --run " + run_ + " --num 2 --classifier-scale 2 --out " + path("x"));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--classifier"), std::string::npos) << r.output;
+}
+
+// An upsampler (model.low_res_size 4 of 8x8 images, class-conditional) upsamples the images of
+// --low-res: sample i the (i mod n)-th with its label; a 4x4 shard file and a shard set of 8x8
+// images whose area-downsampling is that file give the same bytes; 2 ranks give what 1 gives;
+// eval runs on it; missing or unfit low-res images are refused naming what is wrong.
+TEST_F(SampleEvalCli, AnUpsamplerUpsamplesTheLowResImagesItIsGiven) {
+  const std::string big = difftrain::testing::write_tiny_set(path("big"), 2, 8, 8, 1, 3, 7, 2);
+  const std::string low = difftrain::testing::write_tiny_set(path("low"), 2, 4, 4, 1, 3, 7);
+  std::string yaml = difftrain::testing::tiny_config_yaml(big, 0, true);
+  const std::string heads = "  num_heads: 1\n";
+  yaml.replace(yaml.find(heads), heads.size(), heads + "  low_res_size: 4\n");
+  const std::string up = path("up");
+  difftrain::testing::write_tiny_checkpoint(up + "/checkpoints/ckpt_000000100.pt", yaml, yaml);
+  const std::string args = " --num 5 --sampler ddim --steps 4 --batch 2";
+  const std::string low_file = path("low") + "/shard_00000.h5";
+
+  ProcessResult r =
+      difftrain_cli("sample --run " + up + args + " --low-res " + low_file + " --out " + path("a"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Npy a = read_npz(path("a.npz"), "arr_0");
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{5, 8, 8, 1}));
+  const Npy labels = read_npz(path("a.npz"), "arr_1");
+  std::vector<int64_t> got(5);
+  std::memcpy(got.data(), labels.data.data(), 5 * sizeof(int64_t));
+  EXPECT_EQ(got, (std::vector<int64_t>{0, 1, 0, 1, 0})) << "the low-res images' labels, cycled";
+
+  r = difftrain_cli("sample --run " + up + args + " --low-res " + path("big") + " --out " +
+                    path("b"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(read_npz(path("b.npz"), "arr_0").data, a.data);
+  r = difftrain_mpi(
+      2, "sample --run " + up + args + " --low-res " + low_file + " --out " + path("two"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_LE(max_abs_diff(read_npz(path("two.npz"), "arr_0").data, a.data), 1);
+  // Other low-res images, other samples from the same noise.
+  const std::string other = difftrain::testing::write_tiny_set(path("other"), 2, 4, 4, 1, 3, 8);
+  r = difftrain_cli("sample --run " + up + args + " --low-res " + other + " --out " + path("c"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_GT(max_abs_diff(read_npz(path("c.npz"), "arr_0").data, a.data), 5);
+
+  r = difftrain_cli("eval --run " + up + " --data " + big + " --out " + path("e"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(std::isfinite(read_json(path("e.json"))["total_bpd"].get<double>()));
+
+  expect_bad_input(difftrain_cli("sample --run " + up + args + " --out " + path("x")), "--low-res",
+                   "is an upsampler from 4x4 images");
+  expect_bad_input(
+      difftrain_cli("sample --run " + run_ + args + " --low-res " + low + " --out " + path("x")),
+      "--low-res", "is not an upsampler");
+  expect_bad_input(
+      difftrain_cli("sample --run " + up + args + " --low-res " + train_ + " --out " + path("x")),
+      train_, "holds 1x6x6 images; the upsampler takes 1x4x4");
+  const std::string unlabelled =
+      difftrain::testing::write_tiny_set(path("nolabels"), 2, 4, 4, 1, 0);
+  expect_bad_input(difftrain_cli("sample --run " + up + args + " --low-res " + unlabelled +
+                                 " --out " + path("x")),
+                   unlabelled, "has no labels");
 }
 
 TEST_F(SampleEvalCli, BadSamplingOptions) {

@@ -24,13 +24,19 @@
 
 namespace difftrain::testing {
 
-// num images of h x w x c with smooth random content, labels i % classes (classes 0: none).
+// num images of h x w x c with smooth random content, labels i % classes (classes 0: none). With
+// block > 1, each block x block square is one colour: the set at (h, w, block) is the one at
+// (h / block, w / block, 1) of the same seed upsampled, whose area-downsampling is that set again.
 inline std::string write_tiny_set(const std::string& dir, int64_t num, int64_t h, int64_t w,
-                                  int64_t c, int64_t classes, uint64_t seed = 1) {
+                                  int64_t c, int64_t classes, uint64_t seed = 1,
+                                  int64_t block = 1) {
   std::filesystem::create_directories(dir);
   auto g = at::make_generator<at::CPUGeneratorImpl>(seed);
   const at::Tensor images =
-      at::randint(40, 216, {num, h, w, c}, g, at::TensorOptions().dtype(at::kByte)).contiguous();
+      at::randint(40, 216, {num, h / block, w / block, c}, g, at::TensorOptions().dtype(at::kByte))
+          .repeat_interleave(block, 1)
+          .repeat_interleave(block, 2)
+          .contiguous();
   std::vector<int64_t> labels;
   for (int64_t i = 0; i < num; ++i)
     labels.push_back(classes > 0 ? i % classes : 0);

@@ -87,6 +87,54 @@ TEST_F(TrainerRun, SampleGridsAreWhatSampleDrawsAndLeaveTrainingAlone) {
   EXPECT_EQ(grid_lines, 2);
 }
 
+// An upsampler (model.low_res_size) trains on its images' area-downsampled copies, which are a
+// function of the batch: a resumed run is bit-identical; its held-out bits/dim and sample grids
+// (from held-out images) run; sizes it cannot have are config errors naming the key.
+TEST_F(TrainerRun, AnUpsamplerTrainsResumesExactlyAndDrawsItsGrid) {
+  const std::vector<std::string> up{"data.pad_to=0",          "model.attention_resolutions=[7]",
+                                    "model.low_res_size=7",   "data.validation=" + manifest,
+                                    "logging.bpd_every=3",    "logging.bpd_batch=8",
+                                    "logging.sample_every=6", "logging.sample_num=4",
+                                    "logging.sample_steps=2"};
+  const auto straight = train(config("straight", up));
+  ASSERT_EQ(straight.step, 6);
+  auto half = up;
+  half.push_back("training.max_steps=3");
+  ASSERT_EQ(train(config("resumed", half)).step, 3);
+  ASSERT_EQ(train(config("resumed", up), resume_auto()).step, 6);
+  const auto a = checkpoint_tensors(config("straight", up), straight.last_checkpoint);
+  const auto b = checkpoint_tensors(config("resumed", up), tr::checkpoint_path(dir / "resumed", 6));
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [key, t] : a)
+    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+  EXPECT_EQ(a.at("model/input_blocks.0.0.weight").size(1), 2) << "x_t and the low-res image";
+  EXPECT_TRUE(fs::exists(tr::sample_grid_path(dir / "straight", 6)));
+  std::ifstream metrics(dir / "straight/metrics.jsonl");
+  int bpd_lines = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("bpd_estimate")) {
+      ++bpd_lines;
+      EXPECT_TRUE(std::isfinite(j["bpd_estimate"].get<double>())) << line;
+    }
+  }
+  EXPECT_EQ(bpd_lines, 3);  // steps 0, 3 and 6
+
+  for (const auto& [overrides, expected] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"data.pad_to=0", "model.attention_resolutions=[7]", "model.low_res_size=14"},
+            "config key 'model.low_res_size' = 14"},
+           {{"model.low_res_size=8"}, "config key 'model.low_res_size' = 8 with data.pad_to"},
+           {{"model.low_res_size=-1"}, "config key 'model.low_res_size'"}}) {
+    try {
+      train(config("bad", overrides));
+      FAIL() << "no error for " << expected;
+    } catch (const tr::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_F(TrainerRun, CorruptLatestCheckpointFallsBackToThePrevious) {
   const auto r = train(config("run"));
   const auto all = tr::list_checkpoints(dir / "run");

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <tuple>
 #include <vector>
 
 #include "data/loader.hpp"
@@ -276,6 +277,62 @@ TEST(Denoiser, GuidanceMixesTheConditionalAndUnconditionalMeans) {
   EXPECT_TRUE(
       at::allclose(blended.narrow(1, 0, 1), 0.7 * mean_g * ratio + 0.3 * mean_g, 1e-4, 1e-5));
   EXPECT_TRUE(at::allclose(blended.narrow(1, 1, 1), cond.narrow(1, 1, 1), 1e-4, 1e-5));
+}
+
+// An upsampler (model.low_res_size) is conditioned on x_0 area-downsampled, each low-res pixel the
+// mean of its block (F.interpolate's "area"); the training step feeds that to the network, so the
+// stem's low-res channels get a gradient; classifier-free guidance doubles it with the batch.
+TEST(Denoiser, AnUpsamplerSeesItsImageAreaDownsampled) {
+  TempDir dir;
+  const tr::Config c = tr::parse_config(tiny_config("unused", dir / "run"),
+                                        {"data.pad_to=0", "model.low_res_size=8",
+                                         "data.class_conditional=true", "training.p_uncond=0.2"});
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 4}));
+  {
+    torch::NoGradGuard no_grad;  // the output layer starts at zero: let gradients through
+    for (auto& p : net->parameters())
+      p.add_(at::randn_like(p) * 0.05);
+  }
+  const tr::Denoiser denoiser = tr::make_denoiser(net, c);
+  const at::Tensor x0 = at::rand({3, 1, 16, 16}, at::kDouble) * 2 - 1;
+  const at::Tensor low = denoiser.low_res_of(x0);
+  ASSERT_EQ(low.sizes(), (std::vector<int64_t>{3, 1, 8, 8}));
+  for (const auto& [i, y, x] : {std::tuple{0, 0, 0}, {1, 3, 5}, {2, 7, 7}}) {
+    const double block =
+        x0[i][0].slice(0, 2 * y, 2 * y + 2).slice(1, 2 * x, 2 * x + 2).mean().item<double>();
+    EXPECT_NEAR(low[i][0][y][x].item<double>(), block, 1e-15);
+  }
+  tr::Config plain = c;
+  plain.model.low_res_size = 0;
+  EXPECT_FALSE(tr::make_denoiser(difftrain::model::UNet(tr::unet_config(plain, {16, 1, 4})), plain)
+                   .low_res_of(x0)
+                   .defined());
+
+  // One step's gradient reaches the stem's weights on the low-res channel.
+  auto comm = difftrain::parallel::make_local_communicator();
+  const auto diffusion = tr::make_diffusion(c);
+  const tr::StepContext context{denoiser, diffusion, tr::make_loss_spec(c), c.training, *comm};
+  const at::Tensor xf = x0.to(at::kFloat);
+  const tr::StepInputs in{xf, at::tensor({5L, 20L, 40L}), at::ones({3}), at::randn_like(xf),
+                          at::tensor({0L, 1L, 3L})};
+  net->zero_grad();
+  tr::forward_backward(context, in);
+  const at::Tensor stem_grad = net->named_parameters()["input_blocks.0.0.weight"].grad();
+  ASSERT_EQ(stem_grad.size(1), 2);
+  EXPECT_GT(stem_grad.select(1, 1).abs().max().item<double>(), 0);
+
+  // Guided: one call on the doubled batch, the low-res images doubled with it.
+  net->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor y = at::tensor({0L, 1L, 3L}), t = at::tensor({1L, 2L, 3L});
+  const at::Tensor xt = at::randn({3, 1, 16, 16}), lowf = low.to(at::kFloat);
+  const at::Tensor cond = denoiser(xt, t, y, lowf),
+                   uncond = denoiser(xt, t, at::full_like(y, 4), lowf);
+  const at::Tensor g = denoiser.with_guidance(y, 4, 3.0, 0.0, lowf)(xt, t);
+  EXPECT_TRUE(at::allclose(
+      g.narrow(1, 0, 1),
+      uncond.narrow(1, 0, 1) + 3.0 * (cond.narrow(1, 0, 1) - uncond.narrow(1, 0, 1)), 1e-4, 1e-5));
 }
 
 // The telemetry between log lines: means over samples, loss by quartile of t, the gradient norm

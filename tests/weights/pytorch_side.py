@@ -5,7 +5,7 @@ UNetModel (the same module names). Each command prints one line of JSON for the 
   pytorch_side.py forward EXPORT.json WEIGHTS TEST_BATCH [EXPORT.json WEIGHTS TEST_BATCH ...]
       For each triple: builds the UNet EXPORT.json describes, loads WEIGHTS into it with
       load_state_dict(strict=True) (a .pt through torch.load(weights_only=True), a .safetensors
-      through the safetensors package), runs the test batch's x, t (and y) and reports the
+      through the safetensors package), runs the test batch's x, t (and y, low_res) and reports the
       largest difference from its "out" (a list, one entry per triple).
   pytorch_side.py compare-safetensors FILE.safetensors FILE.pt
       Reads the first with the safetensors package, the second with torch.load, and reports
@@ -21,6 +21,9 @@ UNetModel (the same module names). Each command prints one line of JSON for the 
       logits.
   pytorch_side.py classifier-shapes CLASSIFIER.json
       The state-dict names and shapes of that EncoderUNetModel.
+  pytorch_side.py model-shapes MODEL.json
+      The state-dict names and shapes of the UNet (or SuperResModel) that MODEL.json, a difftrain
+      export's "model" object, describes.
   pytorch_side.py write-shared-storage FILE.pt FILE.safetensors
       FILE.pt: torch.save({"view": base[1:, ::2], "base": base}) with base = arange(12) as a
       3 x 4 float32 matrix (two tensors of one storage, one at an offset with strides);
@@ -60,7 +63,8 @@ def forward_one(export_json, weights, test_batch):
     model.eval()
     batch = load(test_batch)
     with th.no_grad():
-        out = model(batch["x"], batch["t"], batch.get("y"))
+        conditions = {k: batch[k] for k in ("y", "low_res") if k in batch}
+        out = model(batch["x"], batch["t"], **conditions)
     return {"max_abs_diff": (out - batch["out"]).abs().max().item(),
             "max_abs_out": out.abs().max().item(), "shape": list(out.shape),
             "tensors": len(state), "type": type(state).__name__}
@@ -118,6 +122,12 @@ def classifier_shapes(classifier_json):
     return {name: list(t.shape) for name, t in model.state_dict().items()}
 
 
+def model_shapes(model_json):
+    with open(model_json) as f:
+        model = model_from_difftrain(json.load(f))
+    return {name: list(t.shape) for name, t in model.state_dict().items()}
+
+
 def write_shared_storage(pt_path, st_path):
     from safetensors.torch import save_file
     base = th.arange(12, dtype=th.float32).reshape(3, 4)
@@ -139,6 +149,7 @@ def main():
     commands = {"forward": forward, "compare-safetensors": compare_safetensors,
                 "write-state-dict": write_state_dict, "write-classifier": write_classifier,
                 "classifier-shapes": classifier_shapes,
+                "model-shapes": model_shapes,
                 "write-shared-storage": write_shared_storage,
                 "write-bad-files": write_bad_files}
     print(json.dumps(commands[sys.argv[1]](*sys.argv[2:])))

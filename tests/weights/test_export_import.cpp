@@ -179,7 +179,8 @@ TEST_F(ExportImport, PyTorchUNetLoadsTheExportStrictlyAndReproducesTheVector) {
       const std::string out = path(model + "." + ext);
       const std::string& ckpt = checkpoints.at(model);
       run_ok("export --checkpoint " + ckpt + " --with-test-batch --out " + out);
-      triples += " " + path(model + ".json") + " " + out + " " + path(model + ".test." + ext);
+      for (const std::string& file : {path(model + ".json"), out, path(model + ".test." + ext)})
+        triples.append(" ").append(file);
     }
   const json results = python("forward" + triples);
   ASSERT_EQ(results.size(), 8u) << triples;
@@ -276,6 +277,51 @@ TEST_F(ExportImport, AGuidedDiffusionStateDictImportsToTheSameOutputs) {
   const ProcessResult r = difftrain_cli("import --weights " + path("gd32.pt") + " --config " +
                                         path("gray.yaml") + " --out " + path("x.pt"));
   EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
+// An upsampler (model.low_res_size) is guided-diffusion's SuperResModel: PyTorch's, loading the
+// export strictly, reproduces the test batch (which carries the low-res images), and a state dict
+// PyTorch saved for it imports to PyTorch's outputs. improved-diffusion describes it by large_size
+// and small_size.
+TEST_F(ExportImport, AnUpsamplerIsPyTorchsSuperResModel) {
+  std::string yaml = difftrain::testing::tiny_config_yaml(path("rgb/manifest.json"), 0, true);
+  const std::string heads = "  num_heads: 1\n";
+  yaml.replace(yaml.find(heads), heads.size(), heads + "  low_res_size: 4\n");
+  std::ofstream(path("up.yaml")) << yaml;
+  difftrain::testing::write_tiny_checkpoint(path("up_ckpt.pt"), yaml, yaml);
+  run_ok("export --checkpoint " + path("up_ckpt.pt") + " --with-test-batch --out " + path("up.pt"));
+  const json exported = read_json(path("up.json"));
+  EXPECT_EQ(exported["model"]["low_res_size"], 4);
+  EXPECT_EQ(exported["improved_diffusion"]["flags"]["large_size"], 8);
+  EXPECT_EQ(exported["improved_diffusion"]["flags"]["small_size"], 4);
+  EXPECT_FALSE(exported["improved_diffusion"]["flags"].contains("image_size"));
+  const auto batch = difftrain::weights::load_pt(path("up.test.pt"));
+  bool has_low_res = false;
+  for (const auto& [name, t] : batch)
+    if (name == "low_res") {
+      has_low_res = true;
+      EXPECT_EQ(t.sizes(), (std::vector<int64_t>{4, 3, 4, 4}));
+    }
+  EXPECT_TRUE(has_low_res);
+
+  python("write-state-dict " + path("up.json") + " 9 " + path("up32.pt") + " " + path("up16.pt"));
+  run_ok("import --weights " + path("up32.pt") + " --config " + path("up.yaml") + " --out " +
+         path("up_imported.pt"));
+  run_ok("export --checkpoint " + path("up_imported.pt") + " --with-test-batch --out " +
+         path("up_back.pt"));
+  const json results =
+      python("forward " + path("up.json") + " " + path("up.pt") + " " + path("up.test.pt") + " " +
+             path("up_back.json") + " " + path("up32.pt") + " " + path("up_back.test.pt"));
+  ASSERT_EQ(results.size(), 2u);
+  for (const json& r : results) {
+    EXPECT_LT(r["max_abs_diff"].get<double>(), 1e-5) << r;
+    EXPECT_GT(r["max_abs_out"].get<double>(), 1e-2) << r;
+  }
+  // A plain model's config does not take the upsampler's weights: its stem has 3 input channels.
+  const ProcessResult r = difftrain_cli("import --weights " + path("up32.pt") + " --config " +
+                                        path("rgb.yaml") + " --out " + path("x.pt"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("input_blocks.0.0.weight"), std::string::npos) << r.output;
 }
 
 // guided-diffusion's noisy classifier, saved by PyTorch (bench/baseline's EncoderUNetModel, with
@@ -390,6 +436,50 @@ TEST_F(ExportImport, TheReleasedImageNet64ClassifiersConfigHasItsStateDict) {
   EXPECT_EQ(total, 65'438'568) << info.output;
   EXPECT_EQ(parts, total) << info.output;
   EXPECT_NE(info.output.find("attention pooling"), std::string::npos) << info.output;
+}
+
+// configs/guided_diffusion_64_256_upsampler.yaml builds the network whose state dict has the names
+// and shapes of bench/baseline's PyTorch SuperResModel with the flags of guided-diffusion's
+// released 64 -> 256 upsampler: its weights import name for name.
+TEST_F(ExportImport, TheReleased64To256UpsamplersConfigHasItsStateDict) {
+  namespace tr = difftrain::train;
+  std::ofstream(path("up256.json")) << json{
+      {"in_channels", 3},
+      {"model_channels", 192},
+      {"out_channels", 6},
+      {"num_res_blocks", 2},
+      {"attention_resolutions", {32, 16, 8}},
+      {"image_size", 256},
+      {"dropout", 0.0},
+      {"channel_mult", {1, 1, 2, 2, 4, 4}},
+      {"conv_resample", true},
+      {"num_classes", 1000},
+      {"num_heads", 4},
+      {"num_head_channels", -1},
+      {"use_scale_shift_norm", true},
+      {"resblock_updown", true},
+      {"low_res_size", 64}}.dump();
+  const json expected = python("model-shapes " + path("up256.json"));
+  const std::string config =
+      std::string(DIFFTRAIN_SOURCE_DIR) + "/configs/guided_diffusion_64_256_upsampler.yaml";
+  const tr::Config c = tr::load_config(config);
+  difftrain::model::UNet net(tr::unet_config(c, tr::data_shape(c, nullptr)));
+  std::map<std::string, std::vector<int64_t>> ours;
+  int64_t count = 0;
+  for (const auto& p : net->named_parameters()) {
+    ours[p.key()] = p.value().sizes().vec();
+    count += p.value().numel();
+  }
+  EXPECT_EQ(ours.size(), expected.size());
+  for (const auto& [name, shape] : expected.items()) {
+    ASSERT_TRUE(ours.count(name)) << name << " missing";
+    EXPECT_EQ(ours[name], shape.get<std::vector<int64_t>>()) << name;
+  }
+  EXPECT_EQ(ours["input_blocks.0.0.weight"], (std::vector<int64_t>{192, 6, 3, 3}));
+  const ProcessResult info = difftrain_cli("model-info --config " + config);
+  ASSERT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_NE(info.output.find(std::to_string(count)), std::string::npos) << count << "\n"
+                                                                        << info.output;
 }
 
 TEST_F(ExportImport, ReadsViewsOfOneStorageAndPythonsSafetensors) {

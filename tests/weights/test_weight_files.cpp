@@ -222,6 +222,34 @@ TEST_F(WeightFiles, ImprovedDiffusionFlagsOfTheCifar10HybridModel) {
             "--use_scale_shift_norm True");
 }
 
+// improved-diffusion's super-resolution scripts (sr_model_and_diffusion_defaults) describe an
+// upsampler by large_size and small_size, and sr_create_model builds 64 and 256 pixels only.
+TEST_F(WeightFiles, ImprovedDiffusionFlagsOfAnUpsampler) {
+  difftrain::train::Config c;
+  c.model.channel_mult = {1, 2, 3, 4};
+  c.model.low_res_size = 16;
+  const auto f = w::improved_diffusion_flags(c, difftrain::train::unet_config(c, {64, 3, 0}));
+  EXPECT_TRUE(f.can_sample());
+  EXPECT_EQ(f.flags.begin().key(), "large_size");
+  EXPECT_EQ(f.flags["large_size"], 64);
+  EXPECT_EQ(f.flags["small_size"], 16);
+  EXPECT_FALSE(f.flags.contains("image_size"));
+  EXPECT_EQ(
+      w::image_sample_command(f, "up.pt")
+          .rfind("python scripts/super_res_sample.py --base_samples BASE.npz --model_path up.pt "
+                 "--large_size 64 --small_size 16 --num_channels 128",
+                 0),
+      0u)
+      << w::image_sample_command(f, "up.pt");
+  c.model.channel_mult = {1, 2, 2, 2};
+  c.model.low_res_size = 8;
+  const auto small = w::improved_diffusion_flags(c, difftrain::train::unet_config(c, {32, 3, 0}));
+  ASSERT_FALSE(small.unexpressible.empty());
+  EXPECT_EQ(small.unexpressible.front().key, "model.image_size");
+  EXPECT_EQ(small.unexpressible.front().reason,
+            "sr_create_model builds only 64 and 256 pixel upsamplers");
+}
+
 TEST_F(WeightFiles, ImprovedDiffusionFlagsListWhatTheyCannotExpress) {
   difftrain::train::Config c;
   c.diffusion.schedule = difftrain::diffusion::BetaSchedule::sigmoid;
