@@ -85,6 +85,19 @@ TEST_F(MultiRankTraining, TwoRanksBf16MatchOneRank) {
   expect_ranks_match_one_rank(*this, 2, {"training.precision=bf16"}, /*elementwise=*/false);
 }
 
+// An upsampler's condition is computed from each rank's own rows (their area-downsampled copies):
+// 2 ranks train it as 1 rank does, in fp32 element by element and in bf16 as a whole.
+const std::vector<std::string> kUpsampler{"data.pad_to=0", "model.attention_resolutions=[7]",
+                                          "model.low_res_size=7"};
+TEST_F(MultiRankTraining, TwoRanksTrainAnUpsamplerAsOneRank) {
+  expect_ranks_match_one_rank(*this, 2, kUpsampler);
+}
+TEST_F(MultiRankTraining, TwoRanksTrainAnUpsamplerAsOneRankInBf16) {
+  auto bf16 = kUpsampler;
+  bf16.push_back("training.precision=bf16");
+  expect_ranks_match_one_rank(*this, 2, bf16, /*elementwise=*/false);
+}
+
 // The noisy classifier's gradients are averaged over ranks as the diffusion model's: 2 ranks end
 // with the weights of 1 rank, in fp32 element by element, in bf16 as a whole.
 TEST_F(MultiRankTraining, TwoRanksTrainTheClassifierOneRankTrains) {
