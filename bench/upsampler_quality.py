@@ -20,10 +20,8 @@ Results go to --out (bench/results/upsampler.json) and a markdown table on stdou
 """
 import argparse
 import datetime
-import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,26 +34,9 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIFFTRAIN = os.path.join(ROOT, "build", "difftrain")
 QUALITY = os.path.join(ROOT, "launch", "sample_quality.py")
-DATA = "/usr/share/datasets/fashion-mnist"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+sys.path.insert(0, os.path.join(ROOT, "launch"))
+from sample_quality import DATA, read_idx  # noqa: E402
+from sampler_steps import cpu_model  # noqa: E402
 
 
 def area_down(images):

@@ -385,6 +385,25 @@ TEST_F(ExportImport, AGuidedDiffusionClassifierImportsToTheSameLogits) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
+// Expects `module`'s parameters to have the names and shapes of `expected` (name -> shape, as
+// pytorch_side.py's *-shapes commands print them); returns their number of elements.
+int64_t expect_state_dict_shapes(torch::nn::Module& module, const json& expected) {
+  std::map<std::string, std::vector<int64_t>> ours;
+  int64_t count = 0;
+  for (const auto& p : module.named_parameters()) {
+    ours[p.key()] = p.value().sizes().vec();
+    count += p.value().numel();
+  }
+  EXPECT_EQ(ours.size(), expected.size());
+  for (const auto& [name, shape] : expected.items()) {
+    EXPECT_TRUE(ours.count(name)) << name << " missing";
+    if (ours.count(name)) {
+      EXPECT_EQ(ours[name], shape.get<std::vector<int64_t>>()) << name;
+    }
+  }
+  return count;
+}
+
 // configs/guided_diffusion_64x64_classifier.yaml builds the network whose state dict has the names
 // and shapes of guided-diffusion's released 64x64 classifier, as bench/baseline's PyTorch model
 // with that classifier's flags has them: its weights import name for name.
@@ -407,17 +426,7 @@ TEST_F(ExportImport, TheReleasedImageNet64ClassifiersConfigHasItsStateDict) {
                                        "/configs/guided_diffusion_64x64_classifier.yaml");
   difftrain::model::EncoderUNet net(tr::classifier_unet_config(c, tr::data_shape(c, nullptr)),
                                     c.model.pool);
-  std::map<std::string, std::vector<int64_t>> ours;
-  int64_t count = 0;
-  for (const auto& p : net->named_parameters()) {
-    ours[p.key()] = p.value().sizes().vec();
-    count += p.value().numel();
-  }
-  EXPECT_EQ(ours.size(), expected.size());
-  for (const auto& [name, shape] : expected.items()) {
-    ASSERT_TRUE(ours.count(name)) << name << " missing";
-    EXPECT_EQ(ours[name], shape.get<std::vector<int64_t>>()) << name;
-  }
+  const int64_t count = expect_state_dict_shapes(*net, expected);
   EXPECT_EQ(count, 65'438'568);
   // `model-info --classifier` counts the same, part by part.
   const ProcessResult info =
@@ -464,18 +473,9 @@ TEST_F(ExportImport, TheReleased64To256UpsamplersConfigHasItsStateDict) {
       std::string(DIFFTRAIN_SOURCE_DIR) + "/configs/guided_diffusion_64_256_upsampler.yaml";
   const tr::Config c = tr::load_config(config);
   difftrain::model::UNet net(tr::unet_config(c, tr::data_shape(c, nullptr)));
-  std::map<std::string, std::vector<int64_t>> ours;
-  int64_t count = 0;
-  for (const auto& p : net->named_parameters()) {
-    ours[p.key()] = p.value().sizes().vec();
-    count += p.value().numel();
-  }
-  EXPECT_EQ(ours.size(), expected.size());
-  for (const auto& [name, shape] : expected.items()) {
-    ASSERT_TRUE(ours.count(name)) << name << " missing";
-    EXPECT_EQ(ours[name], shape.get<std::vector<int64_t>>()) << name;
-  }
-  EXPECT_EQ(ours["input_blocks.0.0.weight"], (std::vector<int64_t>{192, 6, 3, 3}));
+  const int64_t count = expect_state_dict_shapes(*net, expected);
+  EXPECT_EQ(net->named_parameters()["input_blocks.0.0.weight"].sizes().vec(),
+            (std::vector<int64_t>{192, 6, 3, 3}));
   const ProcessResult info = difftrain_cli("model-info --config " + config);
   ASSERT_EQ(info.exit_code, 0) << info.output;
   EXPECT_NE(info.output.find(std::to_string(count)), std::string::npos) << count << "\n"
