@@ -478,6 +478,8 @@ TEST_F(ExportImport, TheReleased64To256UpsamplersConfigHasItsStateDict) {
             (std::vector<int64_t>{192, 6, 3, 3}));
   const ProcessResult info = difftrain_cli("model-info --config " + config);
   ASSERT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_NE(info.output.find("1000 classes, an upsampler from 3x64x64"), std::string::npos)
+      << info.output;
   EXPECT_NE(info.output.find(std::to_string(count)), std::string::npos) << count << "\n"
                                                                         << info.output;
 }
