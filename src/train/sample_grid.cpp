@@ -76,10 +76,10 @@ bool write_sample_grid(TrainState& state, const Config& config, const DataShape&
   at::Tensor y;
   if (shape.num_classes > 0) y = at::arange(n, at::kLong).remainder(shape.num_classes).to(device);
   const Denoiser denoiser = make_denoiser(state.net, config);
-  // An upsampler upsamples the first images of the held-out set (else the training set), with
-  // their labels, by ancestral sampling: the deterministic samplers left noise in a third of the
-  // demo upsampler's images (docs/sampling-and-eval.md#upsamplers), and guided-diffusion samples
-  // its upsamplers so too.
+  // An upsampler upsamples a fixed batch of the held-out set (else the training set), with their
+  // labels, by ancestral sampling: the deterministic samplers ruin an epsilon-predicting
+  // upsampler's images (docs/sampling-and-eval.md#upsamplers), and guided-diffusion samples its
+  // upsamplers so too.
   at::Tensor low_res;
   if (config.model.low_res_size > 0) {
     const bool held_out = !config.data.validation.empty();
