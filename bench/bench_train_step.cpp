@@ -51,6 +51,7 @@
 #include "train/setup.hpp"
 #include "train/train_state.hpp"
 #include "train/train_step.hpp"
+#include "weights/model_json.hpp"
 
 namespace {
 
@@ -129,23 +130,6 @@ json gpu_time_summary(const std::vector<torch::autograd::profiler::KinetoEvent>&
               {"note",
                "3 steps under the Kineto profiler (its overhead included in the wall "
                "time); busy = the union of the GPU activities' intervals"}};
-}
-
-json model_json(const model::UNetConfig& c, bool channels_last) {
-  return json{{"image_size", c.image_size},
-              {"in_channels", c.in_channels},
-              {"model_channels", c.model_channels},
-              {"out_channels", c.out_channels},
-              {"num_res_blocks", c.num_res_blocks},
-              {"attention_resolutions", c.attention_resolutions},
-              {"dropout", c.dropout},
-              {"channel_mult", c.channel_mult},
-              {"conv_resample", c.conv_resample},
-              {"num_classes", c.num_classes},
-              {"num_heads", c.num_heads},
-              {"num_head_channels", c.num_head_channels},
-              {"use_scale_shift_norm", c.use_scale_shift_norm},
-              {"channels_last", channels_last}};
 }
 
 }  // namespace
@@ -235,7 +219,8 @@ int main(int argc, char** argv) {
     // baseline must reproduce from the same (exported) weights.
     const train::StepInputs check_inputs =
         train::draw_step_inputs(seed, 0, state.sampler, batch_data, batch);
-    json meta_model = model_json(unet_config, channels_last);
+    json meta_model = weights::model_json(unet_config);
+    meta_model["channels_last"] = channels_last;
     c10::Dict<std::string, at::Tensor> exported;
     for (const auto& p : state.net->named_parameters())
       exported.insert("state/" + p.key(), p.value().detach().cpu().contiguous().clone());

@@ -9,8 +9,9 @@ difftrain's own step (train::train_step) against the PyTorch eager baseline, pla
 (build/bench_train_step, bench/baseline/train_step.py) for the demo model and the CIFAR-10 hybrid model, fp32 and bf16,
 1 and 2 threads, with the achieved FLOP/s against this CPU's peak; `difftrain train` end to end
 (the quickstart's 2 ranks, images/s from its metrics); sampling throughput (DDIM-50,
-DDPM) and peak RSS over a demo training run (build/difftrain); bench/bench_scaling.sh's
-results when that script exists. Every timed figure has min / median / max over repeats.
+DDPM) and peak RSS over a demo training run (build/difftrain); gradient checkpointing's speed
+and memory on the CIFAR-10 model, difftrain and the baseline; bench/bench_scaling.sh's results
+when that script exists. Every timed figure has min / median / max over repeats.
 """
 import argparse
 import datetime
@@ -292,6 +293,55 @@ def train_step_benchmarks(args, env, tmp, plan):
     return out
 
 
+def checkpointing_benchmark(args, env, tmp):
+    """Gradient checkpointing (model.use_checkpoint) on the CIFAR-10 model, at a batch where the
+    activations outweigh the weights and optimizer state: difftrain's training step and the
+    PyTorch baseline's (torch.utils.checkpoint), each with and without it. Images/s, and peak
+    memory: the process's peak RSS on the CPU, allocated device memory on a GPU."""
+    name, config, sets = next(m for m in MODELS if m[0] == "cifar10_hybrid")
+    batch, precision, (steps, repeats, warmup) = args.checkpointing
+    threads = 2
+    e = dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    common = ["--threads", str(threads), "--precision", precision, "--steps", str(steps),
+              "--repeats", str(repeats), "--warmup", str(warmup), "--device", args.device]
+    memory_key = "cuda_peak_allocated_mb" if args.device == "cuda" else "peak_rss_mb"
+    out = {"config": config, "batch": batch, "precision": precision, "threads": threads,
+           "memory": memory_key, "runs": {}}
+    for use_checkpoint in (False, True):
+        key = "checkpointed" if use_checkpoint else "plain"
+        row = out["runs"][key] = {}
+        export = os.path.join(tmp, f"checkpointing_{key}.pt")
+        res = os.path.join(tmp, f"checkpointing_{key}_cpp.json")
+        log(f"checkpointing: difftrain {key}, {name} batch {batch} {precision}")
+        cmd = [os.path.join(BUILD, "bench_train_step"), "--config", config] + \
+            sum((["--set", s] for s in sets), []) + \
+            ["--set", f"model.use_checkpoint={str(use_checkpoint).lower()}"] + common + \
+            ["--batch", str(batch), "--export", export, "--out", res]
+        run_into(row, "difftrain", cmd, e, res)
+        if not os.path.exists(export):
+            continue
+        # The export's model JSON carries use_checkpoint: the baseline checkpoints the same blocks.
+        log(f"checkpointing: pytorch {key}")
+        res = os.path.join(tmp, f"checkpointing_{key}_pytorch.json")
+        run_into(row, "pytorch", [args.python, "-W", "ignore", "bench/baseline/train_step.py",
+                                  "--export", export, "--variant", "plain", "--out", res] + common,
+                 e, res)
+
+    def figures(key, impl):
+        r = out["runs"].get(key, {}).get(impl, {})
+        return (r.get("images_per_s") or {}).get("median"), r.get(memory_key)
+
+    for impl in ("difftrain", "pytorch"):
+        (plain_rate, plain_mem), (rate, mem) = figures("plain", impl), figures("checkpointed", impl)
+        if plain_rate and rate and plain_mem and mem:
+            out[impl] = {"images_per_s": [plain_rate, rate], "memory_mb": [plain_mem, mem],
+                         "speed_vs_without": rate / plain_rate, "memory_vs_without": mem / plain_mem}
+    if "difftrain" in out and "pytorch" in out:
+        out["checkpointed_ratio_vs_pytorch"] = \
+            out["difftrain"]["images_per_s"][1] / out["pytorch"]["images_per_s"][1]
+    return out
+
+
 def profile_tables(traces, top=14):
     """Self time per op (ms in the profiled step) of each implementation, for the top ops of
     difftrain's step (bench/profile_summary.py)."""
@@ -469,7 +519,7 @@ def main():
     ap.add_argument("--channels-last-everywhere", action="store_true",
                     help="also time difftrain with model.channels_last for fp32")
     ap.add_argument("--only", help="comma-separated subset: loader,train_step,end_to_end,"
-                                   "training,sampling,scaling")
+                                   "training,sampling,scaling,checkpointing")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     want = (lambda k: only is None or k in only)
@@ -506,6 +556,7 @@ def main():
         args.sampling = [("ddim", 50, 8), ("ddpm", 1000, 1)] if args.quick else \
             [("ddim", 50, 16), ("ddpm", 1000, 4)]
         args.sampling_repeats = 1 if args.quick else 2
+        args.checkpointing = (128, "bf16", (3, 2, 1) if args.quick else (10, 3, 3))
     elif args.quick:
         plan = {"fashion_mnist": [("fp32", 1, 2, 3, 1), ("fp32", 2, 2, 3, 1),
                                   ("bf16", 2, 1, 2, 0)],
@@ -514,6 +565,7 @@ def main():
         train_steps, log_every = 30, 3
         args.sampling = [("ddim", 50, 8), ("ddpm", 1000, 1)]
         args.sampling_repeats = 1
+        args.checkpointing = (8, "fp32", (1, 1, 0))
     else:
         bf16_steps = (5, 5, 2) if native_bf16 else (1, 3, 0)
         plan = {"fashion_mnist": [("fp32", 1, 5, 5, 2), ("fp32", 2, 5, 5, 2),
@@ -525,6 +577,7 @@ def main():
         train_steps, log_every = 1000, 50
         args.sampling = [("ddim", 50, 16), ("ddpm", 1000, 4)]
         args.sampling_repeats = 2
+        args.checkpointing = (32, "fp32", (1, 2, 1))
     tmp = tempfile.mkdtemp(prefix="difftrain-bench-")
     seconds = result["section_seconds"] = {}
 
@@ -550,6 +603,9 @@ def main():
         if want("sampling"):
             result["sampling"] = timed("sampling", sampling_benchmark, args, env, tmp,
                                        checkpoint, 2)
+        if want("checkpointing"):
+            result["checkpointing"] = timed("checkpointing", checkpointing_benchmark, args, env,
+                                            tmp)
         scaling = os.path.join(ROOT, "bench/bench_scaling.sh")
         if want("scaling") and os.path.exists(scaling):
             log("scaling (bench/bench_scaling.sh)")
@@ -573,7 +629,7 @@ def main():
             previous = json.load(f)
         previous.update({k: v for k, v in result.items() if k not in ("section_seconds",)})
         previous.setdefault("section_seconds", {}).update(seconds)
-        previous["partial_update"] = sorted(only)
+        previous["partial_update"] = sorted(set(previous.get("partial_update", [])) | only)
         result = previous
     result["machine"]["load_average_end"] = os.getloadavg()
     result["total_seconds"] = time.monotonic() - t_start

@@ -224,6 +224,30 @@ def section(r):
         w(f"**Memory**: skipped ({tm.get('skipped')}).")
         w("")
 
+    ck = r.get("checkpointing", {})
+    if ck and "runs" in ck:
+        where = "allocated device memory" if ck.get("memory") == "cuda_peak_allocated_mb" \
+            else "the process's peak RSS"
+        w(f"**Gradient checkpointing** (`model.use_checkpoint`, {ck['config']}, batch "
+          f"{ck['batch']}, {ck['precision']}, {ck['threads']} threads; memory: {where}; the "
+          f"baseline checkpoints the same blocks with `torch.utils.checkpoint`):")
+        w("")
+        w("| | images/s without | images/s with | speed | peak MiB without | peak MiB with "
+          "| memory |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for impl in ("difftrain", "pytorch"):
+            x = ck.get(impl)
+            if not x:
+                continue
+            w(f"| {impl} | {x['images_per_s'][0]:.2f} | {x['images_per_s'][1]:.2f} | "
+              f"{x['speed_vs_without']:.2f}× | {x['memory_mb'][0]:.0f} | {x['memory_mb'][1]:.0f} "
+              f"| {x['memory_vs_without']:.2f}× |")
+        w("")
+        if ck.get("checkpointed_ratio_vs_pytorch"):
+            w(f"Checkpointed, difftrain trains {ck['checkpointed_ratio_vs_pytorch']:.2f}× the "
+              f"baseline's images/s.")
+            w("")
+
     ld = r.get("loader", {})
     if ld and "results" in ld:
         w(f"**Loader** (`bench_loader`, {ld.get('manifest', '?')}, batch "

@@ -305,6 +305,14 @@ bench)
       record bench "$WORK" "$dir" $PEAK_TFLOPS
     done
   done
+  # What gradient checkpointing (model.use_checkpoint) costs in speed and saves in device memory,
+  # at the first precision's batch.
+  precision=${precisions%% *}
+  log "$precision: difftrain with gradient checkpointing"
+  "$BUILD/bench_train_step" --config $config --device $device --batch $batch \
+    --precision "$precision" "${timing[@]}" --set model.use_checkpoint=true \
+    --out "$dir/checkpointed_${precision}_difftrain.json" >/dev/null || failed=1
+  record bench "$WORK" "$dir" $PEAK_TFLOPS
   exit $failed
   ;;
 *)

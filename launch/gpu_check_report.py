@@ -153,6 +153,21 @@ def bench(work, directory, peak_tflops):
                     row["ratio_vs_" + base[8:]] = round(rates["difftrain"] / rates[base], 3)
         if row:
             runs[precision] = row
+    # Gradient checkpointing against the same step without it.
+    for precision in ("bf16", "fp32"):
+        j = load(f"checkpointed_{precision}_difftrain.json")
+        plain = load(f"{precision}_difftrain.json")
+        if not (j and j.get("images_per_s") and plain and plain.get("images_per_s")):
+            continue
+        rate, plain_rate = j["images_per_s"]["median"], plain["images_per_s"]["median"]
+        memory, plain_memory = j.get("cuda_peak_allocated_mb"), plain.get("cuda_peak_allocated_mb")
+        runs["checkpointed_" + precision] = {
+            "images_per_s": round(rate, 2),
+            "speed_vs_without": round(rate / plain_rate, 3),
+            "peak_device_memory_mb": memory,
+            "memory_vs_without": round(memory / plain_memory, 3) if memory and plain_memory else None,
+        }
+        break
     # The targets for the CIFAR-10 model in bf16 on one H200 (docs/gpu-check.md).
     bf16 = runs.get("bf16", {})
     targets = {}

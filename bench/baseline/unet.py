@@ -14,6 +14,7 @@ import math
 import torch as th
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -74,7 +75,18 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-class ResBlock(TimestepBlock):
+class Checkpointed(nn.Module):
+    """improved-diffusion's use_checkpoint: with it, forward keeps no activations for backward and
+    recomputes them there (torch.utils.checkpoint, which also replays dropout's randomness)."""
+    use_checkpoint = False
+
+    def forward(self, *args):
+        if self.use_checkpoint and th.is_grad_enabled():
+            return checkpoint(self._forward, *args, use_reentrant=False)
+        return self._forward(*args)
+
+
+class ResBlock(TimestepBlock, Checkpointed):
     def __init__(self, channels, emb_channels, dropout, out_channels, use_scale_shift_norm,
                  updown=None):
         super().__init__()
@@ -97,7 +109,7 @@ class ResBlock(TimestepBlock):
         self.skip_connection = (nn.Identity() if out_channels == channels
                                 else nn.Conv2d(channels, out_channels, 1))
 
-    def forward(self, x, emb):
+    def _forward(self, x, emb):
         if self.updown:
             h = self.in_layers[-1](self.h_upd(self.in_layers[:-1](x)))
             x = self.x_upd(x)
@@ -136,7 +148,7 @@ class QKVAttention(nn.Module):
         return th.einsum("bts,bcs->bct", weight, v)
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(Checkpointed):
     def __init__(self, channels, num_heads, tuned=False, new_order=False):
         super().__init__()
         self.num_heads = num_heads
@@ -146,7 +158,7 @@ class AttentionBlock(nn.Module):
         self.attention = QKVAttention(tuned)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 
-    def forward(self, x):
+    def _forward(self, x):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
@@ -331,15 +343,19 @@ def model_from_difftrain(m, tuned=False):
     """The UNetModel of a difftrain model config: the "model" object of the JSON that difftrain
     writes beside its weight exports (bench_train_step --export, difftrain export). A model
     trained for classifier-free guidance (null_class) has one more label row, the null label; an
-    upsampler (low_res_size > 0) is a SuperResModel."""
+    upsampler (low_res_size > 0) is a SuperResModel; use_checkpoint checkpoints its blocks."""
     model = SuperResModel if m.get("low_res_size", 0) > 0 else UNetModel
-    return model(in_channels=m["in_channels"], model_channels=m["model_channels"],
-                 out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
-                 attention_resolutions=m["attention_resolutions"],
-                 image_size=m["image_size"], dropout=m["dropout"],
-                 channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
-                 num_classes=(m["num_classes"] + m.get("null_class", False)) or None,
-                 num_heads=m["num_heads"], num_head_channels=m["num_head_channels"],
-                 use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned,
-                 resblock_updown=m.get("resblock_updown", False),
-                 use_new_attention_order=m.get("use_new_attention_order", False))
+    net = model(in_channels=m["in_channels"], model_channels=m["model_channels"],
+               out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],
+               attention_resolutions=m["attention_resolutions"],
+               image_size=m["image_size"], dropout=m["dropout"],
+               channel_mult=m["channel_mult"], conv_resample=m["conv_resample"],
+               num_classes=(m["num_classes"] + m.get("null_class", False)) or None,
+               num_heads=m["num_heads"], num_head_channels=m["num_head_channels"],
+               use_scale_shift_norm=m["use_scale_shift_norm"], tuned=tuned,
+               resblock_updown=m.get("resblock_updown", False),
+               use_new_attention_order=m.get("use_new_attention_order", False))
+    for block in net.modules():
+        if isinstance(block, Checkpointed):
+            block.use_checkpoint = m.get("use_checkpoint", False)
+    return net

@@ -17,6 +17,7 @@
 #include "model/parameter_count.hpp"
 #include "weights/conformance.hpp"
 #include "weights/improved_diffusion.hpp"
+#include "weights/model_json.hpp"
 #include "weights/pt_file.hpp"
 #include "weights/safetensors_file.hpp"
 
@@ -65,26 +66,6 @@ void save(const weights::StateDict& state, const std::string& path, const std::s
                              {"step", std::to_string(m.step)}});
 }
 
-json model_json(const model::UNetConfig& u) {
-  return {{"image_size", u.image_size},
-          {"in_channels", u.in_channels},
-          {"model_channels", u.model_channels},
-          {"out_channels", u.out_channels},
-          {"num_res_blocks", u.num_res_blocks},
-          {"attention_resolutions", u.attention_resolutions},
-          {"dropout", u.dropout},
-          {"channel_mult", u.channel_mult},
-          {"conv_resample", u.conv_resample},
-          {"num_classes", u.num_classes},
-          {"null_class", u.null_class},
-          {"num_heads", u.num_heads},
-          {"num_head_channels", u.num_head_channels},
-          {"use_scale_shift_norm", u.use_scale_shift_norm},
-          {"resblock_updown", u.resblock_updown},
-          {"use_new_attention_order", u.use_new_attention_order},
-          {"low_res_size", u.low_res_size}};
-}
-
 json export_json(const TrainedModel& m, const OutputPaths& p, const weights::StateDict& state,
                  const weights::ImprovedDiffusionFlags& flags, bool with_test_batch) {
   const auto& d = m.config.diffusion;
@@ -102,7 +83,7 @@ json export_json(const TrainedModel& m, const OutputPaths& p, const weights::Sta
           {{"checkpoint", m.checkpoint},
            {"step", m.step},
            {"ema_rate", m.ema_rate ? json(*m.ema_rate) : json(nullptr)}}},
-         {"model", model_json(m.denoiser.net->config())},
+         {"model", weights::model_json(m.denoiser.net->config())},
          {"diffusion",
           {{"schedule", d.schedule},
            {"steps", d.steps},

@@ -1,5 +1,6 @@
 #include "model/attention.hpp"
 
+#include "model/gradient_checkpoint.hpp"
 #include "model/zero_module.hpp"
 
 namespace difftrain::model {
@@ -21,9 +22,11 @@ at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads, bool new_orde
   return h.transpose(2, 3).reshape({n, num_heads * head_dim, t});
 }
 
-AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads, bool new_order)
+AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads, bool new_order,
+                                       bool use_checkpoint)
     : num_heads_(num_heads),
       new_order_(new_order),
+      use_checkpoint_(use_checkpoint),
       norm_(register_module("norm", GroupNorm32(channels))),
       qkv_(register_module("qkv",
                            torch::nn::Conv1d(torch::nn::Conv1dOptions(channels, 3 * channels, 1)))),
@@ -33,6 +36,13 @@ AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads, bool
 }
 
 at::Tensor AttentionBlockImpl::forward(const at::Tensor& x) {
+  if (!use_checkpoint_) return block(x);
+  auto self = std::static_pointer_cast<AttentionBlockImpl>(shared_from_this());
+  return gradient_checkpoint(
+      [self](const std::vector<at::Tensor>& in) { return self->block(in[0]); }, {x}, parameters());
+}
+
+at::Tensor AttentionBlockImpl::block(const at::Tensor& x) {
   // GroupNorm over [N, C, H, W] equals improved-diffusion's over [N, C, H * W].
   const auto h = proj_out_(qkv_attention(qkv_(norm_(x).flatten(2)), num_heads_, new_order_));
   return x + h.view(x.sizes());

@@ -29,15 +29,21 @@ at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads, bool new_orde
 // Children (state-dict names): norm (GroupNorm32), qkv (Conv1d C -> 3C, kernel 1), proj_out
 // (zero-initialised Conv1d C -> C, kernel 1). Conv1d keeps improved-diffusion's weight shapes
 // [3C, C, 1] and [C, C, 1].
-// forward: x + proj_out(qkv_attention(qkv(norm(x)))) over the H * W positions.
+// forward: x + proj_out(qkv_attention(qkv(norm(x)))) over the H * W positions. With
+// use_checkpoint, forward keeps none of the block's activations for backward
+// (gradient_checkpoint.hpp).
 class AttentionBlockImpl : public torch::nn::Module {
  public:
-  AttentionBlockImpl(int64_t channels, int64_t num_heads, bool new_order = false);
+  AttentionBlockImpl(int64_t channels, int64_t num_heads, bool new_order = false,
+                     bool use_checkpoint = false);
   at::Tensor forward(const at::Tensor& x);
 
  private:
+  at::Tensor block(const at::Tensor& x);
+
   int64_t num_heads_;
   bool new_order_;
+  bool use_checkpoint_;
   GroupNorm32 norm_{nullptr};
   torch::nn::Conv1d qkv_{nullptr};
   torch::nn::Conv1d proj_out_{nullptr};

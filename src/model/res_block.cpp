@@ -1,5 +1,6 @@
 #include "model/res_block.hpp"
 
+#include "model/gradient_checkpoint.hpp"
 #include "model/resample.hpp"
 #include "model/zero_module.hpp"
 
@@ -26,6 +27,7 @@ at::Tensor resampled(const at::Tensor& x, Resample r) {
 
 ResBlockImpl::ResBlockImpl(const ResBlockOptions& o)
     : use_scale_shift_norm_(o.use_scale_shift_norm),
+      use_checkpoint_(o.use_checkpoint),
       resample_(o.resample),
       in_norm_(o.channels),
       in_conv_(conv3x3(o.channels, o.out_channels)),
@@ -46,6 +48,15 @@ ResBlockImpl::ResBlockImpl(const ResBlockOptions& o)
 }
 
 at::Tensor ResBlockImpl::forward(const at::Tensor& x, const at::Tensor& emb) {
+  if (!use_checkpoint_) return block(x, emb);
+  // The node that recomputes the block holds the block alive until backward.
+  auto self = std::static_pointer_cast<ResBlockImpl>(shared_from_this());
+  return gradient_checkpoint(
+      [self](const std::vector<at::Tensor>& in) { return self->block(in[0], in[1]); }, {x, emb},
+      parameters());
+}
+
+at::Tensor ResBlockImpl::block(const at::Tensor& x, const at::Tensor& emb) {
   auto h = in_conv_(resampled(at::silu(in_norm_(x)), resample_));
   // [N, out or 2 out] -> [N, ., 1, 1], in the activations' dtype (emb may be wider under autocast).
   const auto emb_out = emb_linear_(at::silu(emb)).to(h.scalar_type()).unsqueeze(-1).unsqueeze(-1);

@@ -27,6 +27,7 @@ struct ResBlockOptions {
   double dropout = 0.0;
   bool use_scale_shift_norm = true;
   Resample resample = Resample::none;
+  bool use_checkpoint = false;  // recompute the block's activations in backward
 };
 
 // Children (state-dict names):
@@ -40,13 +41,18 @@ struct ResBlockOptions {
 //   scale-shift: h = out_layers[1:](out_norm(h) * (1 + scale) + shift), [scale, shift] = e
 //   additive:    h = out_layers(h + e)
 //   return skip(x) + h
+// With use_checkpoint, forward keeps none of the block's activations for backward
+// (gradient_checkpoint.hpp).
 class ResBlockImpl : public torch::nn::Module {
  public:
   explicit ResBlockImpl(const ResBlockOptions& options);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& emb);
 
  private:
+  at::Tensor block(const at::Tensor& x, const at::Tensor& emb);
+
   bool use_scale_shift_norm_;
+  bool use_checkpoint_;
   Resample resample_;
   GroupNorm32 in_norm_{nullptr};
   torch::nn::Conv2d in_conv_{nullptr};

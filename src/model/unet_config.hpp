@@ -37,6 +37,10 @@ struct UNetConfig {
   // image [N, in_channels, low_res_size, low_res_size], bilinearly upsampled to x's size and
   // concatenated to x, so the first convolution sees 2 * in_channels. 0 = an ordinary model.
   int64_t low_res_size = 0;
+  // Gradient checkpointing (improved-diffusion's use_checkpoint): ResBlocks and attention blocks
+  // keep no activations for backward and compute them again there, about a third more compute
+  // for a fraction of the activation memory. The parameters and outputs are the same.
+  bool use_checkpoint = false;
 };
 
 // How guided-diffusion's classifier (EncoderUNet, encoder_unet.hpp) turns its last feature map

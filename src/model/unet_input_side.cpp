@@ -32,11 +32,13 @@ ResBlock make_res_block(const UNetConfig& c, int64_t channels, int64_t out_chann
                                   .out_channels = out_channels,
                                   .dropout = c.dropout,
                                   .use_scale_shift_norm = c.use_scale_shift_norm,
-                                  .resample = resample});
+                                  .resample = resample,
+                                  .use_checkpoint = c.use_checkpoint});
 }
 
 AttentionBlock make_attention(const UNetConfig& c, int64_t channels) {
-  return AttentionBlock(channels, attention_heads(c, channels), c.use_new_attention_order);
+  return AttentionBlock(channels, attention_heads(c, channels), c.use_new_attention_order,
+                        c.use_checkpoint);
 }
 
 InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c,

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/autocast_scope.hpp"
 #include "data/loader.hpp"
 #include "data/manifest.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
@@ -17,7 +18,6 @@
 #include "parallel/communicator.hpp"
 #include "parallel/grad_reducer.hpp"
 #include "parallel/watchdog.hpp"
-#include "train/autocast_scope.hpp"
 #include "train/checkpoint.hpp"
 #include "train/classifier.hpp"
 #include "train/heldout_bpd.hpp"
@@ -203,10 +203,11 @@ TrainResult train_classifier(const Config& config, Cluster& cluster, const std::
     metrics_file.open(fs::path(lc.run_dir) / "metrics.jsonl", std::ios::app);
     spdlog::info(
         "run directory {}: a {}-class classifier ({} pooling), {} parameters, {} x {}x{}x{} "
-        "images, {} ranks, device {}",
+        "images, {} ranks, device {}{}",
         lc.run_dir, shape.num_classes, model::to_string(config.model.pool),
         model::parameter_count(*state.net), manifest.num_samples(), shape.channels,
-        shape.image_size, shape.image_size, world, device.str());
+        shape.image_size, shape.image_size, world, device.str(),
+        config.model.use_checkpoint ? ", gradient checkpointing" : "");
   }
   const auto write = [&](nlohmann::json line) {
     if (rank != 0) return;

@@ -95,6 +95,7 @@ void visit(V& v, Config& c) {
     v.key("resblock_updown", c.model.resblock_updown);
     v.key("use_new_attention_order", c.model.use_new_attention_order);
     v.key("low_res_size", c.model.low_res_size);
+    v.key("use_checkpoint", c.model.use_checkpoint);
     v.choice("pool", c.model.pool, model::parse_pool);
     v.choice("channels_last", c.model.channels_last, parse_channels_last);
   });

@@ -4,13 +4,13 @@
 
 #include <cmath>
 
+#include "common/autocast_scope.hpp"
 #include "common/host_to_device.hpp"
 #include "data/loader.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/timestep_sampler.hpp"
 #include "parallel/communicator.hpp"
 #include "parallel/grad_reducer.hpp"
-#include "train/autocast_scope.hpp"
 #include "train/step_rng.hpp"
 #include "train/train_state.hpp"
 

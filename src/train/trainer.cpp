@@ -217,9 +217,10 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       lc.bpd_every > 0 ? read_heldout_batch(config, shape, rank, world, device) : HeldOutBatch{};
   RunFiles files = open_run_files(lc.run_dir, config_yaml, rank, state.step);
   if (rank == 0)
-    spdlog::info("run directory {}: {} parameters, {} x {}x{}x{} images, {} ranks, device {}",
+    spdlog::info("run directory {}: {} parameters, {} x {}x{}x{} images, {} ranks, device {}{}",
                  lc.run_dir, model::parameter_count(state.net), manifest.num_samples(),
-                 shape.channels, shape.image_size, shape.image_size, world, device.str());
+                 shape.channels, shape.image_size, shape.image_size, world, device.str(),
+                 config.model.use_checkpoint ? ", gradient checkpointing" : "");
 
   TrainResult result;
   result.run_dir = lc.run_dir;

@@ -136,7 +136,7 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
              {"predict_xstart", d.model_mean_type == ModelMeanType::start_x},
              {"rescale_timesteps", d.rescale_timesteps},
              {"rescale_learned_sigmas", rescale_learned_sigmas},
-             {"use_checkpoint", false},
+             {"use_checkpoint", unet.use_checkpoint},
              {"use_scale_shift_norm", unet.use_scale_shift_norm}};
   if (upsampler) {  // sr_model_and_diffusion_defaults: large_size and small_size for image_size
     nlohmann::ordered_json sr{{"large_size", unet.image_size}, {"small_size", unet.low_res_size}};
@@ -155,7 +155,8 @@ std::string image_sample_command(const ImprovedDiffusionFlags& f, const std::str
                               shell_word(weights_path)
                         : "python scripts/image_sample.py --model_path " + shell_word(weights_path);
   for (const auto& [name, value] : f.flags.items()) {
-    if (name == "timestep_respacing" || name == "use_checkpoint") continue;  // sampling choices
+    // A sampling choice, and a training one that sampling ignores.
+    if (name == "timestep_respacing" || name == "use_checkpoint") continue;
     std::string v;
     if (value.is_boolean())
       v = value.get<bool>() ? "True" : "False";

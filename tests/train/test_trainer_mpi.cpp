@@ -49,13 +49,17 @@ const std::vector<std::string> kMpiOverrides{"training.max_steps=5", "training.b
 // fp32 runs match element by element (expect_same_model's tolerance). Under bf16 autocast the
 // ranks' smaller per-rank batches round differently, and Adam turns some of those differences
 // into up to lr per step, so bf16 runs are compared by how far their updates differ as a whole.
+// ranks_only: overrides of the W-rank run alone.
 void expect_ranks_match_one_rank(MultiRankTraining& f, int ranks,
-                                 const std::vector<std::string>& extra, bool elementwise = true) {
+                                 const std::vector<std::string>& extra, bool elementwise = true,
+                                 const std::vector<std::string>& ranks_only = {}) {
   std::vector<std::string> overrides = kMpiOverrides;
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   const auto one = f.train(f.config("one_rank", overrides));
   const std::string run = "ranks" + std::to_string(ranks);
-  const auto r = mpi_train(f, ranks, run, overrides);
+  auto rank_overrides = overrides;
+  rank_overrides.insert(rank_overrides.end(), ranks_only.begin(), ranks_only.end());
+  const auto r = mpi_train(f, ranks, run, rank_overrides);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const tr::Config c = f.config("one_rank", overrides);
   const std::string theirs = tr::checkpoint_path(f.dir / run, 5);
@@ -96,6 +100,16 @@ TEST_F(MultiRankTraining, TwoRanksTrainAnUpsamplerAsOneRankInBf16) {
   auto bf16 = kUpsampler;
   bf16.push_back("training.precision=bf16");
   expect_ranks_match_one_rank(*this, 2, bf16, /*elementwise=*/false);
+}
+
+// With gradient checkpointing, each block's parameter gradients reach the bucketed reducer at once,
+// from the recomputation: 2 checkpointed ranks train as 1 rank without it.
+TEST_F(MultiRankTraining, TwoRanksWithGradientCheckpointingMatchOneRankWithout) {
+  expect_ranks_match_one_rank(*this, 2, {}, true, {"model.use_checkpoint=true"});
+}
+TEST_F(MultiRankTraining, TwoRanksWithGradientCheckpointingMatchOneRankWithoutInBf16) {
+  expect_ranks_match_one_rank(*this, 2, {"training.precision=bf16"}, false,
+                              {"model.use_checkpoint=true"});
 }
 
 // The noisy classifier's gradients are averaged over ranks as the diffusion model's: 2 ranks end

@@ -48,6 +48,29 @@ TEST_F(TrainerRun, ExactResumeIsBitIdentical) {
     EXPECT_TRUE(at::equal(t, b.at(key))) << key;
 }
 
+// model.use_checkpoint recomputes the blocks' activations in backward, with the forward's dropout
+// masks and autocast: a run trains as without it, to rounding (the gradients of tensors used
+// several times are summed in another order). fp32 element by element, bf16 as a whole (the
+// tolerances of W ranks against 1); a recomputation with fresh dropout masks is far outside both.
+TEST_F(TrainerRun, GradientCheckpointingTrainsAsWithout) {
+  for (const std::string precision : {"fp32", "bf16"}) {
+    SCOPED_TRACE(precision);
+    const std::vector<std::string> plain{"training.max_steps=3", "model.dropout=0.3",
+                                         "training.precision=" + precision};
+    auto checkpointed = plain;
+    checkpointed.push_back("model.use_checkpoint=true");
+    const auto a = train(config("plain_" + precision, plain));
+    const auto b = train(config("checkpointed_" + precision, checkpointed));
+    const tr::Config c = config("plain_" + precision, plain);
+    const double difference =
+        difftrain::testing::relative_update_difference(c, a.last_checkpoint, b.last_checkpoint);
+    std::cout << precision << ": relative update difference " << difference << "\n";
+    EXPECT_LT(difference, 0.05);
+    if (precision == "fp32")
+      difftrain::testing::expect_same_model(c, a.last_checkpoint, b.last_checkpoint, false);
+  }
+}
+
 std::string file_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};

@@ -137,6 +137,7 @@ TEST_F(ExportImport, JsonSaysWhatTheWeightsAreAndTheVectorIsTheirOutput) {
   EXPECT_EQ(j["model"]["in_channels"], 1);
   EXPECT_EQ(j["model"]["image_size"], 8);
   EXPECT_EQ(j["model"]["out_channels"], 2);
+  EXPECT_EQ(j["model"]["use_checkpoint"], false);  // gradient checkpointing, off by default
   const json& id = j["improved_diffusion"];
   EXPECT_EQ(id["flags"]["num_channels"], 32);
   EXPECT_EQ(id["flags"]["attention_resolutions"], "4");

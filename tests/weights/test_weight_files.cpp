@@ -220,6 +220,16 @@ TEST_F(WeightFiles, ImprovedDiffusionFlagsOfTheCifar10HybridModel) {
             "--class_cond False --diffusion_steps 4000 --noise_schedule cosine --use_kl False "
             "--predict_xstart False --rescale_timesteps True --rescale_learned_sigmas True "
             "--use_scale_shift_norm True");
+  EXPECT_EQ(f.flags["use_checkpoint"], false);
+
+  // Gradient checkpointing is a training flag: in the flags, not in the sampling command.
+  c.model.use_checkpoint = true;
+  const auto checkpointed =
+      w::improved_diffusion_flags(c, difftrain::train::unet_config(c, {32, 3, 0}));
+  EXPECT_EQ(checkpointed.flags["use_checkpoint"], true);
+  EXPECT_TRUE(checkpointed.unexpressible.empty());
+  EXPECT_EQ(w::image_sample_command(checkpointed, "my weights/ema.pt"),
+            w::image_sample_command(f, "my weights/ema.pt"));
 }
 
 // improved-diffusion's super-resolution scripts (sr_model_and_diffusion_defaults) describe an
