@@ -51,6 +51,20 @@ double relative_error(const at::Tensor& a, const at::Tensor& b) {
   return scale > 0 ? diff / scale : diff;
 }
 
+// The config's UNet for 16x16 one-channel images, from seed 0, every weight moved by `scale` times
+// a fixed normal draw (so that the zero-initialised output layers pass gradients), on `device`.
+difftrain::model::UNet perturbed_unet(const tr::Config& c, const c10::Device& device,
+                                      double scale) {
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  torch::NoGradGuard no_grad;
+  auto g = tr::cpu_generator(7);
+  for (auto& p : net->parameters())
+    p.add_(at::randn(p.sizes(), g) * scale);
+  net->to(device);
+  return net;
+}
+
 std::vector<nlohmann::json> metrics_lines(const std::string& run_dir) {
   std::vector<nlohmann::json> lines;
   std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
@@ -113,17 +127,7 @@ const std::vector<std::string> kRunOverrides{"training.max_steps=5", "training.b
 TEST_F(Cuda, TrainingStepMatchesTheCpuInFp32) {
   NoTf32 fp32;
   const tr::Config c = config("unused", {"training.weight_decay=0.01"});
-  const auto make_net = [&](const c10::Device& device) {
-    torch::manual_seed(0);
-    difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
-    // Non-zero output layers, so that every parameter gets a gradient.
-    torch::NoGradGuard no_grad;
-    auto g = tr::cpu_generator(7);
-    for (auto& p : net->parameters())
-      p.add_(at::randn(p.sizes(), g) * 0.01);
-    net->to(device);
-    return net;
-  };
+  const auto make_net = [&](const c10::Device& device) { return perturbed_unet(c, device, 0.01); };
   auto g = tr::cpu_generator(1);
   const tr::StepInputs host{at::rand({8, 1, 16, 16}, g) * 2 - 1,
                             at::arange(8, at::kLong) * 6,
@@ -357,16 +361,7 @@ TEST_F(Cuda, LoaderDeliversTheCpuBatchesToTheGpu) {
 // torch::manual_seed seeds the CUDA generator too: the trainer's per-step dropout seed gives the
 // same masks again on the GPU, and another seed other masks.
 TEST_F(Cuda, DropoutOnTheGpuFollowsManualSeed) {
-  const tr::Config c = config("unused", {"model.dropout=0.3"});
-  torch::manual_seed(0);
-  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
-  {
-    torch::NoGradGuard no_grad;
-    auto g = tr::cpu_generator(7);
-    for (auto& p : net->parameters())
-      p.add_(at::randn(p.sizes(), g) * 0.05);
-  }
-  net->to(kGpu);
+  auto net = perturbed_unet(config("unused", {"model.dropout=0.3"}), kGpu, 0.05);
   net->train();
   const at::Tensor x = at::randn({4, 1, 16, 16}, tr::cpu_generator(1)).to(kGpu);
   const at::Tensor t = at::full({4}, 500.0, at::TensorOptions(kGpu));
@@ -385,16 +380,10 @@ TEST_F(Cuda, DropoutOnTheGpuFollowsManualSeed) {
 TEST_F(Cuda, GradientCheckpointingGivesTheSameGradientsForLessMemory) {
   NoTf32 fp32;
   const auto net = [&](bool use_checkpoint) {
-    const tr::Config c = config(
-        "unused", {"model.dropout=0.3", "model.num_res_blocks=2",
-                   std::string("model.use_checkpoint=") + (use_checkpoint ? "true" : "false")});
-    torch::manual_seed(0);
-    difftrain::model::UNet n(tr::unet_config(c, {16, 1, 0}));
-    torch::NoGradGuard no_grad;
-    auto g = tr::cpu_generator(7);
-    for (auto& p : n->parameters())
-      p.add_(at::randn(p.sizes(), g) * 0.01);
-    n->to(kGpu);
+    auto n = perturbed_unet(config("unused", {"model.dropout=0.3", "model.num_res_blocks=2",
+                                              std::string("model.use_checkpoint=") +
+                                                  (use_checkpoint ? "true" : "false")}),
+                            kGpu, 0.01);
     n->train();
     return n;
   };
