@@ -46,7 +46,8 @@ void add_convert_command(CLI::App& app, int& exit_code, const std::string& comma
       ->check(CLI::IsMember({"idx", "cifar", "images", "npy"}));
   cmd->add_option("--input", o->inputs,
                   "Input files or directory (idx: images [+ labels] or a directory; cifar: "
-                  "batches or a directory; images: a folder; npy: images [+ labels])")
+                  "batches or a directory; images: a folder; npy: .npy images [+ labels] or an "
+                  ".npz)")
       ->required();
   cmd->add_option("--out", o->out, "Output directory (shards and manifest.json)")->required();
   auto* shards = cmd->add_option("--shards", o->shards, "Number of shards K");

@@ -438,9 +438,10 @@ void add_sample_command(CLI::App& app, int& exit_code) {
                   "step (default 1)")
       ->needs(classifier);
   cmd->add_option("--low-res", o->low_res,
-                  "An upsampler's input images: a shard file (.h5, e.g. a base model's difftrain "
-                  "sample output) or a shard set (manifest.json or its directory); images of "
-                  "the output size are area-downsampled first. Sample i upsamples image i mod n");
+                  "An upsampler's input images: a base model's samples (.npz of difftrain "
+                  "sample or image_sample.py: arr_0 images, arr_1 labels; or difftrain sample's "
+                  ".h5), or a shard set (manifest.json or its directory); images of the output "
+                  "size are area-downsampled first. Sample i upsamples image i mod n");
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

@@ -15,6 +15,7 @@
 
 #include "common/difftrain_cli.hpp"
 #include "data/h5.hpp"
+#include "data/npz.hpp"
 #include "data/shard_reader.hpp"
 #include "data/shard_set.hpp"
 #include "tiny_run.hpp"
@@ -581,6 +582,24 @@ TEST_F(SampleEvalCli, AnUpsamplerUpsamplesTheLowResImagesItIsGiven) {
   std::vector<int64_t> got(5);
   std::memcpy(got.data(), labels.data.data(), 5 * sizeof(int64_t));
   EXPECT_EQ(got, (std::vector<int64_t>{0, 1, 0, 1, 0})) << "the low-res images' labels, cycled";
+
+  // A base model's samples as image_sample.py and `difftrain sample` write them, an .npz of arr_0
+  // images and arr_1 labels, upsample as the same images in a shard file (here a's own 8x8
+  // outputs, area-downsampled first, their labels cycled again).
+  for (const std::string ext : {"npz", "h5"}) {
+    r = difftrain_cli("sample --run " + up + args + " --low-res " + path("a." + ext) + " --out " +
+                      path("from_" + ext));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  EXPECT_EQ(read_npz(path("from_npz.npz"), "arr_0").data,
+            read_npz(path("from_h5.npz"), "arr_0").data);
+  EXPECT_EQ(read_npz(path("from_npz.npz"), "arr_1").data, labels.data);
+  const std::vector<uint8_t> pixels(2 * 4 * 4, 0);
+  difftrain::data::write_npz(path("unnamed.npz"),
+                             {{"images", "|u1", pixels.data(), 1, {2, 4, 4, 1}}});
+  expect_bad_input(difftrain_cli("sample --run " + up + args + " --low-res " + path("unnamed.npz") +
+                                 " --out " + path("x")),
+                   path("unnamed.npz"), "no arr_0");
 
   r = difftrain_cli("sample --run " + up + args + " --low-res " + path("big") + " --out " +
                     path("b"));
