@@ -20,6 +20,18 @@ std::string shape_tuple(const std::vector<int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
+// zip_open, or data::Error "path: what: libzip's reason".
+zip_t* open_zip(const std::string& path, int flags, const std::string& what) {
+  int error = 0;
+  zip_t* archive = zip_open(path.c_str(), flags, &error);
+  if (archive) return archive;
+  zip_error_t e;
+  zip_error_init_with_code(&e, error);
+  const std::string why = zip_error_strerror(&e);
+  zip_error_fini(&e);
+  throw Error(path + ": " + what + ": " + why);
+}
+
 // The value of `key` in the .npy header's dict literal, matched by value_pattern.
 std::string header_field(const std::string& where, const std::string& header,
                          const std::string& key, const std::string& value_pattern) {
@@ -62,15 +74,7 @@ std::string npy_bytes(const NpyArray& a) {
 }
 
 void write_npz(const std::string& path, const std::vector<NpyArray>& arrays) {
-  int error = 0;
-  zip_t* raw = zip_open(path.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &error);
-  if (!raw) {
-    zip_error_t e;
-    zip_error_init_with_code(&e, error);
-    const std::string why = zip_error_strerror(&e);
-    zip_error_fini(&e);
-    throw Error(path + ": cannot create .npz: " + why);
-  }
+  zip_t* raw = open_zip(path, ZIP_CREATE | ZIP_TRUNCATE, "cannot create .npz");
   // libzip reads the buffers at zip_close, which writes a temporary file and renames it.
   std::vector<std::string> buffers;
   buffers.reserve(arrays.size());
@@ -155,15 +159,7 @@ NpyData read_npy(const std::string& path) {
 }
 
 std::vector<NpyData> read_npz(const std::string& path) {
-  int error = 0;
-  zip_t* raw = zip_open(path.c_str(), ZIP_RDONLY, &error);
-  if (!raw) {
-    zip_error_t e;
-    zip_error_init_with_code(&e, error);
-    const std::string why = zip_error_strerror(&e);
-    zip_error_fini(&e);
-    throw Error(path + ": cannot open as .npz: " + why);
-  }
+  zip_t* raw = open_zip(path, ZIP_RDONLY, "cannot open as .npz");
   const std::unique_ptr<zip_t, int (*)(zip_t*)> archive(raw, zip_close);
   std::vector<NpyData> arrays;
   const zip_int64_t entries = zip_get_num_entries(raw, 0);
