@@ -173,12 +173,14 @@ class AttentionBlock(Checkpointed):
         return (x + h).reshape(b, c, *spatial)
 
 
-def input_side(in_channels, stem_channels, model_channels, num_res_blocks, attention_resolutions,
-               image_size, dropout, channel_mult, conv_resample, use_scale_shift_norm,
-               resblock_updown, attention):
-    """The input blocks and middle block that UNetModel and EncoderUNetModel share. Returns
+def input_side(in_channels, model_channels, num_res_blocks, attention_resolutions, image_size,
+               dropout, channel_mult, conv_resample, use_scale_shift_norm, resblock_updown,
+               attention):
+    """The input blocks and middle block that UNetModel and EncoderUNetModel share, the stem
+    with int(channel_mult[0] * model_channels) channels as in guided-diffusion. Returns
     (input_blocks, middle_block, input_block_chans, channels, resolution)."""
     time_embed_dim = model_channels * 4
+    stem_channels = int(channel_mult[0] * model_channels)
     input_blocks = nn.ModuleList([TimestepEmbedSequential(
         nn.Conv2d(in_channels, stem_channels, 3, padding=1))])
     input_block_chans = [stem_channels]
@@ -186,9 +188,9 @@ def input_side(in_channels, stem_channels, model_channels, num_res_blocks, atten
     res = image_size
     for level, mult in enumerate(channel_mult):
         for _ in range(num_res_blocks):
-            layers = [ResBlock(ch, time_embed_dim, dropout, mult * model_channels,
+            layers = [ResBlock(ch, time_embed_dim, dropout, int(mult * model_channels),
                                use_scale_shift_norm)]
-            ch = mult * model_channels
+            ch = int(mult * model_channels)
             if res in attention_resolutions:
                 layers.append(attention(ch))
             input_blocks.append(TimestepEmbedSequential(*layers))
@@ -229,16 +231,16 @@ class UNetModel(nn.Module):
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
 
         self.input_blocks, self.middle_block, input_block_chans, ch, res = input_side(
-            in_channels, model_channels, model_channels, num_res_blocks, attention_resolutions,
-            image_size, dropout, channel_mult, conv_resample, use_scale_shift_norm,
-            resblock_updown, attention)
+            in_channels, model_channels, num_res_blocks, attention_resolutions, image_size,
+            dropout, channel_mult, conv_resample, use_scale_shift_norm, resblock_updown,
+            attention)
 
         self.output_blocks = nn.ModuleList([])
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
                 layers = [ResBlock(ch + input_block_chans.pop(), time_embed_dim, dropout,
-                                   model_channels * mult, use_scale_shift_norm)]
-                ch = model_channels * mult
+                                   int(model_channels * mult), use_scale_shift_norm)]
+                ch = int(model_channels * mult)
                 if res in attention_resolutions:
                     layers.append(attention(ch))
                 if level and i == num_res_blocks:
@@ -249,7 +251,7 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
-                                 zero_module(nn.Conv2d(model_channels, out_channels, 3, padding=1)))
+                                 zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
     def forward(self, x, timesteps, y=None):
         hs = []
@@ -320,9 +322,8 @@ class EncoderUNetModel(nn.Module):
             return AttentionBlock(ch, ch // num_head_channels, new_order=False)
 
         self.input_blocks, self.middle_block, _, ch, res = input_side(
-            in_channels, channel_mult[0] * model_channels, model_channels, num_res_blocks,
-            attention_resolutions, image_size, 0.0, channel_mult, True, use_scale_shift_norm,
-            resblock_updown, attention)
+            in_channels, model_channels, num_res_blocks, attention_resolutions, image_size, 0.0,
+            channel_mult, True, use_scale_shift_norm, resblock_updown, attention)
         if pool == "attention":
             self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                      AttentionPool2d(res, ch, ch // num_head_channels,

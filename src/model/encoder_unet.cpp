@@ -54,7 +54,7 @@ EncoderUNetImpl::EncoderUNetImpl(UNetConfig config, Pool pool)
     : config_(validated(config)), pool_(pool) {
   const auto& c = config_;
   time_embed_ = register_time_embed(*this, c);
-  input_side_ = register_input_side(*this, c, c.channel_mult[0] * c.model_channels);
+  input_side_ = register_input_side(*this, c);
   const int64_t ch = input_side_.channels;
   out_norm_ = GroupNorm32(ch);
   if (pool == Pool::adaptive) {

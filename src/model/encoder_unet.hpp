@@ -32,7 +32,7 @@ class AttentionPool2dImpl : public torch::nn::Module {
 TORCH_MODULE(AttentionPool2d);
 
 // Children, with guided-diffusion's state-dict names: time_embed, input_blocks, middle_block (as
-// unet_input_side.hpp builds them, stem channel_mult[0] * model_channels), and out:
+// unet_input_side.hpp builds them), and out:
 //   adaptive   [GroupNorm32, SiLU, AdaptiveAvgPool2d(1), zero conv1x1(ch -> classes), Flatten]
 //   attention  [GroupNorm32, SiLU, AttentionPool2d(image_size / 2^(levels-1), ch, heads, classes)]
 // config.out_channels is the number of classes; config.num_classes must be 0 (the encoder is not

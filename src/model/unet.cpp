@@ -27,7 +27,7 @@ UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
     label_emb_ = register_module(
         "label_emb",
         torch::nn::Embedding(c.num_classes + (c.null_class ? 1 : 0), 4 * c.model_channels));
-  input_side_ = register_input_side(*this, c, c.model_channels);
+  input_side_ = register_input_side(*this, c);
 
   // Output side: input_block_chans, consumed last first, are the skip connections' channels.
   std::vector<int64_t> input_block_chans = input_side_.input_block_chans;
@@ -36,7 +36,7 @@ UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
   const auto levels = static_cast<int64_t>(c.channel_mult.size());
   auto output_blocks = register_module("output_blocks", torch::nn::ModuleList());
   for (int64_t level = levels - 1; level >= 0; --level) {
-    const int64_t level_ch = c.channel_mult[level] * c.model_channels;
+    const int64_t level_ch = level_channels(c, static_cast<size_t>(level));
     for (int64_t i = 0; i <= c.num_res_blocks; ++i) {
       TimestepEmbedSequential block;
       block->push_back(make_res_block(c, ch + input_block_chans.back(), level_ch));

@@ -25,13 +25,14 @@ namespace difftrain::model {
 //   time_embed    [Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)] on timestep_embedding(t, ch)
 //   label_emb     Embedding(num_classes (+ 1 with null_class), 4ch), added to the time
 //                 embedding (conditional only)
-//   input_blocks, middle_block  as unet_input_side.hpp builds them (stem: ch channels)
+//   input_blocks, middle_block  as unet_input_side.hpp builds them (stem: level 0's channels)
 //   output_blocks per level from the deepest, num_res_blocks + 1 x [ResBlock on the concatenation
 //                 with the matching input block's output (+ AttentionBlock)], the last one of a
 //                 level followed by an Upsample (an up ResBlock with resblock_updown; except at
 //                 full resolution)
-//   out           [GroupNorm32, SiLU, zero-initialised conv3x3(ch -> out_channels)]
-// ch = model_channels; the channels of level l are model_channels * channel_mult[l].
+//   out           [GroupNorm32, SiLU, zero-initialised conv3x3(level 0's channels -> out_channels)]
+// ch = model_channels; the channels of level l are model_channels * channel_mult[l]
+// (level_channels).
 class UNetImpl : public torch::nn::Module {
  public:
   // Validates the config (std::invalid_argument naming the field).

@@ -3,6 +3,7 @@
 #include <c10/util/StringUtil.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -35,7 +36,7 @@ void check_heads(const UNetConfig& c) {
   for (int64_t level = 0; level < levels; ++level) {
     const bool middle = level == levels - 1;
     if (!middle && !contains(c.attention_resolutions, sizes[level])) continue;
-    const int64_t ch = c.model_channels * c.channel_mult[level];
+    const int64_t ch = level_channels(c, static_cast<size_t>(level));
     const bool per_head = c.num_head_channels != -1;
     if (ch % (per_head ? c.num_head_channels : c.num_heads) == 0) continue;
     const std::string where =
@@ -61,6 +62,10 @@ std::vector<int64_t> feature_map_sizes(const UNetConfig& c) {
 
 int64_t stem_in_channels(const UNetConfig& c) {
   return c.low_res_size > 0 ? 2 * c.in_channels : c.in_channels;
+}
+
+int64_t level_channels(const UNetConfig& c, size_t level) {
+  return static_cast<int64_t>(static_cast<double>(c.model_channels) * c.channel_mult.at(level));
 }
 
 int64_t attention_heads(const UNetConfig& c, int64_t channels) {
@@ -91,16 +96,20 @@ void validate(const UNetConfig& c) {
     throw std::invalid_argument(
         "UNetConfig.channel_mult is empty: give one multiplier per resolution level, e.g. "
         "(1, 2, 2, 2)");
-  for (size_t i = 0; i < c.channel_mult.size(); ++i)
-    if (c.channel_mult[i] <= 0)
-      throw std::invalid_argument("UNetConfig.channel_mult[" + std::to_string(i) +
-                                  "] = " + std::to_string(c.channel_mult[i]) + " must be positive");
-
-  // Every level has model_channels * mult channels, so this covers every GroupNorm.
-  if (c.model_channels % kGroupNormGroups != 0)
-    throw std::invalid_argument(field("model_channels", c.model_channels) +
-                                " is not divisible by the " + std::to_string(kGroupNormGroups) +
-                                " GroupNorm groups");
+  // Every GroupNorm normalises one level's channels (the stem's are level 0's).
+  for (size_t i = 0; i < c.channel_mult.size(); ++i) {
+    const double mult = c.channel_mult[i];
+    const std::string name = c10::str("UNetConfig.channel_mult[", i, "] = ", mult);
+    if (!(mult > 0)) throw std::invalid_argument(name + " must be positive");
+    const double channels = static_cast<double>(c.model_channels) * mult;
+    const std::string product =
+        c10::str(" gives model_channels ", c.model_channels, " x ", mult, " = ", channels);
+    if (channels != std::floor(channels) || !(channels < 1e15))
+      throw std::invalid_argument(name + product + " channels, not a whole number");
+    if (static_cast<int64_t>(channels) % kGroupNormGroups != 0)
+      throw std::invalid_argument(name + product + " channels, not divisible by the " +
+                                  std::to_string(kGroupNormGroups) + " GroupNorm groups");
+  }
 
   // The skip connections concatenate maps of equal size, so every downsampling must be exact.
   const auto halvings = static_cast<int64_t>(c.channel_mult.size()) - 1;

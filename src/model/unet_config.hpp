@@ -19,9 +19,11 @@ struct UNetConfig {
   // improved-diffusion scripts take resolutions too and turn them into downsample rates.)
   std::vector<int64_t> attention_resolutions;
   double dropout = 0.0;
-  std::vector<int64_t> channel_mult;  // one multiplier of model_channels per resolution level
-  bool conv_resample = true;          // strided / post-upsampling convs, else pooling only
-  int64_t num_classes = 0;            // 0 = unconditional
+  // One multiplier of model_channels per resolution level. guided-diffusion's 512 px models start
+  // at 0.5; every level's model_channels * mult must be a whole number of channels.
+  std::vector<double> channel_mult;
+  bool conv_resample = true;  // strided / post-upsampling convs, else pooling only
+  int64_t num_classes = 0;    // 0 = unconditional
   // Classifier-free guidance's null label: label_emb gets one more row, label num_classes, for
   // "no class" (training.p_uncond > 0). Needs num_classes > 0.
   bool null_class = false;
@@ -58,6 +60,11 @@ inline constexpr int64_t kGroupNormGroups = 32;
 
 // The channels of the first convolution: in_channels, doubled for an upsampler.
 int64_t stem_in_channels(const UNetConfig& config);
+
+// The channels of resolution level `level`: model_channels * channel_mult[level] (guided-
+// diffusion's int(mult * model_channels)). Level 0's are also the stem's and the last output
+// block's. Needs a validated config.
+int64_t level_channels(const UNetConfig& config, size_t level);
 
 // Throws std::invalid_argument with a one-line message naming the offending field.
 void validate(const UNetConfig& config);

@@ -41,8 +41,7 @@ AttentionBlock make_attention(const UNetConfig& c, int64_t channels) {
                         c.use_checkpoint);
 }
 
-InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c,
-                              int64_t stem_channels) {
+InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c) {
   InputSide side;
   auto input_blocks = parent.register_module("input_blocks", torch::nn::ModuleList());
   const auto add_input_block = [&](TimestepEmbedSequential block, int64_t channels) {
@@ -50,6 +49,7 @@ InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c,
     side.input_blocks.push_back(block);
     side.input_block_chans.push_back(channels);
   };
+  const int64_t stem_channels = level_channels(c, 0);
   TimestepEmbedSequential stem;
   stem->push_back(torch::nn::Conv2d(
       torch::nn::Conv2dOptions(stem_in_channels(c), stem_channels, 3).padding(1)));
@@ -58,7 +58,7 @@ InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c,
   int64_t resolution = c.image_size;
   const auto levels = static_cast<int64_t>(c.channel_mult.size());
   for (int64_t level = 0; level < levels; ++level) {
-    const int64_t level_ch = c.channel_mult[level] * c.model_channels;
+    const int64_t level_ch = level_channels(c, static_cast<size_t>(level));
     for (int64_t i = 0; i < c.num_res_blocks; ++i) {
       TimestepEmbedSequential block;
       block->push_back(make_res_block(c, ch, level_ch));

@@ -44,14 +44,14 @@ struct InputSide {
 };
 
 // Registers "input_blocks" and "middle_block" on `parent`:
-//   input_blocks  0: conv3x3(stem_in_channels -> stem_channels); then per level, num_res_blocks x
+//   input_blocks  0: conv3x3(stem_in_channels -> level_channels(0)); then per level, num_res_blocks
+//   x
 //                 [ResBlock (+ AttentionBlock at attention_resolutions)], and a Downsample
 //                 between levels (a down ResBlock with resblock_updown)
 //   middle_block  [ResBlock, AttentionBlock, ResBlock]
-// stem_channels: model_channels in improved-diffusion's UNet, channel_mult[0] * model_channels in
-// guided-diffusion's encoder (the same for channel_mult[0] = 1).
-InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c,
-                              int64_t stem_channels);
+// The stem has level 0's channels, as in guided-diffusion's UNet and encoder (improved-diffusion's
+// UNet gives it model_channels, the same for the channel_mult[0] = 1 it builds).
+InputSide register_input_side(torch::nn::Module& parent, const UNetConfig& c);
 
 // Runs the input blocks and the middle block; `skips` (when given) receives every input block's
 // output, the skip connections of the UNet's output side.

@@ -442,12 +442,15 @@ void validate(const Config& c) {
   check(m.num_classes >= 0, "model.num_classes", m.num_classes, "must be >= 0 (0 = from the data)");
   check(m.model_channels > 0, "model.model_channels", m.model_channels, "must be > 0");
   check(!m.channel_mult.empty(), "model.channel_mult", "[]", "must list at least one level");
-  for (int64_t mult : m.channel_mult) {
-    check(mult > 0, "model.channel_mult", mult, "must be positive");
-    check(m.model_channels * mult % 32 == 0, "model.model_channels", m.model_channels,
-          "x channel_mult " + std::to_string(mult) + " = " +
-              std::to_string(m.model_channels * mult) +
-              " channels is not divisible by the 32 GroupNorm groups");
+  for (const double mult : m.channel_mult) {
+    check(mult > 0, "model.channel_mult", fmt::format("[{}]", fmt::join(m.channel_mult, ", ")),
+          "must hold positive multipliers");
+    const double channels = static_cast<double>(m.model_channels) * mult;
+    const std::string product = fmt::format("x channel_mult {} = {} channels", mult, channels);
+    check(channels == std::floor(channels) && channels < 1e15, "model.model_channels",
+          m.model_channels, product + " is not a whole number of channels");
+    check(static_cast<int64_t>(channels) % 32 == 0, "model.model_channels", m.model_channels,
+          product + " is not divisible by the 32 GroupNorm groups");
   }
   check(m.low_res_size >= 0, "model.low_res_size", m.low_res_size,
         "must be >= 0 (0 = not an upsampler)");

@@ -47,7 +47,7 @@ struct ModelConfig {
   int64_t in_channels = 0;  // 0 = from the data manifest; else must match it
   int64_t num_classes = 0;  // with data.class_conditional: 0 = from the data; else must match it
   int64_t model_channels = 128;
-  std::vector<int64_t> channel_mult{1, 2, 2, 2};
+  std::vector<double> channel_mult{1, 2, 2, 2};  // model_channels x each: whole channels
   int64_t num_res_blocks = 3;
   std::vector<int64_t> attention_resolutions{16, 8};
   int64_t num_heads = 4;

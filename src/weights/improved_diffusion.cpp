@@ -10,7 +10,7 @@ namespace difftrain::weights {
 namespace {
 
 // script_util.create_model: the channel multipliers it fixes per image size, its only sizes.
-std::vector<int64_t> default_channel_mult(int64_t image_size) {
+std::vector<double> default_channel_mult(int64_t image_size) {
   if (image_size == 256) return {1, 1, 2, 2, 4, 4};
   if (image_size == 64) return {1, 2, 3, 4};
   if (image_size == 32) return {1, 2, 2, 2};
@@ -19,7 +19,7 @@ std::vector<int64_t> default_channel_mult(int64_t image_size) {
 
 constexpr int64_t kImprovedDiffusionClasses = 1000;  // script_util.NUM_CLASSES
 
-std::string list_string(const std::vector<int64_t>& v) {
+std::string list_string(const std::vector<double>& v) {
   return fmt::format("{}", fmt::join(v, ","));
 }
 
@@ -48,7 +48,7 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
          "create_model builds 3 input channels", true);
   // An upsampler is sr_create_model's SuperResModel, which builds only 64 and 256 pixels.
   const bool upsampler = unet.low_res_size > 0;
-  const auto mult = upsampler && unet.image_size == 32 ? std::vector<int64_t>{}
+  const auto mult = upsampler && unet.image_size == 32 ? std::vector<double>{}
                                                        : default_channel_mult(unet.image_size);
   if (mult.empty())
     flag("model.image_size", std::to_string(unet.image_size),

@@ -1,6 +1,23 @@
 #include "weights/model_json.hpp"
 
+#include <cmath>
+
 namespace difftrain::weights {
+namespace {
+
+// Whole multipliers as integers, as the PyTorch UNets' tuples hold them: (1, 2, 2, 2), and
+// guided-diffusion's (0.5, 1, 1, 2, 2, 4, 4) at 512 px.
+nlohmann::ordered_json multipliers(const std::vector<double>& channel_mult) {
+  auto list = nlohmann::ordered_json::array();
+  for (const double m : channel_mult)
+    if (m == std::floor(m))
+      list.push_back(static_cast<int64_t>(m));
+    else
+      list.push_back(m);
+  return list;
+}
+
+}  // namespace
 
 nlohmann::ordered_json model_json(const model::UNetConfig& u) {
   return {{"image_size", u.image_size},
@@ -10,7 +27,7 @@ nlohmann::ordered_json model_json(const model::UNetConfig& u) {
           {"num_res_blocks", u.num_res_blocks},
           {"attention_resolutions", u.attention_resolutions},
           {"dropout", u.dropout},
-          {"channel_mult", u.channel_mult},
+          {"channel_mult", multipliers(u.channel_mult)},
           {"conv_resample", u.conv_resample},
           {"num_classes", u.num_classes},
           {"null_class", u.null_class},

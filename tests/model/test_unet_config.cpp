@@ -35,7 +35,29 @@ TEST(UNetConfig, ChannelsNotDivisibleByGroupNormGroups) {
   auto c = cifar10_config();
   c.model_channels = 48;
   EXPECT_EQ(error_of(c),
-            "UNetConfig.model_channels = 48 is not divisible by the 32 GroupNorm groups");
+            "UNetConfig.channel_mult[0] = 1 gives model_channels 48 x 1 = 48 channels, not "
+            "divisible by the 32 GroupNorm groups");
+  c.channel_mult = {2, 2, 2, 2};  // every level has 96 channels
+  EXPECT_EQ(error_of(c), "");
+}
+
+// guided-diffusion's 512 px models start at half of model_channels: int(0.5 * 256) = 128.
+TEST(UNetConfig, FractionalMultipliersGiveWholeChannels) {
+  auto c = cifar10_config();
+  c.model_channels = 256;
+  c.channel_mult = {0.5, 1, 1.5, 2};
+  EXPECT_EQ(error_of(c), "");
+  EXPECT_EQ(level_channels(c, 0), 128);
+  EXPECT_EQ(level_channels(c, 2), 384);
+  c.channel_mult = {0.3, 1, 1, 2};
+  EXPECT_EQ(error_of(c),
+            "UNetConfig.channel_mult[0] = 0.3 gives model_channels 256 x 0.3 = 76.8 channels, not "
+            "a whole number");
+  c.model_channels = 192;
+  c.channel_mult = {0.25, 1, 1, 2};
+  EXPECT_EQ(error_of(c),
+            "UNetConfig.channel_mult[0] = 0.25 gives model_channels 192 x 0.25 = 48 channels, "
+            "not divisible by the 32 GroupNorm groups");
 }
 
 TEST(UNetConfig, AttentionResolutionNotAFeatureMapSize) {

@@ -40,6 +40,19 @@ void expect_config_error(const std::vector<std::string>& overrides, const std::s
   }
 }
 
+// guided-diffusion's 512 px models: channel_mult (0.5, 1, 1, 2, 2, 4, 4). The resolved config
+// writes whole multipliers as integers.
+TEST(Config, FractionalChannelMultRoundTrips) {
+  const auto c = tr::parse_config(tiny_config("unused", "runs/x"),
+                                  {"model.model_channels=64", "model.channel_mult=[0.5, 1]"});
+  EXPECT_EQ(c.model.channel_mult, (std::vector<double>{0.5, 1}));
+  tr::validate(c);
+  EXPECT_EQ(tr::unet_config(c, {16, 1, 0}).channel_mult, c.model.channel_mult);
+  const std::string yaml = tr::to_yaml(c);
+  EXPECT_NE(yaml.find("channel_mult: [0.5, 1]"), std::string::npos) << yaml;
+  EXPECT_EQ(tr::parse_config(yaml).model.channel_mult, c.model.channel_mult);
+}
+
 TEST(Config, MissingSectionsTakeTheDefaults) {
   const auto c = tr::parse_config("data: {train: x.json}\n");
   EXPECT_EQ(c.training.batch_size, 128);
@@ -57,6 +70,11 @@ TEST(Config, ErrorsNameTheKey) {
   expect_config_error({"diffusion.steps=1"}, "'diffusion.steps': diffusion steps T = 1");
   expect_config_error({"diffusion.schedule=linear", "diffusion.steps=10"}, "T = 10");
   expect_config_error({"model.model_channels=48"}, "not divisible by the 32 GroupNorm groups");
+  expect_config_error(
+      {"model.channel_mult=[0.3, 1]"},
+      "'model.model_channels' = 32 x channel_mult 0.3 = 9.6 channels is not a whole "
+      "number of channels");
+  expect_config_error({"model.channel_mult=[1, 0]"}, "'model.channel_mult' = [1, 0] must hold");
   expect_config_error({"model.attention_resolutions=[12]"}, "attention_resolutions");
   expect_config_error({"training.batch_size=9"}, "does not divide into 2 ranks", 2);
   expect_config_error({"training.microbatch=3"}, "does not divide the per-rank batch of 4", 2);

@@ -117,13 +117,13 @@ def write_classifier(classifier_json, seed, out_pt, batch_pt):
 
 
 def classifier_shapes(classifier_json):
-    with open(classifier_json) as f:
+    with open(classifier_json) as f, th.device("meta"):  # shapes only: allocate nothing
         model = EncoderUNetModel(**json.load(f))
     return {name: list(t.shape) for name, t in model.state_dict().items()}
 
 
 def model_shapes(model_json):
-    with open(model_json) as f:
+    with open(model_json) as f, th.device("meta"):
         model = model_from_difftrain(json.load(f))
     return {name: list(t.shape) for name, t in model.state_dict().items()}
 

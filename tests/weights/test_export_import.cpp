@@ -280,6 +280,40 @@ TEST_F(ExportImport, AGuidedDiffusionStateDictImportsToTheSameOutputs) {
   EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
+// guided-diffusion's 512 px models start at half of model_channels (channel_mult 0.5, ...): the
+// stem, the first level and the output convolution have int(0.5 * model_channels) channels. A state
+// dict PyTorch saved for such a model imports and gives PyTorch's outputs.
+TEST_F(ExportImport, AFractionalChannelMultImportsToTheSameOutputs) {
+  std::stringstream gd_yaml;
+  gd_yaml << std::ifstream(path("gd.yaml")).rdbuf();
+  std::string yaml = gd_yaml.str();
+  for (const auto& [from, to] :
+       {std::pair<std::string, std::string>{"model_channels: 32", "model_channels: 64"},
+        {"channel_mult: [1, 2]", "channel_mult: [0.5, 1]"}}) {
+    ASSERT_NE(yaml.find(from), std::string::npos) << yaml;
+    yaml.replace(yaml.find(from), from.size(), to);
+  }
+  std::ofstream(path("half.yaml")) << yaml;
+  difftrain::testing::write_tiny_checkpoint(path("half_ckpt.pt"), yaml, yaml);
+  run_ok("export --checkpoint " + path("half_ckpt.pt") + " --out " + path("half_d.pt"));
+  const json model = read_json(path("half_d.json"))["model"];
+  EXPECT_EQ(model["channel_mult"], json::parse("[0.5, 1]"));
+  python("write-state-dict " + path("half_d.json") + " 8 " + path("half32.pt") + " " +
+         path("half16.pt"));
+  run_ok("import --weights " + path("half32.pt") + " --config " + path("half.yaml") + " --out " +
+         path("half_imported.pt"));
+  const auto net = weights_of(path("half_imported.pt"), std::nullopt);
+  EXPECT_EQ(net->named_parameters()["input_blocks.0.0.weight"].size(0), 32);
+  EXPECT_EQ(net->named_parameters()["out.2.weight"].size(1), 32);
+  run_ok("export --checkpoint " + path("half_imported.pt") + " --with-test-batch --out " +
+         path("half_back.pt"));
+  const json results = python("forward " + path("half_back.json") + " " + path("half32.pt") + " " +
+                              path("half_back.test.pt"));
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_LT(results[0]["max_abs_diff"].get<double>(), 1e-5) << results[0];
+  EXPECT_GT(results[0]["max_abs_out"].get<double>(), 1e-2) << results[0];
+}
+
 // An upsampler (model.low_res_size) is guided-diffusion's SuperResModel: PyTorch's, loading the
 // export strictly, reproduces the test batch (which carries the low-res images), and a state dict
 // PyTorch saved for it imports to PyTorch's outputs. improved-diffusion describes it by large_size
@@ -434,8 +468,8 @@ struct ReleasedModel {
 
 // configs/guided_diffusion_*.yaml build the networks whose state dicts have the names and shapes
 // of guided-diffusion's released models, as bench/baseline's PyTorch model with each one's flags
-// has them: their weights import name for name. The parameter counts are the paper's 296M, 422M
-// and 554M.
+// has them: their weights import name for name. The parameter counts are the paper's 296M, 422M,
+// 554M and 559M.
 TEST_F(ExportImport, TheReleasedModelsConfigsHaveTheirStateDicts) {
   namespace tr = difftrain::train;
   const json common{
@@ -475,7 +509,23 @@ TEST_F(ExportImport, TheReleasedModelsConfigsHaveTheirStateDicts) {
                                                    {"num_res_blocks", 2},
                                                    {"channel_mult", {1, 1, 2, 2, 4, 4}},
                                                    {"low_res_size", 64}}),
-                                             311'795'910}};
+                                             311'795'910},
+                                            {"guided_diffusion_512x512.yaml",
+                                             with({{"image_size", 512},
+                                                   {"model_channels", 256},
+                                                   {"num_res_blocks", 2},
+                                                   {"channel_mult", {0.5, 1, 1, 2, 2, 4, 4}},
+                                                   {"num_head_channels", 64}}),
+                                             558'997'638},
+                                            {"guided_diffusion_128_512_upsampler.yaml",
+                                             with({{"image_size", 512},
+                                                   {"model_channels", 192},
+                                                   {"num_res_blocks", 2},
+                                                   {"channel_mult", {1, 1, 2, 2, 4, 4}},
+                                                   {"attention_resolutions", {32, 16}},
+                                                   {"num_head_channels", 64},
+                                                   {"low_res_size", 128}}),
+                                             308'835'270}};
   for (const ReleasedModel& r : released) {
     SCOPED_TRACE(r.config);
     const std::string model_json = path(r.config + ".json");
@@ -487,9 +537,15 @@ TEST_F(ExportImport, TheReleasedModelsConfigsHaveTheirStateDicts) {
     {
       difftrain::model::UNet net(tr::unet_config(c, tr::data_shape(c, nullptr)));
       count = expect_state_dict_shapes(*net, expected);
+      const auto params = net->named_parameters();
       if (r.model.contains("low_res_size")) {  // the stem sees x and the upsampled image
-        EXPECT_EQ(net->named_parameters()["input_blocks.0.0.weight"].sizes().vec(),
+        EXPECT_EQ(params["input_blocks.0.0.weight"].sizes().vec(),
                   (std::vector<int64_t>{192, 6, 3, 3}));
+      }
+      if (r.model["channel_mult"][0] == 0.5) {  // guided-diffusion: int(0.5 * 256) = 128 at 512 px
+        EXPECT_EQ(params["input_blocks.0.0.weight"].sizes().vec(),
+                  (std::vector<int64_t>{128, 3, 3, 3}));
+        EXPECT_EQ(params["out.2.weight"].sizes().vec(), (std::vector<int64_t>{6, 128, 3, 3}));
       }
     }
     EXPECT_EQ(count, r.parameters);
@@ -503,7 +559,8 @@ TEST_F(ExportImport, TheReleasedModelsConfigsHaveTheirStateDicts) {
 }
 
 // configs/guided_diffusion_*_classifier.yaml likewise build guided-diffusion's released
-// classifiers (depth 4 at 64 px, 2 at 128 and 256 px).
+// classifiers (depth 4 at 64 px, 2 at 128, 256 and 512 px; 64 channels at 512 px's full
+// resolution).
 TEST_F(ExportImport, TheReleasedClassifiersConfigsHaveTheirStateDicts) {
   namespace tr = difftrain::train;
   const std::vector<ReleasedModel> released{
@@ -515,7 +572,10 @@ TEST_F(ExportImport, TheReleasedClassifiersConfigsHaveTheirStateDicts) {
        42'568'040},
       {"guided_diffusion_256x256_classifier.yaml",
        {{"image_size", 256}, {"num_res_blocks", 2}, {"channel_mult", {1, 1, 2, 2, 4, 4}}},
-       54'096'360}};
+       54'096'360},
+      {"guided_diffusion_512x512_classifier.yaml",
+       {{"image_size", 512}, {"num_res_blocks", 2}, {"channel_mult", {0.5, 1, 1, 2, 2, 4, 4}}},
+       54'448'360}};
   for (const ReleasedModel& r : released) {
     SCOPED_TRACE(r.config);
     json model{{"in_channels", 3},        {"model_channels", 128},
