@@ -8,7 +8,8 @@
 # rank: N ranks train a global batch N times larger. --strong keeps the global batch. With
 # --hostfile the ranks go to the hosts it lists (plain mpirun; see launch/hostfile.example),
 # otherwise to this machine through launch/local.sh. Throughput is the mean images/s of the log
-# lines after the first (which includes start-up and the first allocations).
+# lines after the first (which includes start-up and the first allocations), and so is the data
+# wait of the slowest rank (metrics.jsonl's data_wait_max_ms).
 # Writes DIR/scaling.csv, DIR/scaling.md, DIR/scaling.png (images/s, measured and ideal) and
 # DIR/scaling_efficiency.png; DIR defaults to runs/scaling.
 set -euo pipefail
@@ -43,7 +44,13 @@ BATCH=$("$BIN" train --config "$CONFIG" --print-config | awk '/^training:/{t=1} 
 LOG_EVERY=$(( STEPS / 6 > 0 ? STEPS / 6 : 1 ))
 mkdir -p "$OUT"
 CSV=$OUT/scaling.csv
-echo "ranks,global_batch,images_per_s,images_per_s_per_rank,ideal_images_per_s,speedup,efficiency" >"$CSV"
+echo "ranks,global_batch,images_per_s,images_per_s_per_rank,ideal_images_per_s,speedup,efficiency,data_wait_max_ms" >"$CSV"
+# The mean of KEY over the metrics lines of FILE after the first (which holds the start-up), or
+# the first alone.
+mean_after_first() {
+  awk -F"\"$1\":" 'NF > 1 { split($2, v, /[,}]/); n++; if (n > 1) { s += v[1]; k++ } }
+    END { if (k) printf "%.2f", s / k; else if (n) printf "%.2f", v[1]; else print "nan" }' "$2"
+}
 base=""
 for n in "${RANKS[@]}"; do
   global=$BATCH
@@ -63,20 +70,19 @@ for n in "${RANKS[@]}"; do
   else
     "$ROOT/launch/local.sh" "$n" "$CONFIG" "${args[@]}" >&2
   fi
-  ips=$(awk -F'"images_per_s":' 'NF > 1 { split($2, v, /[,}]/); n++; if (n > 1) { s += v[1]; k++ } }
-        END { if (k) printf "%.2f", s / k; else if (n) printf "%.2f", v[1]; else print "nan" }' \
-        "$run/metrics.jsonl")
+  ips=$(mean_after_first images_per_s "$run/metrics.jsonl")
+  wait=$(mean_after_first data_wait_max_ms "$run/metrics.jsonl")
   [ -z "$base" ] && base=$(awk -v ips="$ips" -v n="$n" 'BEGIN { printf "%.4f", ips / n }')
-  awk -v n="$n" -v g="$global" -v ips="$ips" -v base="$base" -v mode="$MODE" 'BEGIN {
+  awk -v n="$n" -v g="$global" -v ips="$ips" -v base="$base" -v wait="$wait" 'BEGIN {
     ideal = base * n  # N x the per-rank rate of the first count
-    printf "%d,%d,%.2f,%.2f,%.2f,%.3f,%.3f\n", n, g, ips, ips / n, ideal, ips / base, ips / ideal
+    printf "%d,%d,%.2f,%.2f,%.2f,%.3f,%.3f,%s\n", n, g, ips, ips / n, ideal, ips / base, ips / ideal, wait
   }' >>"$CSV"
 done
 # speedup: images/s over the first count's images/s per rank (1.0 for 1 rank when it comes first).
 {
-  echo "| ranks | global batch | images/s | images/s per rank | ideal | speedup | efficiency |"
-  echo "|---:|---:|---:|---:|---:|---:|---:|"
-  tail -n +2 "$CSV" | awk -F, '{ printf "| %s | %s | %s | %s | %s | %s | %.0f%% |\n", $1, $2, $3, $4, $5, $6, 100 * $7 }'
+  echo "| ranks | global batch | images/s | images/s per rank | ideal | speedup | efficiency | data wait, slowest rank (ms/step) |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+  tail -n +2 "$CSV" | awk -F, '{ printf "| %s | %s | %s | %s | %s | %s | %.0f%% | %s |\n", $1, $2, $3, $4, $5, $6, 100 * $7, $8 }'
 } >"$OUT/scaling.md"
 "$BIN" plot --csv "$CSV" --x ranks --y images_per_s --y ideal_images_per_s \
   --title "images/s (blue) and ideal (orange) against ranks, $MODE scaling" --out "$OUT/scaling.png" >&2

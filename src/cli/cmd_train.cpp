@@ -132,7 +132,8 @@ void add_train_command(CLI::App& app, int& exit_code) {
       app.add_subcommand("train", "Train a diffusion model (under mpirun: on every rank)");
   add_run_options(*cmd, *o);
   cmd->add_option("--fault", o->fault,
-                  "Debug: hang@STEP, exit@STEP, kill@STEP, term@STEP, nan@STEP or diverge@STEP");
+                  "Debug: hang@STEP, exit@STEP, kill@STEP, term@STEP, nan@STEP, diverge@STEP or "
+                  "late_batch@STEP");
   cmd->add_option("--fault-rank", o->fault_rank,
                   "Debug: the rank --fault applies to (default all)");
   cmd->add_flag("--allow-objective-change", o->allow_objective_change,

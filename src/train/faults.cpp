@@ -23,6 +23,7 @@ Fault parse_fault(const std::string& text, int fault_rank, int rank) {
   if (kind == "term") f.kind = Fault::Kind::term;
   if (kind == "nan") f.kind = Fault::Kind::nan;
   if (kind == "diverge") f.kind = Fault::Kind::diverge;
+  if (kind == "late_batch") f.kind = Fault::Kind::late_batch;
   try {
     f.step = at == std::string::npos ? -1 : std::stoll(text.substr(at + 1));
   } catch (const std::exception&) {
@@ -30,8 +31,8 @@ Fault parse_fault(const std::string& text, int fault_rank, int rank) {
   }
   if (f.kind == Fault::Kind::none || f.step < 0)
     throw ConfigError("--fault '" + text +
-                      "' must be hang@STEP, exit@STEP, kill@STEP, term@STEP, nan@STEP or "
-                      "diverge@STEP");
+                      "' must be hang@STEP, exit@STEP, kill@STEP, term@STEP, nan@STEP, "
+                      "diverge@STEP or late_batch@STEP");
   return f;
 }
 
@@ -53,6 +54,9 @@ bool inject_fault(const Fault& fault, int64_t step, TrainState& state) {
       return false;
     case Fault::Kind::nan:
       return true;
+    case Fault::Kind::late_batch:
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      return false;
     case Fault::Kind::diverge: {
       torch::NoGradGuard no_grad;
       state.net->parameters().front().add_(1e-3);

@@ -89,6 +89,14 @@ MetricsSummary Metrics::reduce_and_reset(parallel::Communicator& comm) {
   s.skipped_steps = static_cast<int64_t>(v[kSkipped] / ranks);
   s.longest_skip_run = static_cast<int64_t>(v[kLongestSkipRun] / ranks);
   s.grad_norm = mean(v[kGradNorm] / ranks, static_cast<double>(s.steps - s.skipped_steps));
+
+  // Gathered, not summed: which rank waits is the point.
+  const at::Tensor waits = comm.all_gather(at::full({1}, data_wait_s_, sums_.options())).cpu();
+  data_wait_s_ = 0;
+  const double ms_per_step = s.steps > 0 ? 1000.0 / static_cast<double>(s.steps) : 0.0;
+  s.data_wait_ms = waits.mean().item<double>() * ms_per_step;
+  s.data_wait_max_ms = waits.max().item<double>() * ms_per_step;
+  s.data_wait_slowest_rank = waits.argmax().item<int64_t>();
   return s;
 }
 
@@ -122,8 +130,25 @@ nlohmann::json summary_json(const MetricsSummary& s) {
           {"loss_q3", s.loss_quartile[3]},
           {"grad_norm", s.grad_norm},
           {"samples", s.samples},
-          {"skipped_steps", s.skipped_steps}};
+          {"skipped_steps", s.skipped_steps},
+          {"data_wait_ms", s.data_wait_ms},
+          {"data_wait_max_ms", s.data_wait_max_ms},
+          {"data_wait_slowest_rank", s.data_wait_slowest_rank}};
 }
+
+namespace {
+
+// " (rank 3 waits 12.5 ms for data)": shown once waiting for batches takes a tenth of a step on
+// some rank.
+std::string data_wait_part(const nlohmann::json& r) {
+  if (!r.contains("data_wait_max_ms")) return "";
+  const double max_ms = r["data_wait_max_ms"].get<double>();
+  if (max_ms < 0.1 * r["step_time_ms"].get<double>()) return "";
+  return fmt::format(" (rank {} waits {:.1f} ms for data)",
+                     r["data_wait_slowest_rank"].get<int64_t>(), max_ms);
+}
+
+}  // namespace
 
 std::string log_line(const nlohmann::json& r, int64_t max_steps) {
   const int64_t step = r["step"];
@@ -136,12 +161,12 @@ std::string log_line(const nlohmann::json& r, int64_t max_steps) {
   }
   std::string line = fmt::format(
       "{} | loss {:.4f} mse {:.4f} vb {:.4f} | by t quartile {:.3f} {:.3f} {:.3f} {:.3f} | "
-      "grad {:.3f} lr {:.2e} scale {:g} | {:.1f} img/s {:.0f} ms/step {:.0f} MiB",
+      "grad {:.3f} lr {:.2e} scale {:g} | {:.1f} img/s {:.0f} ms/step{} {:.0f} MiB",
       progress, r["loss"].get<double>(), r["mse"].get<double>(), r["vb"].get<double>(),
       r["loss_q0"].get<double>(), r["loss_q1"].get<double>(), r["loss_q2"].get<double>(),
       r["loss_q3"].get<double>(), r["grad_norm"].get<double>(), r["lr"].get<double>(),
       r["loss_scale"].get<double>(), r["images_per_s"].get<double>(),
-      r["step_time_ms"].get<double>(), r["rss_mb"].get<double>());
+      r["step_time_ms"].get<double>(), data_wait_part(r), r["rss_mb"].get<double>());
   if (r.contains("device_peak_allocated_mb"))
     line += fmt::format(" | GPU {:.0f} MiB peak, {:.0f} MiB reserved",
                         r["device_peak_allocated_mb"].get<double>(),

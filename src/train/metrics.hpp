@@ -24,6 +24,11 @@ struct MetricsSummary {
   double grad_norm = 0;                 // mean over steps
   int64_t samples = 0, steps = 0, skipped_steps = 0;
   int64_t longest_skip_run = 0;  // the most consecutive skipped steps within the period
+  // Host time per step spent waiting for the loader's next batch: the mean over ranks, and the
+  // rank that waited longest with its wait. A reader slower than the step, on one node or all,
+  // shows here before it is guessed from images/s.
+  double data_wait_ms = 0, data_wait_max_ms = 0;
+  int64_t data_wait_slowest_rank = 0;
 };
 
 class Metrics {
@@ -36,8 +41,11 @@ class Metrics {
                    const at::Tensor& weighted_mse, const at::Tensor& vb);
   // `skipped`: 0-dim float32, 1 when the step was not applied (non-finite loss or gradients).
   void add_step(const at::Tensor& grad_norm, const at::Tensor& skipped);
+  // Host seconds this rank waited for a batch (loader.next()).
+  void add_data_wait(double seconds) { data_wait_s_ += seconds; }
 
-  // Sums over every rank since the last call (one all-reduce), then starts again.
+  // Sums over every rank since the last call (one all-reduce, and an all-gather of each rank's
+  // data wait), then starts again.
   MetricsSummary reduce_and_reset(parallel::Communicator& comm);
   // Per t-bucket count, mean and second moment of the loss, and the means of each term: mse,
   // weighted mse and vb, so that one sees what a weighting does where.
@@ -53,6 +61,7 @@ class Metrics {
   at::Tensor skips_in_a_row_;   // [1] float64: skipped steps up to the last one (across periods)
   at::Tensor per_t_;            // [buckets, 6] float64: count, loss, loss^2, mse, weighted mse, vb
   at::Tensor nonfinite_per_t_;  // [T] int32: non-finite per-sample losses at each timestep
+  double data_wait_s_ = 0;      // this rank's, on the host
 };
 
 nlohmann::json summary_json(const MetricsSummary& s);

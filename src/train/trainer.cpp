@@ -264,10 +264,14 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       if (stop != Stop::no) break;
     }
     if (cluster.watchdog) cluster.watchdog->set_step(state.step);
+
+    // The batch, and how long this rank waited for it (a late_batch fault waits here too).
+    const auto wait_start = Clock::now();
     const bool nan_loss = inject_fault(fault, state.step, state);
+    const data::Batch batch = loader.next();
+    metrics.add_data_wait(seconds_between(wait_start, Clock::now()));
 
     // The step.
-    const data::Batch batch = loader.next();
     state.cursor = loader.cursor();
     const StepInputs inputs = draw_step_inputs(config.seed, state.step, state.sampler, batch,
                                                tc.batch_size, label_dropout);

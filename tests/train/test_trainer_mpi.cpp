@@ -11,6 +11,8 @@
 #include <iostream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "train/classifier_trainer.hpp"
 #include "trainer_fixture.hpp"
 
@@ -306,6 +308,32 @@ TEST_F(MultiRankTraining, ReplicaCheckPassesWithImportanceSamplingAndCatchesADiv
   EXPECT_NE(diverged.output.find("rank(s) 1 differ"), std::string::npos) << diverged.output;
 }
 
+// One slow reader: rank 1's batch of step 3 arrives a second late. The log line of steps 3-4
+// names rank 1 and its wait; rank 0, which waited for rank 1 in the all-reduce and not for data,
+// does not raise the mean to the maximum. The other lines show no such wait.
+TEST_F(MultiRankTraining, ALateBatchShowsAsThatRanksDataWait) {
+  const auto r = mpi_train(*this, 2, "late", kMpiOverrides, "--fault late_batch@3 --fault-rank 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(rank 1 waits "), std::string::npos) << r.output;
+  std::ifstream metrics(dir / "late/metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("data_wait_max_ms")) continue;
+    ++lines;
+    const double max_ms = j["data_wait_max_ms"].get<double>();
+    EXPECT_GE(max_ms, j["data_wait_ms"].get<double>()) << line;
+    if (j["step"] == 4) {  // 2 steps, one of them a second late
+      EXPECT_EQ(j["data_wait_slowest_rank"], 1) << line;
+      EXPECT_GE(max_ms, 500.0) << line;
+      EXPECT_LT(j["data_wait_ms"].get<double>(), 0.75 * max_ms) << line;
+    } else {
+      EXPECT_LT(max_ms, 250.0) << line;
+    }
+  }
+  EXPECT_EQ(lines, 3);  // steps 2, 4 and 5
+}
+
 // Two "nodes": ranks in separate network namespaces joined by veth, TCP only, launched through
 // an rsh agent (launch/netns_mpirun.sh). Skipped only where namespaces cannot be made.
 TEST_F(MultiRankTraining, TwoNodesOverTcpMatchOneRank) {
@@ -349,6 +377,8 @@ TEST_F(LaunchScripts, ScalingScriptWritesTheTableAndPlots) {
   EXPECT_EQ(rows[2][1], "16");
   EXPECT_DOUBLE_EQ(std::stod(rows[1][6]), 1.0);  // 1 rank is its own ideal
   EXPECT_GT(std::stod(rows[2][2]), 0.0);
+  EXPECT_EQ(rows[0][7], "data_wait_max_ms");
+  EXPECT_GE(std::stod(rows[2][7]), 0.0);
   for (const char* png : {"scaling/scaling.png", "scaling/scaling_efficiency.png"}) {
     std::ifstream f(dir / png, std::ios::binary);
     char magic[4] = {};

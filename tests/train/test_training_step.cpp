@@ -352,6 +352,8 @@ TEST(Metrics, SumsOverSamplesAndStepsAndResets) {
   step(NAN, 1);
   step(4, 0);
   step(NAN, 1);
+  m.add_data_wait(0.2);
+  m.add_data_wait(0.3);
   const std::vector<int64_t> bad = m.nonfinite_timesteps_and_reset();
   EXPECT_EQ(bad, std::vector<int64_t>{1});
   const tr::MetricsSummary s = m.reduce_and_reset(*comm);
@@ -362,7 +364,10 @@ TEST(Metrics, SumsOverSamplesAndStepsAndResets) {
   EXPECT_EQ(s.steps, 5);
   EXPECT_EQ(s.skipped_steps, 3);
   EXPECT_EQ(s.longest_skip_run, 2);
-  EXPECT_DOUBLE_EQ(s.grad_norm, 3.0);  // mean of the applied steps' norms, 2 and 4
+  EXPECT_DOUBLE_EQ(s.grad_norm, 3.0);       // mean of the applied steps' norms, 2 and 4
+  EXPECT_DOUBLE_EQ(s.data_wait_ms, 100.0);  // 0.5 s over 5 steps
+  EXPECT_DOUBLE_EQ(s.data_wait_max_ms, 100.0);
+  EXPECT_EQ(s.data_wait_slowest_rank, 0);
   const nlohmann::json stats = m.timestep_stats_and_reset(*comm);
   ASSERT_EQ(stats["timestep_buckets"].size(), 2u);
   EXPECT_EQ(stats["timestep_buckets"][0]["count"], 3);  // t = 0, 3, 1
@@ -374,6 +379,7 @@ TEST(Metrics, SumsOverSamplesAndStepsAndResets) {
   EXPECT_EQ(next.samples, 0);
   EXPECT_EQ(next.steps, 1);
   EXPECT_EQ(next.longest_skip_run, 2);  // the run that ended the last period continues
+  EXPECT_EQ(next.data_wait_ms, 0.0);
   EXPECT_TRUE(m.nonfinite_timesteps_and_reset().empty());
 }
 
@@ -397,6 +403,15 @@ TEST(Metrics, LogLineShowsGpuMemoryOnlyWhenMeasured) {
   EXPECT_EQ(tr::log_line(r, 0),
             "step 40 | loss 0.5000 mse 0.4000 vb 0.1000 | by t quartile 1.000 0.500 0.250 0.125 "
             "| grad 0.300 lr 1.00e-04 scale 1 | 64.0 img/s 500 ms/step 512 MiB");
+  // The data wait shows once the slowest rank's takes a tenth of the step.
+  r["data_wait_ms"] = 20.0;
+  r["data_wait_max_ms"] = 40.0;
+  r["data_wait_slowest_rank"] = 3;
+  EXPECT_EQ(tr::log_line(r, 0).find("waits"), std::string::npos);
+  r["data_wait_max_ms"] = 60.0;
+  EXPECT_NE(tr::log_line(r, 0).find("500 ms/step (rank 3 waits 60.0 ms for data) 512 MiB"),
+            std::string::npos)
+      << tr::log_line(r, 0);
   r["device_peak_allocated_mb"] = 1536.4;
   r["device_reserved_mb"] = 2048.0;
   const std::string line = tr::log_line(r, 100);
