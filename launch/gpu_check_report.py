@@ -100,6 +100,11 @@ def real_run(work, run_dir, eval_json, seconds):
         "steps": steps[-1]["step"] if steps else 0,
         "images_per_s_median": median([j["images_per_s"] for j in steps[1:]] or
                                       [j["images_per_s"] for j in steps]),
+        # Input-bound or not: the slowest rank's wait for batches against the whole step.
+        "step_time_ms_median": median([j["step_time_ms"] for j in steps[1:]] or
+                                      [j["step_time_ms"] for j in steps]),
+        "data_wait_max_ms_median": median([j["data_wait_max_ms"] for j in steps[1:]
+                                           if "data_wait_max_ms" in j]),
         "loss_first_last": [steps[0]["loss"], steps[-1]["loss"]] if steps else None,
         "device_peak_allocated_mb": max((j["device_peak_allocated_mb"] for j in steps
                                          if "device_peak_allocated_mb" in j), default=None),
