@@ -180,11 +180,12 @@ TEST_F(ExportImport, JsonSaysWhatTheWeightsAreAndTheVectorIsTheirOutput) {
   auto net = weights_of(checkpoint(), 0.9);
   net->eval();
   torch::NoGradGuard no_grad;
-  // Within float32 rounding: the export ran in another process, with another thread count, and
-  // oneDNN's reductions round differently (1.01e-6 apart was seen).
+  // Within float32 rounding of the output's scale: the export ran in another process, with
+  // another thread count, and oneDNN's reductions round differently (1.3e-6 apart was seen on an
+  // AVX2 machine, at outputs near 0, where a tolerance relative to each element is too tight).
   const at::Tensor out = net->forward(v["x"], v["t"]);
-  EXPECT_TRUE(torch::allclose(out, v["out"], 1e-5, 1e-6))
-      << (out - v["out"]).abs().max().item<double>();
+  const double scale = v["out"].abs().max().item<double>();
+  EXPECT_LT((out - v["out"]).abs().max().item<double>(), 1e-5 * scale) << "scale " << scale;
   EXPECT_GT(v["out"].abs().max().item<float>(), 1e-2) << "an output that says something";
 }
 
