@@ -170,8 +170,7 @@ TrainResult train_classifier(const Config& config, Cluster& cluster, const std::
   validate_for_world(config, world);
   validate_for_classifier(config);
   check_paths(config);
-  if (tc.threads > 0) at::set_num_threads(static_cast<int>(tc.threads));
-  if (config.deterministic) at::globalContext().setDeterministicAlgorithms(true, false);
+  apply_process_settings(config);
 
   // The state: fresh (the same weights on every rank) or a checkpoint's.
   const data::Manifest manifest = data::read_manifest(config.data.train);

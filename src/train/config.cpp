@@ -33,6 +33,8 @@ constexpr Names<Loss, 4> kLosses{{{"hybrid", Loss::hybrid},
                                   {"vlb_unscaled", Loss::vlb_unscaled}}};
 constexpr Names<Precision, 3> kPrecisions{
     {{"fp32", Precision::fp32}, {"bf16", Precision::bf16}, {"fp16", Precision::fp16}}};
+constexpr Names<Tf32, 3> kTf32{
+    {{"default", Tf32::library_default}, {"true", Tf32::on}, {"false", Tf32::off}}};
 
 template <typename E, std::size_t N>
 E parse_name(std::string_view name, const Names<E, N>& table) {
@@ -60,6 +62,9 @@ Loss parse_loss(std::string_view name) {
 }
 Precision parse_precision(std::string_view name) {
   return parse_name(name, kPrecisions);
+}
+Tf32 parse_tf32(std::string_view name) {
+  return parse_name(name, kTf32);
 }
 
 // One schema for reading and writing: visit() names every key once, and a Reader or a Writer
@@ -130,6 +135,7 @@ void visit(V& v, Config& c) {
     v.key("ema_rates", c.training.ema_rates);
     v.key("ema_warmup", c.training.ema_warmup);
     v.choice("precision", c.training.precision, parse_precision);
+    v.choice("tf32", c.training.tf32, parse_tf32);
     v.key("loss_scale_init", c.training.loss_scale_init);
     v.key("loss_scale_growth_interval", c.training.loss_scale_growth_interval);
     v.key("loss_scale_min", c.training.loss_scale_min);
@@ -365,6 +371,9 @@ std::string to_string(Loss v) {
 }
 std::string to_string(Precision v) {
   return name_of(v, kPrecisions);
+}
+std::string to_string(Tf32 v) {
+  return name_of(v, kTf32);
 }
 
 Config parse_config(const std::string& yaml, const std::vector<std::string>& overrides,

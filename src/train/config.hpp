@@ -28,9 +28,13 @@ enum class ChannelsLast { automatic, on, off };
 enum class Loss { hybrid, simple, vlb, vlb_unscaled };
 // training.precision: autocast of the network's forward to bf16 or fp16 (with loss scaling).
 enum class Precision { fp32, bf16, fp16 };
+// training.tf32: whether fp32 convolutions (cuDNN) and matmuls (cuBLAS) on a GPU may round their
+// inputs to TF32. default leaves LibTorch's choice: convolutions yes, matmuls no.
+enum class Tf32 { library_default, on, off };
 std::string to_string(ChannelsLast v);
 std::string to_string(Loss v);
 std::string to_string(Precision v);
+std::string to_string(Tf32 v);
 
 struct DataConfig {
   std::string train;       // manifest.json of the training shards
@@ -121,6 +125,7 @@ struct TrainingConfig {
   std::vector<double> ema_rates{0.9999};
   bool ema_warmup = false;                // rate_n = min(rate, (1 + n) / (10 + n))
   Precision precision = Precision::fp32;  // fp32 | bf16 | fp16
+  Tf32 tf32 = Tf32::library_default;      // default | true | false
   double loss_scale_init = 65536.0;
   int64_t loss_scale_growth_interval = 2000;
   double loss_scale_min = 1.0;

@@ -1,5 +1,8 @@
 #include "train/setup.hpp"
 
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -174,6 +177,27 @@ Config resolved_config(const Config& config, const DataShape& shape) {
 bool use_channels_last(const Config& config, Precision precision) {
   const ChannelsLast v = config.model.channels_last;
   return v == ChannelsLast::on || (v == ChannelsLast::automatic && precision != Precision::fp32);
+}
+
+void apply_process_settings(const Config& config) {
+  const TrainingConfig& tc = config.training;
+  if (tc.threads > 0) at::set_num_threads(static_cast<int>(tc.threads));
+  if (config.deterministic) at::globalContext().setDeterministicAlgorithms(true, false);
+  if (tc.tf32 != Tf32::library_default) {
+    // Both at once, as EDM's --tf32: TF32 for convolutions only (LibTorch's default) would leave
+    // attention's matmuls at full fp32 cost, and exact fp32 needs both off.
+    at::globalContext().setAllowTF32CuDNN(tc.tf32 == Tf32::on);
+    at::globalContext().setAllowTF32CuBLAS(tc.tf32 == Tf32::on);
+  }
+}
+
+std::string tf32_in_use() {
+  const bool convolutions = at::globalContext().allowTF32CuDNN(),
+             matmuls = at::globalContext().allowTF32CuBLAS();
+  if (convolutions && matmuls) return "TF32 convolutions and matmuls";
+  if (convolutions) return "TF32 convolutions, fp32 matmuls";
+  if (matmuls) return "fp32 convolutions, TF32 matmuls";
+  return "no TF32";
 }
 
 }  // namespace difftrain::train

@@ -51,6 +51,14 @@ data::LoaderOptions loader_options(const Config& config, const DataShape& shape,
 // checkpoints load where the data is not (sample and eval on another machine).
 Config resolved_config(const Config& config, const DataShape& shape);
 
+// The process-wide switches a config sets before training: training.threads (LibTorch's intra-op
+// threads), deterministic (deterministic algorithms), training.tf32 (cuDNN's and cuBLAS's TF32
+// flags; left alone for default).
+void apply_process_settings(const Config& config);
+// What fp32 on a GPU means in this process now: "TF32 convolutions and matmuls", "TF32
+// convolutions, fp32 matmuls" (LibTorch's default) or "no TF32".
+std::string tf32_in_use();
+
 // model.channels_last resolved: auto means channels-last when the network runs under autocast
 // (`precision` bf16 or fp16).
 bool use_channels_last(const Config& config, Precision precision);

@@ -188,8 +188,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
   validate_for_world(config, world);
   check_paths(config);
   const Fault fault = parse_fault(options.fault, options.fault_rank, rank);
-  if (tc.threads > 0) at::set_num_threads(static_cast<int>(tc.threads));
-  if (config.deterministic) at::globalContext().setDeterministicAlgorithms(true, false);
+  apply_process_settings(config);
 
   // The state: fresh (the same weights on every rank) or a checkpoint's.
   const data::Manifest manifest = data::read_manifest(config.data.train);
@@ -217,9 +216,10 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       lc.bpd_every > 0 ? read_heldout_batch(config, shape, rank, world, device) : HeldOutBatch{};
   RunFiles files = open_run_files(lc.run_dir, config_yaml, rank, state.step);
   if (rank == 0)
-    spdlog::info("run directory {}: {} parameters, {} x {}x{}x{} images, {} ranks, device {}{}",
+    spdlog::info("run directory {}: {} parameters, {} x {}x{}x{} images, {} ranks, device {}{}{}",
                  lc.run_dir, model::parameter_count(state.net), manifest.num_samples(),
                  shape.channels, shape.image_size, shape.image_size, world, device.str(),
+                 device.is_cuda() ? " (" + tf32_in_use() + ")" : "",
                  config.model.use_checkpoint ? ", gradient checkpointing" : "");
 
   TrainResult result;

@@ -1,4 +1,5 @@
 // The config: defaults, typed choices, errors that name the key.
+#include <ATen/Context.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -23,6 +24,45 @@ TEST(Config, ChannelsLastAutoMeansUnderAutocast) {
   EXPECT_TRUE(tr::use_channels_last(c, tr::Precision::fp32));
   c = tr::parse_config(tiny_config("unused", "runs/x"), {"model.channels_last=false"});
   EXPECT_FALSE(tr::use_channels_last(c, tr::Precision::bf16));
+}
+
+// training.tf32 sets cuDNN's and cuBLAS's TF32 flags together, or leaves LibTorch's alone; it
+// round-trips through the resolved config, and a wrong value names the valid ones.
+TEST(Config, Tf32SetsBothFlagsOrLeavesThemAlone) {
+  at::Context& context = at::globalContext();
+  const bool convolutions = context.allowTF32CuDNN(), matmuls = context.allowTF32CuBLAS();
+  const auto settings = [&] {
+    return std::pair{context.allowTF32CuDNN(), context.allowTF32CuBLAS()};
+  };
+  auto c = tr::parse_config(tiny_config("unused", "runs/x"));
+  EXPECT_EQ(c.training.tf32, tr::Tf32::library_default);
+  context.setAllowTF32CuDNN(true);
+  context.setAllowTF32CuBLAS(false);
+  tr::apply_process_settings(c);
+  EXPECT_EQ(settings(), std::pair(true, false));
+  EXPECT_EQ(tr::tf32_in_use(), "TF32 convolutions, fp32 matmuls");
+
+  c = tr::parse_config(tiny_config("unused", "runs/x"), {"training.tf32=true"});
+  tr::apply_process_settings(c);
+  EXPECT_EQ(settings(), std::pair(true, true));
+  EXPECT_EQ(tr::tf32_in_use(), "TF32 convolutions and matmuls");
+  EXPECT_NE(tr::to_yaml(c).find("tf32: true"), std::string::npos);
+  EXPECT_EQ(tr::parse_config(tr::to_yaml(c)).training.tf32, tr::Tf32::on);
+
+  tr::apply_process_settings(
+      tr::parse_config(tiny_config("unused", "runs/x"), {"training.tf32=false"}));
+  EXPECT_EQ(settings(), std::pair(false, false));
+  EXPECT_EQ(tr::tf32_in_use(), "no TF32");
+  context.setAllowTF32CuDNN(convolutions);
+  context.setAllowTF32CuBLAS(matmuls);
+  try {
+    tr::parse_config(tiny_config("unused", "runs/x"), {"training.tf32=yes"});
+    FAIL() << "no error";
+  } catch (const tr::ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("training.tf32"), std::string::npos) << what;
+    EXPECT_NE(what.find("default, true, false"), std::string::npos) << what;
+  }
 }
 
 // Each config error names its key.
