@@ -21,5 +21,6 @@ void add_plot_command(CLI::App& app, int& exit_code);
 void add_export_command(CLI::App& app, int& exit_code);
 void add_import_command(CLI::App& app, int& exit_code);
 void add_phema_command(CLI::App& app, int& exit_code);
+void add_fid_command(CLI::App& app, int& exit_code);
 
 }  // namespace difftrain::cli

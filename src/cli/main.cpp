@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   add_export_command(app, exit_code);
   add_import_command(app, exit_code);
   add_phema_command(app, exit_code);
+  add_fid_command(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -87,7 +87,11 @@ void add_model_source_options(CLI::App& cmd, ModelSource& source) {
   cmd.add_option("--ema", source.ema,
                  "EMA rate whose weights to use, or 'none' for the raw weights (default: the "
                  "first of the config's training.ema_rates)");
-  cmd.add_option("--device", source.device,
+  add_device_option(cmd, source.device);
+}
+
+void add_device_option(CLI::App& cmd, std::string& device) {
+  cmd.add_option("--device", device,
                  "auto (a GPU per local rank when there are GPUs), cpu, cuda or cuda:N")
       ->default_val("auto")
       ->check([](const std::string& text) {

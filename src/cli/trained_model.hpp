@@ -41,6 +41,8 @@ struct ModelSource {
 
 // --run, --checkpoint (one of them required), --ema and --device on a subcommand.
 void add_model_source_options(CLI::App& cmd, ModelSource& source);
+// --device alone (auto | cpu | cuda | cuda:N), checked as it is parsed.
+void add_device_option(CLI::App& cmd, std::string& device);
 
 struct TrainedModel {
   std::string checkpoint;

@@ -42,13 +42,13 @@ std::string header_field(const std::string& where, const std::string& header,
   return m[1].str();
 }
 
-template <typename T>
-void widen(const std::vector<uint8_t>& raw, std::vector<int64_t>& out) {
+template <typename T, typename Out>
+void widen(const std::vector<uint8_t>& raw, std::vector<Out>& out) {
   out.resize(raw.size() / sizeof(T));
   for (std::size_t i = 0; i < out.size(); ++i) {
     T v;
     std::memcpy(&v, raw.data() + i * sizeof(T), sizeof(T));
-    out[i] = static_cast<int64_t>(v);
+    out[i] = static_cast<Out>(v);
   }
 }
 
@@ -98,7 +98,7 @@ void write_npz(const std::string& path, const std::vector<NpyArray>& arrays) {
   if (zip_close(raw) != 0) fail("cannot write .npz");
 }
 
-NpyData parse_npy(const std::string& bytes, const std::string& where) {
+NpyData parse_npy(const std::string& bytes, const std::string& where, NpyKinds kinds) {
   // Magic "\x93NUMPY", version, a little-endian header length (2 bytes in version 1, 4 after),
   // a Python dict literal {'descr': ..., 'fortran_order': ..., 'shape': (...)}, then the data.
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
@@ -133,9 +133,12 @@ NpyData parse_npy(const std::string& bytes, const std::string& where) {
   const char order = a.descr.empty() ? '?' : a.descr[0];
   const std::string kind =
       (order == '<' || order == '>' || order == '|' || order == '=') ? a.descr.substr(1) : a.descr;
-  if (kind.size() != 2 || (kind[0] != 'u' && kind[0] != 'i') ||
-      std::string("1248").find(kind[1]) == std::string::npos)
-    throw Error(where + ": dtype '" + a.descr + "' is not an integer type");
+  const bool integer = kind.size() == 2 && (kind[0] == 'u' || kind[0] == 'i') &&
+                       std::string("1248").find(kind[1]) != std::string::npos;
+  const bool floating = kind == "f4" || kind == "f8";
+  if (!integer && !(floating && kinds == NpyKinds::numbers))
+    throw Error(where + ": dtype '" + a.descr + "' is not an integer type" +
+                (kinds == NpyKinds::numbers ? " or float32 / float64" : ""));
   if (order == '>' && kind[1] != '1')
     throw Error(where + ": big-endian arrays (" + a.descr + ") are not supported");
   a.descr = kind;
@@ -151,14 +154,14 @@ NpyData parse_npy(const std::string& bytes, const std::string& where) {
   return a;
 }
 
-NpyData read_npy(const std::string& path) {
+NpyData read_npy(const std::string& path, NpyKinds kinds) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": no such file");
   const std::string bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  return parse_npy(bytes, path);
+  return parse_npy(bytes, path, kinds);
 }
 
-std::vector<NpyData> read_npz(const std::string& path) {
+std::vector<NpyData> read_npz(const std::string& path, NpyKinds kinds) {
   zip_t* raw = open_zip(path, ZIP_RDONLY, "cannot open as .npz");
   const std::unique_ptr<zip_t, int (*)(zip_t*)> archive(raw, zip_close);
   std::vector<NpyData> arrays;
@@ -175,7 +178,7 @@ std::vector<NpyData> read_npz(const std::string& path) {
     if (f) zip_fclose(f);
     if (got != static_cast<zip_int64_t>(st.size))
       throw Error(path + ": cannot read " + key + ": " + zip_strerror(raw));
-    arrays.push_back(parse_npy(bytes, path + ":" + key));
+    arrays.push_back(parse_npy(bytes, path + ":" + key, kinds));
     arrays.back().name = key;
   }
   if (arrays.empty()) throw Error(path + ": an .npz with no .npy arrays");
@@ -183,6 +186,7 @@ std::vector<NpyData> read_npz(const std::string& path) {
 }
 
 std::vector<int64_t> int64_values(const NpyData& a) {
+  if (a.descr[0] == 'f') throw Error(a.where + ": holds floats (" + a.descr + "), not integers");
   std::vector<int64_t> out;
   const bool u = a.descr[0] == 'u';
   switch (a.descr[1]) {
@@ -197,6 +201,18 @@ std::vector<int64_t> int64_values(const NpyData& a) {
       break;
     default:
       u ? widen<uint64_t>(a.data, out) : widen<int64_t>(a.data, out);
+  }
+  return out;
+}
+
+std::vector<double> double_values(const NpyData& a) {
+  std::vector<double> out;
+  if (a.descr == "f4") {
+    widen<float>(a.data, out);
+  } else if (a.descr == "f8") {
+    widen<double>(a.data, out);
+  } else {
+    throw Error(a.where + ": holds " + a.descr + ", not float32 or float64");
   }
   return out;
 }

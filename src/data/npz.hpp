@@ -26,7 +26,10 @@ std::string npy_bytes(const NpyArray& array);
 // data::Error naming the file.
 void write_npz(const std::string& path, const std::vector<NpyArray>& arrays);
 
-// An integer array read from a .npy file or an .npz entry.
+// Which dtypes a reader takes: integers (images, labels), or floats too (statistics).
+enum class NpyKinds { integers, numbers };
+
+// An array read from a .npy file or an .npz entry.
 struct NpyData {
   std::string where;  // the file, or "file.npz:arr_0", as errors name it
   std::string name;   // the .npz key ("arr_0"); empty for a .npy file
@@ -35,15 +38,18 @@ struct NpyData {
   std::vector<uint8_t> data;  // C order, little-endian
 };
 
-// The array of .npy bytes (format 1, 2 or 3; C order; an integer dtype, little-endian or of one
-// byte). Throws data::Error naming `where`: a bad magic or header, another dtype, Fortran order,
-// data shorter or longer than the shape says.
-NpyData parse_npy(const std::string& bytes, const std::string& where);
-NpyData read_npy(const std::string& path);
+// The array of .npy bytes (format 1, 2 or 3; C order; an integer dtype, or with NpyKinds::numbers
+// also float32 / float64; little-endian or of one byte). Throws data::Error naming `where`: a bad
+// magic or header, another dtype, Fortran order, data shorter or longer than the shape says.
+NpyData parse_npy(const std::string& bytes, const std::string& where,
+                  NpyKinds kinds = NpyKinds::integers);
+NpyData read_npy(const std::string& path, NpyKinds kinds = NpyKinds::integers);
 // Every .npy entry of an .npz, in archive order, named by its key.
-std::vector<NpyData> read_npz(const std::string& path);
+std::vector<NpyData> read_npz(const std::string& path, NpyKinds kinds = NpyKinds::integers);
 
 // The values of an integer array, widened to int64.
 std::vector<int64_t> int64_values(const NpyData& array);
+// The values of a float32 or float64 array, as double.
+std::vector<double> double_values(const NpyData& array);
 
 }  // namespace difftrain::data

@@ -21,6 +21,7 @@
 #include "data/test_files.hpp"
 #include "diffusion/gaussian_diffusion.hpp"
 #include "parallel/communicator.hpp"
+#include "quality/fid_inception.hpp"
 #include "tiny_run.hpp"
 #include "train/adamw.hpp"
 #include "train/classifier.hpp"
@@ -28,9 +29,12 @@
 #include "train/denoiser.hpp"
 #include "train/heldout_bpd.hpp"
 #include "train/metrics.hpp"
+#include "train/setup.hpp"
 #include "train/step_rng.hpp"
 #include "train/train_step.hpp"
 #include "train/trainer.hpp"
+#include "weights/pt_file.hpp"
+#include "weights/state_dict.hpp"
 
 namespace {
 
@@ -456,6 +460,82 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
   }
   EXPECT_GT(bpd[0], 1.0);
   EXPECT_NEAR(bpd[1], bpd[0], 1e-4 * bpd[0]);
+}
+
+// `difftrain fid` with --device cuda (TF32 off), alone and on 2 ranks over NCCL (the float64
+// sums all-reduced), against --device cpu: the same FID to 1e-4, on random Inception weights
+// (BatchNorm statistics included) and two tiny sets of 14 x 14 images, upsampled to 299.
+TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
+  const std::string weights = dir / "inception.pt";
+  {
+    torch::manual_seed(0);
+    difftrain::quality::FidInception net;
+    torch::NoGradGuard no_grad;
+    for (const auto& p : net->named_parameters()) {
+      if (p.key().ends_with("conv.weight"))
+        p.value().normal_(0, std::sqrt(2.0 / static_cast<double>(p.value()[0].numel())));
+      else if (p.key().ends_with("bn.weight"))
+        p.value().uniform_(0.5, 1.5);
+      else
+        p.value().normal_(0, 0.2);
+    }
+    for (const auto& b : net->named_buffers())
+      b.key().ends_with("running_var") ? b.value().uniform_(0.5, 2.0) : b.value().normal_(0, 0.2);
+    difftrain::weights::save_pt(difftrain::weights::state_dict_of(*net), weights);
+  }
+  const std::string other = difftrain::testing::write_synthetic_set(
+                                dir / "other", {9}, 14, 14, 1, 10,
+                                [](int64_t i, int64_t y, int64_t x, int64_t) {
+                                  return static_cast<uint8_t>((i * 53 + y * 7 + x * 13) % 256);
+                                })
+                                .manifest;
+  const auto fid = [&](const std::string& launch, const std::string& device) {
+    const std::string out = dir / ("fid_" + device + ".json");
+    const auto r = difftrain::testing::run(launch + std::string(DIFFTRAIN_BINARY) + " fid " +
+                                           manifest + " " + other + " --inception " + weights +
+                                           " --batch 16 --device " + device + " --out " + out);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    std::ifstream f(out);
+    return nlohmann::json::parse(f)["fid"].get<double>();
+  };
+  const std::string alone = difftrain::testing::kNoTf32Env + "OMP_NUM_THREADS=2 ";
+  const double cpu = fid(alone, "cpu");
+  EXPECT_GT(cpu, 1.0);
+  EXPECT_NEAR(fid(alone, "cuda"), cpu, 1e-4 * cpu);
+  const auto two = difftrain::testing::run(difftrain::testing::mpirun_on_one_gpu(
+      2, std::string(DIFFTRAIN_BINARY) + " fid " + manifest + " " + other + " --inception " +
+             weights + " --batch 16 --device cuda:0 --out " + std::string(dir / "fid_two.json")));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  std::ifstream f(dir / "fid_two.json");
+  const nlohmann::json report = nlohmann::json::parse(f);
+  EXPECT_EQ(report["ranks"], 2);
+  EXPECT_NEAR(report["fid"].get<double>(), cpu, 1e-4 * cpu);
+}
+
+// training.tf32 reaches cuDNN and cuBLAS: with false, a convolution and a matmul on the GPU give
+// the CPU's fp32 results to 1e-5 even where TF32 was allowed before; with true, both round their
+// inputs to TF32's 10-bit mantissa and are off by more than 1e-4 (about 1e-3 on these sums of
+// 576 and 512 products).
+TEST_F(Cuda, Tf32SettingReachesConvolutionsAndMatmuls) {
+  NoTf32 restore;  // puts the flags back afterwards
+  auto g = tr::cpu_generator(11);
+  const at::Tensor x = at::randn({4, 64, 16, 16}, g), w = at::randn({64, 64, 3, 3}, g),
+                   a = at::randn({256, 512}, g), b = at::randn({512, 256}, g);
+  const at::Tensor conv_cpu = at::conv2d(x, w, {}, 1, 1), mm_cpu = at::matmul(a, b);
+  const auto errors = [&] {
+    return std::pair{relative_error(at::conv2d(x.to(kGpu), w.to(kGpu), {}, 1, 1), conv_cpu),
+                     relative_error(at::matmul(a.to(kGpu), b.to(kGpu)), mm_cpu)};
+  };
+  at::globalContext().setAllowTF32CuDNN(true);
+  at::globalContext().setAllowTF32CuBLAS(true);
+  tr::apply_process_settings(config("tf32_false", {"training.tf32=false"}));
+  const auto [conv_exact, mm_exact] = errors();
+  EXPECT_LT(conv_exact, 1e-5);
+  EXPECT_LT(mm_exact, 1e-5);
+  tr::apply_process_settings(config("tf32_true", {"training.tf32=true"}));
+  const auto [conv_tf32, mm_tf32] = errors();
+  EXPECT_GT(conv_tf32, 1e-4);
+  EXPECT_GT(mm_tf32, 1e-4);
 }
 
 // The noisy classifier trained on the GPU ends where the CPU's ends (the relative update difference

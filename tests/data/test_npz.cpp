@@ -33,6 +33,24 @@ void expect_error(const std::function<void()>& f, const std::string& part) {
   }
 }
 
+// Statistics files (pytorch-fid's mu and sigma) are float arrays: read when asked for numbers,
+// refused where integers are expected.
+TEST(DataNpz, ReadsFloatArraysOnlyWhenAskedForNumbers) {
+  TempDir dir;
+  numpy("np.savez_compressed('" + dir / "f.npz" +
+        "', mu=np.array([0.5, -1.25]), sigma=np.array([[1, 0.5], [0.5, 2]], np.float32))");
+  expect_error([&] { data::read_npz(dir / "f.npz"); }, "f.npz:mu: dtype '<f8' is not an integer");
+  const std::vector<data::NpyData> arrays = data::read_npz(dir / "f.npz", data::NpyKinds::numbers);
+  ASSERT_EQ(arrays.size(), 2u);
+  EXPECT_EQ(arrays[0].name, "mu");
+  EXPECT_EQ(arrays[0].descr, "f8");
+  EXPECT_EQ(data::double_values(arrays[0]), (std::vector<double>{0.5, -1.25}));
+  EXPECT_EQ(arrays[1].descr, "f4");
+  EXPECT_EQ(arrays[1].shape, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(data::double_values(arrays[1]), (std::vector<double>{1, 0.5, 0.5, 2}));
+  expect_error([&] { data::int64_values(arrays[0]); }, "holds floats (f8), not integers");
+}
+
 // guided-diffusion's image_sample.py ends with np.savez(out_path, arr, label_arr): uint8 NHWC
 // images as arr_0, int64 labels as arr_1. Compressed too, and a version 2 .npy.
 TEST(DataNpz, ReadsWhatNumpyWrites) {

@@ -1,0 +1,45 @@
+// The Inception-v3 network of FID (Heusel et al. 2017): TensorFlow's 2015-12-05 Inception as
+// pytorch-fid ports it (`pt_inception-2015-12-05-6726825d.pth`), with torchvision's parameter
+// names and the port's three departures from torchvision's Inception3 (average pools that leave
+// the padding out of the mean in Mixed_5b-d, 6b-e and 7b; a max pool in Mixed_7c). Its 2048
+// pool3 features are what FID compares; the classifier head of the file is not used.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+#include <vector>
+
+namespace difftrain::quality {
+
+constexpr int64_t kPool3Features = 2048;
+constexpr int64_t kInceptionSize = 299;  // the input size the network was trained at
+
+// x [N, 3, 299, 299] in [-1, 1] -> the pool3 features [N, 2048].
+class FidInceptionImpl : public torch::nn::Module {
+ public:
+  FidInceptionImpl();
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  std::vector<torch::nn::AnyModule> layers_;  // in forward order, the two stem max pools included
+};
+TORCH_MODULE(FidInception);
+
+// The network with the weights of a PyTorch state dict (pytorch-fid's file, saved by torch.save
+// in its zip format), in eval mode on `device`. The file's classifier head (fc.*) and BatchNorm
+// counters (num_batches_tracked) are ignored; every other tensor must be there with its shape.
+// Throws weights::WeightsError naming the file.
+FidInception load_fid_inception(const std::string& path, const c10::Device& device);
+
+// pytorch-fid's preprocessing and forward pass: images uint8 [N, H, W, C] (C = 1 or 3, any size;
+// on any device) -> float32 [N, 2048] on the network's device. One channel is repeated to three
+// (PIL's convert("RGB")), the pixels scaled to [0, 1], bilinearly resized to 299 x 299
+// (align_corners false) and mapped to [-1, 1].
+at::Tensor pool3_features(FidInception& net, const at::Tensor& images);
+
+}  // namespace difftrain::quality

@@ -1,0 +1,237 @@
+// FID's Inception network and `difftrain fid` against FID as pytorch-fid computes it
+// (fid_reference.py: eager PyTorch and NumPy), on random weights written by PyTorch with the
+// names of pytorch-fid's file. Also: the sets as shards, on 2 ranks, through a statistics file, and
+// the errors of bad input.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/difftrain_cli.hpp"
+#include "quality/feature_statistics.hpp"
+#include "quality/fid_inception.hpp"
+#include "weights/pt_file.hpp"
+#include "weights/state_dict.hpp"
+
+namespace fs = std::filesystem;
+using difftrain::testing::difftrain_cli;
+using difftrain::testing::difftrain_mpi;
+using difftrain::testing::ProcessResult;
+using difftrain::testing::run_command;
+using json = nlohmann::json;
+
+namespace difftrain::quality {
+namespace {
+
+json last_json_line(const ProcessResult& r) {
+  const auto start = r.output.find_last_of('\n', r.output.size() - 2);
+  return json::parse(r.output.substr(start == std::string::npos ? 0 : start + 1), nullptr, false);
+}
+
+json reference(const std::string& args) {
+  const ProcessResult r = run_command("OMP_NUM_THREADS=2 " + std::string(DIFFTRAIN_PYTHON) + " " +
+                                      FID_REFERENCE + " " + args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  return last_json_line(r);
+}
+
+json read_json(const fs::path& path) {
+  std::ifstream f(path);
+  return json::parse(f);
+}
+
+// Random weights and two small sets of images, written once for the suite: 6 gray 28 x 28 images
+// (as Fashion-MNIST's) and 5 RGB 32 x 32 images.
+class Fid : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!fs::exists(DIFFTRAIN_PYTHON)) return;
+    dir_ = fs::temp_directory_path() / ("difftrain_test_fid_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    tensors_ = reference("write-weights " + path("inception.pt") + " 3")["tensors"].get<int>();
+    const ProcessResult r =
+        run_command(std::string(DIFFTRAIN_PYTHON) +
+                    " -c \"import numpy as np; r = np.random.default_rng(0); "
+                    "np.savez('" +
+                    path("gray.npz") +
+                    "', r.integers(0, 256, (6, 28, 28), dtype=np.uint8), "
+                    "np.arange(6)); "
+                    "np.savez('" +
+                    path("rgb.npz") + "', r.integers(0, 200, (5, 32, 32, 3), dtype=np.uint8))\"");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  void SetUp() override {
+    if (!fs::exists(DIFFTRAIN_PYTHON))
+      GTEST_SKIP() << DIFFTRAIN_PYTHON << " is missing: launch/setup.sh makes it";
+  }
+  static std::string path(const std::string& name) { return (dir_ / name).string(); }
+
+  static inline fs::path dir_;
+  static inline int tensors_ = 0;
+};
+
+TEST_F(Fid, TheNetworkLoadsPytorchFidsNamesAndGivesPyTorchsFeatures) {
+  // The file has the fc head and num_batches_tracked counters, as pytorch-fid's: 566 tensors.
+  EXPECT_EQ(tensors_, 566);
+  FidInception net = load_fid_inception(path("inception.pt"), at::kCPU);
+  const json expected = reference("features " + path("inception.pt") + " " + path("gray.npz"));
+  ASSERT_EQ(expected.size(), 6u);
+  at::Tensor images = at::randint(0, 256, {6, 28, 28, 1}, at::kByte);
+  {
+    // The same pixels as the .npz: read them back through numpy's layout.
+    const ProcessResult r = run_command(std::string(DIFFTRAIN_PYTHON) +
+                                        " -c \"import numpy as np, json; print(json.dumps("
+                                        "np.load('" +
+                                        path("gray.npz") + "')['arr_0'].reshape(-1).tolist()))\"");
+    const json pixels = last_json_line(r);
+    ASSERT_EQ(pixels.size(), 6u * 28 * 28);
+    for (int64_t i = 0; i < images.numel(); ++i)
+      images.view(-1)[i] = pixels[i].get<int>();
+  }
+  const at::Tensor features = pool3_features(net, images);
+  ASSERT_EQ(features.sizes(), (at::IntArrayRef{6, kPool3Features}));
+  double worst = 0, scale = 0;
+  for (int64_t i = 0; i < 6; ++i)
+    for (int64_t k = 0; k < kPool3Features; ++k) {
+      const double e = expected[i][k].get<double>();
+      worst = std::max(worst, std::abs(features[i][k].item<double>() - e));
+      scale = std::max(scale, std::abs(e));
+    }
+  EXPECT_GT(scale, 0.1);
+  EXPECT_LT(worst, 1e-4 * scale) << "largest feature " << scale;
+}
+
+TEST_F(Fid, AFileWithoutATensorOrWithTheWrongNetworkIsRefusedNamingIt) {
+  weights::StateDict state = weights::load_pt(path("inception.pt"));
+  weights::StateDict without;
+  for (const auto& t : state)
+    if (t.name != "Mixed_7c.branch_pool.bn.running_var") without.push_back(t);
+  weights::save_pt(without, path("without.pt"));
+  try {
+    load_fid_inception(path("without.pt"), at::kCPU);
+    FAIL() << "no error";
+  } catch (const weights::WeightsError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("without.pt"), std::string::npos) << what;
+    EXPECT_NE(what.find("Mixed_7c.branch_pool.bn.running_var"), std::string::npos) << what;
+  }
+  const ProcessResult r = difftrain_cli("fid " + path("gray.npz") + " " + path("rgb.npz") +
+                                        " --inception " + path("without.pt"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("Mixed_7c.branch_pool.bn.running_var"), std::string::npos) << r.output;
+}
+
+TEST_F(Fid, TheCommandGivesPytorchFidsFidOnNpzFilesAndShards) {
+  const json expected =
+      reference("fid " + path("inception.pt") + " " + path("gray.npz") + " " + path("rgb.npz"));
+  const double fid = expected["fid"].get<double>();
+  ASSERT_GT(fid, 1.0);
+  const ProcessResult r =
+      difftrain_cli("fid " + path("gray.npz") + " " + path("rgb.npz") + " --inception " +
+                    path("inception.pt") + " --batch 4" + " --out " + path("fid.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json report = read_json(path("fid.json"));
+  EXPECT_NEAR(report["fid"].get<double>(), fid, 1e-5 * fid) << r.output;
+  EXPECT_EQ(report["sets"][0]["images"], 6);
+  EXPECT_EQ(report["sets"][1]["images"], 5);
+  EXPECT_NE(r.output.find("FID "), std::string::npos) << r.output;
+
+  // The gray images as a shard set: the same pixels, the same FID, to rounding.
+  const ProcessResult shard =
+      run_command(std::string(H5SHARD_BINARY) + " convert --format npy --input " +
+                  path("gray.npz") + " --out " + path("gray_shards"));
+  ASSERT_EQ(shard.exit_code, 0) << shard.output;
+  const ProcessResult s =
+      difftrain_cli("fid " + path("gray_shards") + " " + path("rgb.npz") + " --inception " +
+                    path("inception.pt") + " --out " + path("fid_shards.json"));
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  EXPECT_NEAR(read_json(path("fid_shards.json"))["fid"].get<double>(), report["fid"].get<double>(),
+              1e-9 * fid);
+}
+
+TEST_F(Fid, TwoRanksGiveOneRanksFid) {
+  const std::string args = "fid " + path("gray.npz") + " " + path("rgb.npz") + " --inception " +
+                           path("inception.pt") + " --batch 2 --out ";
+  const ProcessResult one = difftrain_cli(args + path("one.json"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const ProcessResult two = difftrain_mpi(2, args + path("two.json"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  const json a = read_json(path("one.json")), b = read_json(path("two.json"));
+  EXPECT_EQ(b["ranks"], 2);
+  EXPECT_EQ(b["sets"][0]["images"], 6);
+  EXPECT_EQ(b["sets"][1]["images"], 5);
+  // The same features summed in another order (and the other rank's batches of 2 and 1).
+  EXPECT_NEAR(b["fid"].get<double>(), a["fid"].get<double>(), 1e-9 * a["fid"].get<double>());
+}
+
+TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
+  const ProcessResult saved =
+      difftrain_cli("fid " + path("rgb.npz") + " --inception " + path("inception.pt") +
+                    " --save-stats " + path("rgb_stats.npz"));
+  ASSERT_EQ(saved.exit_code, 0) << saved.output;
+  const FeatureStatistics stats = read_statistics(path("rgb_stats.npz"));
+  EXPECT_EQ(stats.count, 5);
+  EXPECT_EQ(stats.sigma.sizes(), (at::IntArrayRef{kPool3Features, kPool3Features}));
+
+  // NumPy's mu of the same images, from the reference, against the file's, read by NumPy.
+  const json expected =
+      reference("fid " + path("inception.pt") + " " + path("gray.npz") + " " + path("rgb.npz"));
+  const ProcessResult numpy =
+      run_command(std::string(DIFFTRAIN_PYTHON) + " -c \"import numpy as np, json; s = np.load('" +
+                  path("rgb_stats.npz") +
+                  "'); print(json.dumps([s['mu'].tolist(), float(np.trace(s['sigma']))]))\"");
+  const json read = last_json_line(numpy);
+  ASSERT_EQ(read[0].size(), static_cast<std::size_t>(kPool3Features)) << numpy.output;
+  for (int64_t k = 0; k < kPool3Features; k += 97)
+    EXPECT_NEAR(read[0][k].get<double>(), expected["mu"][1][k].get<double>(), 1e-4);
+  EXPECT_NEAR(read[1].get<double>(), expected["sigma_trace"][1].get<double>(),
+              1e-4 * expected["sigma_trace"][1].get<double>());
+
+  // FID from the statistics file equals FID from the images.
+  const ProcessResult from_stats =
+      difftrain_cli("fid " + path("gray.npz") + " " + path("rgb_stats.npz") + " --inception " +
+                    path("inception.pt") + " --out " + path("from_stats.json"));
+  ASSERT_EQ(from_stats.exit_code, 0) << from_stats.output;
+  EXPECT_NEAR(read_json(path("from_stats.json"))["fid"].get<double>(),
+              expected["fid"].get<double>(), 1e-5 * expected["fid"].get<double>());
+  // Two statistics files need no network.
+  ASSERT_EQ(difftrain_cli("fid " + path("gray.npz") + " --inception " + path("inception.pt") +
+                          " --save-stats " + path("gray_stats.npz"))
+                .exit_code,
+            0);
+  const ProcessResult no_network =
+      difftrain_cli("fid " + path("gray_stats.npz") + " " + path("rgb_stats.npz") + " --out " +
+                    path("no_network.json"));
+  ASSERT_EQ(no_network.exit_code, 0) << no_network.output;
+  EXPECT_NEAR(read_json(path("no_network.json"))["fid"].get<double>(),
+              expected["fid"].get<double>(), 1e-5 * expected["fid"].get<double>());
+}
+
+TEST_F(Fid, BadInputIsAOneLineErrorNamingWhatIsWrong) {
+  const auto expect_error = [](const std::string& args, const std::string& message) {
+    const ProcessResult r = difftrain_cli("fid " + args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(message), std::string::npos) << args << "\n" << r.output;
+  };
+  const std::string weights = " --inception " + path("inception.pt");
+  expect_error(path("gray.npz") + weights, "give a second to compare it with, or --save-stats");
+  expect_error(path("gray.npz") + " " + path("rgb.npz"), "--inception FILE is needed");
+  expect_error(path("gray.npz") + " " + path("nothing.npz") + weights,
+               "nothing.npz: no such file or directory");
+  expect_error(
+      path("gray.npz") + " " + path("rgb.npz") + weights + " --save-stats " + path("s.npz"),
+      "--save-stats takes one set of images, not two");
+  expect_error(path("gray.npz") + " " + path("rgb.npz") + weights + " --batch 0",
+               "--batch must be >= 1");
+  expect_error(path("gray.npz") + " " + path("rgb.npz") + " --inception " + path("gray.npz"),
+               "gray.npz");
+}
+
+}  // namespace
+}  // namespace difftrain::quality
