@@ -20,6 +20,7 @@
 #include "parallel/watchdog.hpp"
 #include "train/checkpoint.hpp"
 #include "train/classifier.hpp"
+#include "train/data_wait.hpp"
 #include "train/heldout_bpd.hpp"
 #include "train/metrics.hpp"
 #include "train/step_rng.hpp"
@@ -234,6 +235,7 @@ TrainResult train_classifier(const Config& config, Cluster& cluster, const std::
   };
 
   Tally tally(device, diffusion.num_timesteps);
+  DataWait data_wait(device);
   at::Tensor grad_norm_sum = at::zeros({}, at::TensorOptions(device).dtype(at::kDouble));
   if (lc.bpd_every > 0 && state.step == 0) heldout();  // chance level, to compare
   StopSignalGuard signals;
@@ -249,7 +251,9 @@ TrainResult train_classifier(const Config& config, Cluster& cluster, const std::
     if (cluster.watchdog) cluster.watchdog->set_step(state.step);
 
     // The step.
+    const auto wait_start = Clock::now();
     const data::Batch batch = loader.next();
+    data_wait.add(seconds_between(wait_start, Clock::now()));
     state.cursor = loader.cursor();
     const StepInputs inputs =
         draw_step_inputs(config.seed, state.step, sampler, batch, tc.batch_size);
@@ -268,17 +272,20 @@ TrainResult train_classifier(const Config& config, Cluster& cluster, const std::
       grad_norm_sum.zero_();
       line["lr"] = learning_rate(tc, step - 1);
       line["images_per_s"] = static_cast<double>(steps * tc.batch_size) / seconds;
+      line["step_time_ms"] = 1000.0 * seconds / static_cast<double>(steps);
+      add_data_wait(line, data_wait.gather_and_reset(comm, steps));
       line["elapsed_s"] = seconds_between(start, now);
       write(line);
       if (rank == 0)
         spdlog::info(
             "step {}{}: loss {:.4f}, accuracy {:.3f} (by quarter of t: {:.2f} {:.2f} "
-            "{:.2f} {:.2f}), grad norm {:.3f}, {:.1f} images/s",
+            "{:.2f} {:.2f}), grad norm {:.3f}, {:.1f} images/s, {:.0f} ms/step{}",
             step, tc.max_steps > 0 ? fmt::format("/{}", tc.max_steps) : "",
             line["loss"].get<double>(), line["accuracy"].get<double>(),
             line["accuracy_q0"].get<double>(), line["accuracy_q1"].get<double>(),
             line["accuracy_q2"].get<double>(), line["accuracy_q3"].get<double>(),
-            line["grad_norm"].get<double>(), line["images_per_s"].get<double>());
+            line["grad_norm"].get<double>(), line["images_per_s"].get<double>(),
+            line["step_time_ms"].get<double>(), data_wait_note(line));
       last_log = now;
       last_log_step = step;
     }

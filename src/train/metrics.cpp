@@ -30,7 +30,7 @@ enum Slot : int64_t {
 }  // namespace
 
 Metrics::Metrics(const c10::Device& device, long num_timesteps, int64_t timestep_buckets)
-    : num_timesteps_(num_timesteps), buckets_(timestep_buckets) {
+    : num_timesteps_(num_timesteps), buckets_(timestep_buckets), data_wait_(device) {
   const auto f64 = at::TensorOptions(device).dtype(at::kDouble);
   sums_ = at::zeros({kSlots}, f64);
   skips_in_a_row_ = at::zeros({1}, f64);
@@ -90,13 +90,7 @@ MetricsSummary Metrics::reduce_and_reset(parallel::Communicator& comm) {
   s.longest_skip_run = static_cast<int64_t>(v[kLongestSkipRun] / ranks);
   s.grad_norm = mean(v[kGradNorm] / ranks, static_cast<double>(s.steps - s.skipped_steps));
 
-  // Gathered, not summed: which rank waits is the point.
-  const at::Tensor waits = comm.all_gather(at::full({1}, data_wait_s_, sums_.options())).cpu();
-  data_wait_s_ = 0;
-  const double ms_per_step = s.steps > 0 ? 1000.0 / static_cast<double>(s.steps) : 0.0;
-  s.data_wait_ms = waits.mean().item<double>() * ms_per_step;
-  s.data_wait_max_ms = waits.max().item<double>() * ms_per_step;
-  s.data_wait_slowest_rank = waits.argmax().item<int64_t>();
+  s.data_wait = data_wait_.gather_and_reset(comm, s.steps);
   return s;
 }
 
@@ -121,34 +115,19 @@ nlohmann::json Metrics::timestep_stats_and_reset(parallel::Communicator& comm) {
 }
 
 nlohmann::json summary_json(const MetricsSummary& s) {
-  return {{"loss", s.loss},
-          {"mse", s.mse},
-          {"vb", s.vb},
-          {"loss_q0", s.loss_quartile[0]},
-          {"loss_q1", s.loss_quartile[1]},
-          {"loss_q2", s.loss_quartile[2]},
-          {"loss_q3", s.loss_quartile[3]},
-          {"grad_norm", s.grad_norm},
-          {"samples", s.samples},
-          {"skipped_steps", s.skipped_steps},
-          {"data_wait_ms", s.data_wait_ms},
-          {"data_wait_max_ms", s.data_wait_max_ms},
-          {"data_wait_slowest_rank", s.data_wait_slowest_rank}};
+  nlohmann::json j = {{"loss", s.loss},
+                      {"mse", s.mse},
+                      {"vb", s.vb},
+                      {"loss_q0", s.loss_quartile[0]},
+                      {"loss_q1", s.loss_quartile[1]},
+                      {"loss_q2", s.loss_quartile[2]},
+                      {"loss_q3", s.loss_quartile[3]},
+                      {"grad_norm", s.grad_norm},
+                      {"samples", s.samples},
+                      {"skipped_steps", s.skipped_steps}};
+  add_data_wait(j, s.data_wait);
+  return j;
 }
-
-namespace {
-
-// " (rank 3 waits 12.5 ms for data)": shown once waiting for batches takes a tenth of a step on
-// some rank.
-std::string data_wait_part(const nlohmann::json& r) {
-  if (!r.contains("data_wait_max_ms")) return "";
-  const double max_ms = r["data_wait_max_ms"].get<double>();
-  if (max_ms < 0.1 * r["step_time_ms"].get<double>()) return "";
-  return fmt::format(" (rank {} waits {:.1f} ms for data)",
-                     r["data_wait_slowest_rank"].get<int64_t>(), max_ms);
-}
-
-}  // namespace
 
 std::string log_line(const nlohmann::json& r, int64_t max_steps) {
   const int64_t step = r["step"];
@@ -166,7 +145,7 @@ std::string log_line(const nlohmann::json& r, int64_t max_steps) {
       r["loss_q0"].get<double>(), r["loss_q1"].get<double>(), r["loss_q2"].get<double>(),
       r["loss_q3"].get<double>(), r["grad_norm"].get<double>(), r["lr"].get<double>(),
       r["loss_scale"].get<double>(), r["images_per_s"].get<double>(),
-      r["step_time_ms"].get<double>(), data_wait_part(r), r["rss_mb"].get<double>());
+      r["step_time_ms"].get<double>(), data_wait_note(r), r["rss_mb"].get<double>());
   if (r.contains("device_peak_allocated_mb"))
     line += fmt::format(" | GPU {:.0f} MiB peak, {:.0f} MiB reserved",
                         r["device_peak_allocated_mb"].get<double>(),

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "train/data_wait.hpp"
+
 namespace difftrain::parallel {
 class Communicator;
 }
@@ -27,8 +29,7 @@ struct MetricsSummary {
   // Host time per step spent waiting for the loader's next batch: the mean over ranks, and the
   // rank that waited longest with its wait. A reader slower than the step, on one node or all,
   // shows here before it is guessed from images/s.
-  double data_wait_ms = 0, data_wait_max_ms = 0;
-  int64_t data_wait_slowest_rank = 0;
+  DataWaitSummary data_wait;
 };
 
 class Metrics {
@@ -42,7 +43,7 @@ class Metrics {
   // `skipped`: 0-dim float32, 1 when the step was not applied (non-finite loss or gradients).
   void add_step(const at::Tensor& grad_norm, const at::Tensor& skipped);
   // Host seconds this rank waited for a batch (loader.next()).
-  void add_data_wait(double seconds) { data_wait_s_ += seconds; }
+  void add_data_wait(double seconds) { data_wait_.add(seconds); }
 
   // Sums over every rank since the last call (one all-reduce, and an all-gather of each rank's
   // data wait), then starts again.
@@ -61,7 +62,7 @@ class Metrics {
   at::Tensor skips_in_a_row_;   // [1] float64: skipped steps up to the last one (across periods)
   at::Tensor per_t_;            // [buckets, 6] float64: count, loss, loss^2, mse, weighted mse, vb
   at::Tensor nonfinite_per_t_;  // [T] int32: non-finite per-sample losses at each timestep
-  double data_wait_s_ = 0;      // this rank's, on the host
+  DataWait data_wait_;
 };
 
 nlohmann::json summary_json(const MetricsSummary& s);

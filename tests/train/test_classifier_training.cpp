@@ -101,8 +101,14 @@ TEST_F(ClassifierTraining, LogsLossAndAccuracyByQuarterOfTheTimestepsAndHeldOut)
     if (l.contains("loss")) {
       ++train_lines;
       for (const char* key :
-           {"accuracy", "accuracy_q0", "accuracy_q3", "grad_norm", "lr", "images_per_s"})
+           {"accuracy", "accuracy_q0", "accuracy_q3", "grad_norm", "lr", "images_per_s",
+            "step_time_ms", "data_wait_ms", "data_wait_max_ms", "data_wait_slowest_rank"})
         EXPECT_TRUE(l.contains(key)) << key << " missing: " << l;
+      // One rank: the mean is the maximum, and it is part of the step.
+      EXPECT_EQ(l["data_wait_ms"], l["data_wait_max_ms"]) << l;
+      EXPECT_EQ(l["data_wait_slowest_rank"], 0) << l;
+      EXPECT_GE(l["data_wait_ms"].get<double>(), 0.0) << l;
+      EXPECT_LT(l["data_wait_ms"].get<double>(), l["step_time_ms"].get<double>()) << l;
       EXPECT_TRUE(std::isfinite(l["loss"].get<double>())) << l;
       EXPECT_GE(l["accuracy"].get<double>(), 0.0);
       EXPECT_LE(l["accuracy"].get<double>(), 1.0);

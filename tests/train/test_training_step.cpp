@@ -364,10 +364,10 @@ TEST(Metrics, SumsOverSamplesAndStepsAndResets) {
   EXPECT_EQ(s.steps, 5);
   EXPECT_EQ(s.skipped_steps, 3);
   EXPECT_EQ(s.longest_skip_run, 2);
-  EXPECT_DOUBLE_EQ(s.grad_norm, 3.0);       // mean of the applied steps' norms, 2 and 4
-  EXPECT_DOUBLE_EQ(s.data_wait_ms, 100.0);  // 0.5 s over 5 steps
-  EXPECT_DOUBLE_EQ(s.data_wait_max_ms, 100.0);
-  EXPECT_EQ(s.data_wait_slowest_rank, 0);
+  EXPECT_DOUBLE_EQ(s.grad_norm, 3.0);            // mean of the applied steps' norms, 2 and 4
+  EXPECT_DOUBLE_EQ(s.data_wait.mean_ms, 100.0);  // 0.5 s over 5 steps
+  EXPECT_DOUBLE_EQ(s.data_wait.max_ms, 100.0);
+  EXPECT_EQ(s.data_wait.slowest_rank, 0);
   const nlohmann::json stats = m.timestep_stats_and_reset(*comm);
   ASSERT_EQ(stats["timestep_buckets"].size(), 2u);
   EXPECT_EQ(stats["timestep_buckets"][0]["count"], 3);  // t = 0, 3, 1
@@ -379,7 +379,7 @@ TEST(Metrics, SumsOverSamplesAndStepsAndResets) {
   EXPECT_EQ(next.samples, 0);
   EXPECT_EQ(next.steps, 1);
   EXPECT_EQ(next.longest_skip_run, 2);  // the run that ended the last period continues
-  EXPECT_EQ(next.data_wait_ms, 0.0);
+  EXPECT_EQ(next.data_wait.mean_ms, 0.0);
   EXPECT_TRUE(m.nonfinite_timesteps_and_reset().empty());
 }
 
