@@ -67,6 +67,9 @@ quality::FeatureStatistics image_statistics(const std::string& path, int64_t num
     throw std::invalid_argument(fmt::format("{}: {} image(s); FID needs at least 2", path, n));
   const auto [begin, end] = share(n, world);
   const StoredImages mine = read_stored_images(path, begin, end - begin);
+  if (const int64_t c = mine.pixels.size(3); c != 1 && c != 3)
+    throw std::invalid_argument(fmt::format(
+        "{}: images of {} channels; FID's network takes gray (1) or RGB (3) images", path, c));
   spdlog::info("{}: {} images of {}x{}x{}, {} per rank", path, n, mine.pixels.size(1),
                mine.pixels.size(2), mine.pixels.size(3), end - begin);
 

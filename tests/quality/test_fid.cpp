@@ -231,6 +231,12 @@ TEST_F(Fid, BadInputIsAOneLineErrorNamingWhatIsWrong) {
                "--batch must be >= 1");
   expect_error(path("gray.npz") + " " + path("rgb.npz") + " --inception " + path("gray.npz"),
                "gray.npz");
+  ASSERT_EQ(run_command(std::string(DIFFTRAIN_PYTHON) + " -c \"import numpy as np; np.savez('" +
+                        path("two.npz") + "', np.zeros((3, 8, 8, 2), np.uint8))\"")
+                .exit_code,
+            0);
+  expect_error(path("gray.npz") + " " + path("two.npz") + weights,
+               "two.npz: images of 2 channels; FID's network takes gray (1) or RGB (3) images");
 }
 
 }  // namespace
