@@ -483,7 +483,7 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
       b.key().ends_with("running_var") ? b.value().uniform_(0.5, 2.0) : b.value().normal_(0, 0.2);
     difftrain::weights::save_pt(difftrain::weights::state_dict_of(*net), weights);
   }
-  // Two small sets (the CPU's part is the slow one: 5.7 GFLOPs per image at 299 x 299).
+  // Two small sets (the CPU's part is the slow one: 5.7 G multiply-adds per image at 299 x 299).
   const std::string first =
       difftrain::testing::write_synthetic_set(dir / "first", {9}, 14, 14, 1, 10).manifest;
   const std::string other = difftrain::testing::write_synthetic_set(
