@@ -511,6 +511,41 @@ def sampling_benchmark(args, env, tmp, checkpoint, threads):
     return out
 
 
+def fid_benchmark(args, env, tmp):
+    """`difftrain fid` against pytorch-fid's network in eager PyTorch (tests/quality/
+    fid_reference.py) on the same random weights and images, batches and threads: both sets'
+    features and statistics, the network already loaded."""
+    reference = os.path.join(ROOT, "tests/quality/fid_reference.py")
+    images, batch, threads, repeats = args.fid
+    weights = os.path.join(tmp, "fid_inception.pt")
+    check_run([args.python, reference, "write-weights", weights, "0"], env, "fid weights")
+    sets = [os.path.join(tmp, f"fid_{name}.npz") for name in ("a", "b")]
+    check_run([args.python, "-c", "import numpy as np, sys; r = np.random.default_rng(0); "
+               f"[np.savez(p, r.integers(0, 256, ({images}, 28, 28), dtype=np.uint8)) "
+               "for p in sys.argv[1:]]"] + sets, env, "fid images")
+    thread_env = dict(env, OMP_NUM_THREADS=str(threads))
+    rates = {"difftrain": [], "pytorch": []}
+    for rep in range(repeats):
+        log(f"fid: difftrain, 2 x {images} images, batch {batch}")
+        report = os.path.join(tmp, "fid.json")
+        rc, *_ = check_run([os.path.join(BUILD, "difftrain"), "fid", *sets, "--inception",
+                            weights, "--batch", str(batch), "--device", args.device, "--out",
+                            report], thread_env, "difftrain fid")
+        if rc == 0:
+            with open(report) as f:
+                rates["difftrain"].append(2 * images / json.load(f)["seconds"])
+        log(f"fid: PyTorch eager, 2 x {images} images, batch {batch}")
+        rc, o, *_ = check_run([args.python, reference, "time", weights, *sets, str(batch),
+                               str(threads), args.device], thread_env, "fid_reference.py time")
+        if rc == 0:
+            t = json.loads(o.strip().splitlines()[-1])
+            rates["pytorch"].append(t["images"] / t["seconds"])
+    ratio = [a / b for a, b in zip(rates["difftrain"], rates["pytorch"])]
+    return {"images_per_set": images, "image_size": 28, "batch": batch, "threads": threads,
+            "device": args.device, "difftrain_images_per_s": summary(rates["difftrain"]),
+            "pytorch_images_per_s": summary(rates["pytorch"]), "ratio": summary(ratio)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -519,7 +554,7 @@ def main():
     ap.add_argument("--channels-last-everywhere", action="store_true",
                     help="also time difftrain with model.channels_last for fp32")
     ap.add_argument("--only", help="comma-separated subset: loader,train_step,end_to_end,"
-                                   "training,sampling,scaling,checkpointing")
+                                   "training,sampling,scaling,checkpointing,fid")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     want = (lambda k: only is None or k in only)
@@ -557,6 +592,7 @@ def main():
             [("ddim", 50, 16), ("ddpm", 1000, 4)]
         args.sampling_repeats = 1 if args.quick else 2
         args.checkpointing = (128, "bf16", (3, 2, 1) if args.quick else (10, 3, 3))
+        args.fid = (256, 128, 2, 1) if args.quick else (2048, 128, 2, 2)
     elif args.quick:
         plan = {"fashion_mnist": [("fp32", 1, 2, 3, 1), ("fp32", 2, 2, 3, 1),
                                   ("bf16", 2, 1, 2, 0)],
@@ -566,6 +602,7 @@ def main():
         args.sampling = [("ddim", 50, 8), ("ddpm", 1000, 1)]
         args.sampling_repeats = 1
         args.checkpointing = (8, "fp32", (1, 1, 0))
+        args.fid = (16, 16, 2, 1)
     else:
         bf16_steps = (5, 5, 2) if native_bf16 else (1, 3, 0)
         plan = {"fashion_mnist": [("fp32", 1, 5, 5, 2), ("fp32", 2, 5, 5, 2),
@@ -578,6 +615,7 @@ def main():
         args.sampling = [("ddim", 50, 16), ("ddpm", 1000, 4)]
         args.sampling_repeats = 2
         args.checkpointing = (32, "fp32", (1, 2, 1))
+        args.fid = (64, 32, 2, 2)
     tmp = tempfile.mkdtemp(prefix="difftrain-bench-")
     seconds = result["section_seconds"] = {}
 
@@ -606,6 +644,8 @@ def main():
         if want("checkpointing"):
             result["checkpointing"] = timed("checkpointing", checkpointing_benchmark, args, env,
                                             tmp)
+        if want("fid"):
+            result["fid"] = timed("fid", fid_benchmark, args, env, tmp)
         scaling = os.path.join(ROOT, "bench/bench_scaling.sh")
         if want("scaling") and os.path.exists(scaling):
             log("scaling (bench/bench_scaling.sh)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark, writes bench/results/latest.json and regenerates the bench tables of
 # docs/performance.md from it:
-#   bench/run.sh [--quick] [--no-build] [--only loader,train_step,training,sampling,scaling,checkpointing]
+#   bench/run.sh [--quick] [--no-build] [--only loader,train_step,training,sampling,scaling,checkpointing,fid]
 # --quick finishes in a few minutes on 2 cores, the full run in under 30 minutes. Run it on a
 # quiet machine: every figure is a min / median / max over repeats, but other load still shows.
 set -euo pipefail

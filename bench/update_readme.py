@@ -204,6 +204,17 @@ def section(r):
         w(f"**Sampling**: skipped ({s.get('skipped')}).")
         w("")
 
+    fd = r.get("fid", {})
+    if fd and "ratio" in fd:
+        w(f"**FID** (`difftrain fid` on {fd['device']}, two sets of {fd['images_per_set']} images "
+          f"of {fd['image_size']} × {fd['image_size']} resized to 299, batch {fd['batch']}, "
+          f"{fd['threads']} threads, the network loaded; against pytorch-fid's network in eager "
+          f"PyTorch on the same weights and images): difftrain "
+          f"{rng(fd.get('difftrain_images_per_s'), '{:.3g}')} images/s, PyTorch "
+          f"{rng(fd.get('pytorch_images_per_s'), '{:.3g}')}, ratio "
+          f"{rng(fd.get('ratio'), '{:.2f}')}.")
+        w("")
+
     tm = r.get("training_memory", {})
     if tm and "rss_mb" in tm:
         rss = tm["rss_mb"]

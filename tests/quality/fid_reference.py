@@ -10,9 +10,13 @@ sigma1 @ sigma2 (non-symmetric), not difftrain's route through a symmetric matri
                                  file's fc head and num_batches_tracked counters
   features WEIGHTS IMAGES.npz    JSON: the pool3 features of arr_0 (uint8 [n, H, W, C])
   fid WEIGHTS A.npz B.npz        JSON: mu, sigma (NumPy) and the FID of two sets of images
+  time WEIGHTS A.npz B.npz BATCH THREADS [DEVICE]
+                                 JSON: seconds for both sets' features in batches and their
+                                 statistics, with the network loaded (bench/run.py's baseline)
 """
 import json
 import sys
+import time
 
 import numpy as np
 import torch
@@ -191,16 +195,20 @@ def load(path):
     return net.eval()
 
 
-def features(net, images_npz):
+def features(net, images_npz, batch=None, device="cpu"):
     """fid_score.get_activations: ToTensor (uint8 / 255, grayscale repeated as convert('RGB'))."""
     images = np.load(images_npz)["arr_0"]
     if images.ndim == 3:
         images = images[..., None]
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    with torch.no_grad():
-        return net.pool3(x).double().numpy()
+    batch = batch or len(images)
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).to(device).permute(0, 3, 1, 2).float() / 255
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        with torch.no_grad():
+            out.append(net.pool3(x).double().cpu().numpy())
+    return np.concatenate(out)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
@@ -226,6 +234,17 @@ def main():
         print(json.dumps({"fid": frechet_distance(*stats[0], *stats[1]),
                           "mu": [s[0].tolist() for s in stats],
                           "sigma_trace": [float(np.trace(s[1])) for s in stats]}))
+    elif command == "time":
+        torch.set_num_threads(int(sys.argv[6]))
+        device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
+        net = load(sys.argv[2]).to(device)
+        start = time.perf_counter()
+        count = 0
+        for path in sys.argv[3:5]:
+            f = features(net, path, int(sys.argv[5]), device)
+            f.mean(0), np.cov(f, rowvar=False)
+            count += len(f)
+        print(json.dumps({"seconds": time.perf_counter() - start, "images": count}))
     else:
         raise SystemExit(f"unknown command {command}")
 
