@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "cli/commands.hpp"
 #include "cli/run_on_world.hpp"
@@ -61,12 +62,14 @@ quality::FeatureStatistics image_statistics(const std::string& path, int64_t num
                                             quality::FidInception& net, c10::Device device,
                                             parallel::Communicator& comm,
                                             const parallel::World& world) {
-  int64_t n = read_stored_images(path, 0, 0).total;
-  if (num > 0) n = std::min(n, num);
+  int64_t n = 0, begin = 0, end = 0;
+  const StoredImages mine = read_stored_images(path, [&](int64_t total) {
+    n = num > 0 ? std::min(total, num) : total;
+    std::tie(begin, end) = share(n, world);
+    return std::pair{begin, end - begin};
+  });
   if (n < 2)
     throw std::invalid_argument(fmt::format("{}: {} image(s); FID needs at least 2", path, n));
-  const auto [begin, end] = share(n, world);
-  const StoredImages mine = read_stored_images(path, begin, end - begin);
   if (const int64_t c = mine.pixels.size(3); c != 1 && c != 3)
     throw std::invalid_argument(fmt::format(
         "{}: images of {} channels; FID's network takes gray (1) or RGB (3) images", path, c));

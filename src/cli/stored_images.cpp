@@ -20,13 +20,14 @@
 namespace difftrain::cli {
 namespace {
 
-// [begin, end) of `total`, clipped.
-std::pair<int64_t, int64_t> clip(int64_t begin, int64_t count, int64_t total) {
+// The range's [begin, begin + count) of `total`, clipped.
+std::pair<int64_t, int64_t> clip(const ImageRange& range, int64_t total) {
+  const auto [begin, count] = range(total);
   const int64_t b = std::clamp<int64_t>(begin, 0, total);
   return {b, std::clamp<int64_t>(count, 0, total - b)};
 }
 
-StoredImages read_shard_file(const std::string& path, int64_t begin, int64_t count) {
+StoredImages read_shard_file(const std::string& path, const ImageRange& range) {
   const h5::File file = h5::File::open(path);
   if (!file.has(data::shard::kImages))
     throw std::invalid_argument(path + ": no /images dataset (not a difftrain shard)");
@@ -34,7 +35,7 @@ StoredImages read_shard_file(const std::string& path, int64_t begin, int64_t cou
   if (shape.size() != 4)
     throw std::invalid_argument(
         fmt::format("{}: /images has {} dimensions, not 4 (n, H, W, C)", path, shape.size()));
-  const auto [b, n] = clip(begin, count, shape[0]);
+  const auto [b, n] = clip(range, shape[0]);
   if (n == 0) return {at::empty({0, shape[1], shape[2], shape[3]}, at::kByte), {}, shape[0]};
   StoredImages s{
       h5::read_tensor(file, data::shard::kImages, at::kByte).narrow(0, b, n), {}, shape[0]};
@@ -45,7 +46,7 @@ StoredImages read_shard_file(const std::string& path, int64_t begin, int64_t cou
 
 // numpy.savez's layout of image_sample.py (improved- and guided-diffusion) and of `difftrain
 // sample`: arr_0 uint8 images [n, H, W, C] (or [n, H, W]), arr_1 integer labels [n] if any.
-StoredImages read_npz_samples(const std::string& path, int64_t begin, int64_t count) {
+StoredImages read_npz_samples(const std::string& path, const ImageRange& range) {
   const std::vector<data::NpyData> arrays = data::read_npz(path, data::NpyKinds::numbers);
   const auto find = [&](const std::string& key) {
     for (const auto& a : arrays)
@@ -62,7 +63,7 @@ StoredImages read_npz_samples(const std::string& path, int64_t begin, int64_t co
   if (shape.size() == 3) shape.push_back(1);
   at::Tensor pixels = at::empty(shape, at::kByte);
   std::memcpy(pixels.data_ptr(), images->data.data(), images->data.size());
-  const auto [b, n] = clip(begin, count, shape[0]);
+  const auto [b, n] = clip(range, shape[0]);
   StoredImages s{pixels.narrow(0, b, n), {}, shape[0]};
   if (const data::NpyData* labels = find("arr_1")) {
     if (labels->shape.size() != 1 || labels->shape[0] != shape[0] || labels->descr[0] == 'f')
@@ -73,10 +74,10 @@ StoredImages read_npz_samples(const std::string& path, int64_t begin, int64_t co
   return s;
 }
 
-StoredImages read_shard_set(const std::string& path, int64_t begin, int64_t count) {
+StoredImages read_shard_set(const std::string& path, const ImageRange& range) {
   const data::Manifest manifest = data::read_manifest(path);
   data::ShardSet shards(manifest);
-  const auto [b, n] = clip(begin, count, shards.size());
+  const auto [b, n] = clip(range, shards.size());
   StoredImages s{at::empty({n, manifest.height, manifest.width, manifest.channels}, at::kByte),
                  {},
                  shards.size()};
@@ -94,11 +95,15 @@ StoredImages read_shard_set(const std::string& path, int64_t begin, int64_t coun
 
 }  // namespace
 
-StoredImages read_stored_images(const std::string& path, int64_t begin, int64_t count) {
+StoredImages read_stored_images(const std::string& path, const ImageRange& range) {
   const std::string extension = std::filesystem::path(path).extension().string();
-  return extension == ".h5"    ? read_shard_file(path, begin, count)
-         : extension == ".npz" ? read_npz_samples(path, begin, count)
-                               : read_shard_set(path, begin, count);
+  return extension == ".h5"    ? read_shard_file(path, range)
+         : extension == ".npz" ? read_npz_samples(path, range)
+                               : read_shard_set(path, range);
+}
+
+StoredImages read_stored_images(const std::string& path, int64_t begin, int64_t count) {
+  return read_stored_images(path, [=](int64_t) { return std::pair{begin, count}; });
 }
 
 }  // namespace difftrain::cli

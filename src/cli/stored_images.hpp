@@ -6,7 +6,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 
 namespace difftrain::cli {
 
@@ -16,9 +18,15 @@ struct StoredImages {
   int64_t total = 0;  // the images in the file
 };
 
-// Images [begin, begin + count) of `path`, clipped to what it holds. Throws
-// std::invalid_argument naming the file when it holds no images in the expected layout,
-// data::Error when it cannot be read.
+// Which images to read, [begin, begin + count), given how many the file holds: one read of the
+// file serves both (an .npz is read whole to count it).
+using ImageRange = std::function<std::pair<int64_t, int64_t>(int64_t total)>;
+
+// The images `range` picks from `path`, clipped to what it holds. Throws std::invalid_argument
+// naming the file when it holds no images in the expected layout, data::Error when it cannot be
+// read.
+StoredImages read_stored_images(const std::string& path, const ImageRange& range);
+// Images [begin, begin + count).
 StoredImages read_stored_images(const std::string& path, int64_t begin, int64_t count);
 
 }  // namespace difftrain::cli
