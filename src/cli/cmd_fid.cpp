@@ -1,7 +1,8 @@
 // `difftrain fid`: the Fréchet Inception Distance between two sets of images (samples, shards),
 // or the Inception statistics of one set (--save-stats), with pytorch-fid's network, weights and
-// preprocessing. Under mpirun each rank takes a slice of every set and the float64 sums are
-// reduced, so the result does not depend on the number of ranks or on --batch beyond rounding.
+// preprocessing; and each image set's Inception Score from the same network. Under mpirun each
+// rank takes a slice of every set and the float64 sums are reduced, so the result does not depend
+// on the number of ranks or on --batch beyond rounding.
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <tuple>
 
 #include "cli/commands.hpp"
@@ -25,6 +27,7 @@
 #include "quality/feature_statistics.hpp"
 #include "quality/fid_inception.hpp"
 #include "quality/frechet_distance.hpp"
+#include "quality/inception_score.hpp"
 
 namespace difftrain::cli {
 namespace {
@@ -37,6 +40,7 @@ struct Options {
   int64_t num = 0;  // 0 = every image of each set
   int64_t batch = 64;
   std::string device = "auto";
+  int64_t is_splits = 10;  // 0 = no Inception Score
   std::string save_stats;
   std::string out;
 };
@@ -58,10 +62,16 @@ std::pair<int64_t, int64_t> share(int64_t n, const parallel::World& world) {
   return {n * world.rank() / world.size(), n * (world.rank() + 1) / world.size()};
 }
 
-quality::FeatureStatistics image_statistics(const std::string& path, int64_t num, int64_t batch,
-                                            quality::FidInception& net, c10::Device device,
-                                            parallel::Communicator& comm,
-                                            const parallel::World& world) {
+// What a set gives: its feature statistics, and for a set of images its Inception Score.
+struct SetResult {
+  quality::FeatureStatistics statistics;
+  std::optional<quality::InceptionScore> inception_score;
+};
+
+SetResult measure_image_set(const std::string& path, const Options& o, quality::FidInception& net,
+                            c10::Device device, parallel::Communicator& comm,
+                            const parallel::World& world) {
+  const int64_t num = o.num, batch = o.batch;
   int64_t n = 0, begin = 0, end = 0;
   const StoredImages mine = read_stored_images(path, [&](int64_t total) {
     n = num > 0 ? std::min(total, num) : total;
@@ -77,11 +87,21 @@ quality::FeatureStatistics image_statistics(const std::string& path, int64_t num
                mine.pixels.size(2), mine.pixels.size(3), end - begin);
 
   quality::FeatureSums sums = quality::zero_feature_sums(quality::kPool3Features, device);
+  const bool scored = o.is_splits > 0 && n >= o.is_splits;
+  if (o.is_splits > 0 && !scored)
+    spdlog::info("{}: no Inception Score: {} images, fewer than its {} splits (--is-splits)", path,
+                 n, o.is_splits);
+  quality::ClassProbabilitySums classes;
+  if (scored)
+    classes =
+        quality::zero_class_probability_sums(o.is_splits, quality::kInceptionClasses, n, device);
   const auto t0 = std::chrono::steady_clock::now();
   auto last_report = t0;
   for (int64_t i = 0; i < end - begin; i += batch) {
-    sums.add(
-        quality::pool3_features(net, mine.pixels.narrow(0, i, std::min(batch, end - begin - i))));
+    const at::Tensor features =
+        quality::pool3_features(net, mine.pixels.narrow(0, i, std::min(batch, end - begin - i)));
+    sums.add(features);
+    if (scored) classes.add(net->class_logits(features), begin + i);
     const auto now = std::chrono::steady_clock::now();
     if (now - last_report > std::chrono::seconds(30)) {
       spdlog::info(
@@ -96,20 +116,32 @@ quality::FeatureStatistics image_statistics(const std::string& path, int64_t num
   comm.all_reduce(sums.outer, parallel::ReduceOp::sum);
   comm.all_reduce(count, parallel::ReduceOp::sum);
   sums.count = count.item<int64_t>();
-  return quality::statistics_of(sums);
+  SetResult result{quality::statistics_of(sums), std::nullopt};
+  if (scored) {
+    comm.all_reduce(classes.probability, parallel::ReduceOp::sum);
+    comm.all_reduce(classes.negentropy, parallel::ReduceOp::sum);
+    comm.all_reduce(classes.count, parallel::ReduceOp::sum);
+    result.inception_score = quality::inception_score(classes);
+  }
+  return result;
 }
 
-void write_report(const Options& o, const std::vector<quality::FeatureStatistics>& stats,
-                  double fid, double seconds, int ranks) {
+void write_report(const Options& o, const std::vector<SetResult>& results,
+                  std::optional<double> fid, double seconds, int ranks) {
   nlohmann::ordered_json sets = nlohmann::ordered_json::array();
-  for (std::size_t i = 0; i < stats.size(); ++i)
-    sets.push_back({{"path", o.sources[i]}, {"images", stats[i].count}});
-  const nlohmann::ordered_json j = {{"fid", fid},
-                                    {"sets", sets},
-                                    {"inception", o.inception},
-                                    {"features", quality::kPool3Features},
-                                    {"seconds", seconds},
-                                    {"ranks", ranks}};
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    nlohmann::ordered_json set = {{"path", o.sources[i]}, {"images", results[i].statistics.count}};
+    if (const auto& is = results[i].inception_score)
+      set["inception_score"] = {{"mean", is->mean}, {"std", is->std}, {"splits", is->splits}};
+    sets.push_back(set);
+  }
+  nlohmann::ordered_json j;
+  if (fid) j["fid"] = *fid;
+  j["sets"] = sets;
+  j["inception"] = o.inception;
+  j["features"] = quality::kPool3Features;
+  j["seconds"] = seconds;
+  j["ranks"] = ranks;
   std::ofstream f(o.out);
   f << j.dump(2) << "\n";
   if (!f) throw std::runtime_error(o.out + ": cannot write the report");
@@ -119,15 +151,19 @@ int run(const Options& o, parallel::World& world) {
   if (o.batch < 1)
     throw std::invalid_argument(fmt::format("--batch must be >= 1, not {}", o.batch));
   if (o.num < 0) throw std::invalid_argument("--num must be >= 0 (0 = all images)");
-  if (o.sources.size() == 1 && o.save_stats.empty())
-    throw std::invalid_argument(
-        "one set of images: give a second to compare it with, or --save-stats FILE.npz to keep "
-        "its statistics");
+  if (o.is_splits < 0)
+    throw std::invalid_argument("--is-splits must be >= 0 (0 = no Inception Score)");
   if (o.sources.size() == 2 && !o.save_stats.empty())
     throw std::invalid_argument("--save-stats takes one set of images, not two");
   std::vector<Source> sources;
   for (const std::string& path : o.sources)
     sources.push_back(classify(path));
+  // One set alone gives its Inception Score, its statistics file, or both.
+  const bool score_only = sources.size() == 1 && o.save_stats.empty();
+  if (score_only && (o.is_splits == 0 || sources[0].statistics))
+    throw std::invalid_argument(
+        "one set: give a second to compare it with, --save-stats FILE.npz to keep its "
+        "statistics, or images for their Inception Score");
 
   const bool needs_network =
       std::any_of(sources.begin(), sources.end(), [](const Source& s) { return !s.statistics; });
@@ -145,28 +181,37 @@ int run(const Options& o, parallel::World& world) {
   const std::unique_ptr<parallel::Communicator> comm = parallel::make_communicator(world, device);
 
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<quality::FeatureStatistics> stats;
+  std::vector<SetResult> results;
   for (const Source& s : sources)
-    stats.push_back(s.statistics
-                        ? quality::read_statistics(s.path)
-                        : image_statistics(s.path, o.num, o.batch, net, device, *comm, world));
+    results.push_back(s.statistics ? SetResult{quality::read_statistics(s.path), std::nullopt}
+                                   : measure_image_set(s.path, o, net, device, *comm, world));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (score_only && !results[0].inception_score)
+    throw std::invalid_argument(fmt::format(
+        "{}: {} images, fewer than the Inception Score's {} splits: give --is-splits {} or fewer",
+        o.sources[0], results[0].statistics.count, o.is_splits, results[0].statistics.count));
   if (world.rank() != 0) return kOk;
 
+  std::optional<double> fid;
   if (!o.save_stats.empty()) {
-    quality::write_statistics(o.save_stats, stats[0]);
-    spdlog::info("wrote the statistics of {} images to {} ({:.1f} s)", stats[0].count, o.save_stats,
-                 seconds);
-    return kOk;
+    quality::write_statistics(o.save_stats, results[0].statistics);
+    spdlog::info("wrote the statistics of {} images to {} ({:.1f} s)", results[0].statistics.count,
+                 o.save_stats, seconds);
+  } else if (results.size() == 2) {
+    fid = quality::frechet_distance(results[0].statistics, results[1].statistics);
+    const auto images = [](const quality::FeatureStatistics& s) {
+      return s.count > 0 ? fmt::format("{} images", s.count) : std::string("statistics");
+    };
+    fmt::print("FID {:.4f} ({}: {}; {}: {}; Inception pool3, {} features)\n", *fid, o.sources[0],
+               images(results[0].statistics), o.sources[1], images(results[1].statistics),
+               quality::kPool3Features);
   }
-  const double fid = quality::frechet_distance(stats[0], stats[1]);
-  const auto images = [](const quality::FeatureStatistics& s) {
-    return s.count > 0 ? fmt::format("{} images", s.count) : std::string("statistics");
-  };
-  fmt::print("FID {:.4f} ({}: {}; {}: {}; Inception pool3, {} features)\n", fid, o.sources[0],
-             images(stats[0]), o.sources[1], images(stats[1]), quality::kPool3Features);
-  if (!o.out.empty()) write_report(o, stats, fid, seconds, world.size());
+  for (std::size_t i = 0; i < results.size(); ++i)
+    if (const auto& is = results[i].inception_score)
+      fmt::print("IS {:.4f} ± {:.4f} ({}: {} splits)\n", is->mean, is->std, o.sources[i],
+                 is->splits.size());
+  if (!o.out.empty()) write_report(o, results, fid, seconds, world.size());
   spdlog::info("{:.1f} s on {} rank(s), device {}", seconds, world.size(), device.str());
   return kOk;
 }
@@ -178,10 +223,12 @@ void add_fid_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "fid",
       "Frechet Inception Distance between two sets of images (pytorch-fid's network and "
-      "preprocessing), or the Inception statistics of one (--save-stats)");
+      "preprocessing), or the Inception statistics of one (--save-stats); and each image set's "
+      "Inception Score");
   cmd->add_option("sources", o->sources,
                   "Two sets: samples .npz (arr_0), a shard .h5, a manifest.json or its "
-                  "directory, or a statistics .npz (mu, sigma); one with --save-stats")
+                  "directory, or a statistics .npz (mu, sigma); one set of images: its "
+                  "Inception Score and, with --save-stats, its statistics")
       ->required()
       ->expected(1, 2);
   cmd->add_option("--inception", o->inception,
@@ -192,6 +239,9 @@ void add_fid_command(CLI::App& app, int& exit_code) {
   add_device_option(*cmd, o->device);
   cmd->add_option("--save-stats", o->save_stats,
                   "Write the set's mu and sigma to FILE.npz (pytorch-fid's --save-stats format)");
+  cmd->add_option("--is-splits", o->is_splits,
+                  "Inception Score: the splits of each set of images (improved-gan's 10; 0 = no "
+                  "score; a set with fewer images gets none)");
   cmd->add_option("--out", o->out, "Also write the result to FILE.json");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

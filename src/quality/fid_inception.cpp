@@ -228,6 +228,9 @@ FidInceptionImpl::FidInceptionImpl() {
   add("Mixed_7a", InceptionD(768));  // -> 1280 x 8 x 8
   add("Mixed_7b", InceptionE(1280, /*max_pool=*/false));
   add("Mixed_7c", InceptionE(2048, /*max_pool=*/true));  // -> 2048 x 8 x 8
+  fc_ = register_module(
+      "fc",
+      torch::nn::Linear(torch::nn::LinearOptions(kPool3Features, kInceptionClasses).bias(false)));
 }
 
 at::Tensor FidInceptionImpl::forward(const at::Tensor& x) {
@@ -237,12 +240,17 @@ at::Tensor FidInceptionImpl::forward(const at::Tensor& x) {
   return h.mean({2, 3});  // pool3: the global average
 }
 
+at::Tensor FidInceptionImpl::class_logits(const at::Tensor& pool3) {
+  const torch::NoGradGuard no_grad;
+  return fc_->forward(pool3);
+}
+
 FidInception load_fid_inception(const std::string& path, const c10::Device& device) {
   weights::StateDict used;
   for (weights::NamedTensor& t : weights::load_pt(path)) {
-    const bool head = t.name.starts_with("fc.");
+    const bool head_bias = t.name == "fc.bias";
     const bool counter = t.name.ends_with(".num_batches_tracked");
-    if (!head && !counter) used.push_back(std::move(t));
+    if (!head_bias && !counter) used.push_back(std::move(t));
   }
   FidInception net;
   weights::load_state_dict(

@@ -2,13 +2,15 @@
 // pytorch-fid ports it (`pt_inception-2015-12-05-6726825d.pth`), with torchvision's parameter
 // names and the port's three departures from torchvision's Inception3 (average pools that leave
 // the padding out of the mean in Mixed_5b-d, 6b-e and 7b; a max pool in Mixed_7c). Its 2048
-// pool3 features are what FID compares; the classifier head of the file is not used.
+// pool3 features are what FID compares; the file's 1008-way classifier head, without its bias,
+// gives the class probabilities of the Inception Score (quality/inception_score.hpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/any.h>
+#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include <string>
@@ -17,21 +19,26 @@
 namespace difftrain::quality {
 
 constexpr int64_t kPool3Features = 2048;
-constexpr int64_t kInceptionSize = 299;  // the input size the network was trained at
+constexpr int64_t kInceptionSize = 299;      // the input size the network was trained at
+constexpr int64_t kInceptionClasses = 1008;  // the 2015 graph's classifier outputs
 
 // x [N, 3, 299, 299] in [-1, 1] -> the pool3 features [N, 2048].
 class FidInceptionImpl : public torch::nn::Module {
  public:
   FidInceptionImpl();
   at::Tensor forward(const at::Tensor& x);
+  // pool3 features [N, 2048] -> the class logits [N, 1008] as the Inception Score's reference
+  // code takes them (improved-gan: pool3 · W, the head's bias left out).
+  at::Tensor class_logits(const at::Tensor& pool3);
 
  private:
   std::vector<torch::nn::AnyModule> layers_;  // in forward order, the two stem max pools included
+  torch::nn::Linear fc_{nullptr};             // the head: its weight only
 };
 TORCH_MODULE(FidInception);
 
 // The network with the weights of a PyTorch state dict (pytorch-fid's file, saved by torch.save
-// in its zip format), in eval mode on `device`. The file's classifier head (fc.*) and BatchNorm
+// in its zip format), in eval mode on `device`. The head's bias (fc.bias) and the BatchNorm
 // counters (num_batches_tracked) are ignored; every other tensor must be there with its shape.
 // Throws weights::WeightsError naming the file.
 FidInception load_fid_inception(const std::string& path, const c10::Device& device);

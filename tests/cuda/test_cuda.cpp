@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -463,8 +464,9 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
 }
 
 // `difftrain fid` with --device cuda (TF32 off), alone and on 2 ranks over NCCL (the float64
-// sums all-reduced), against --device cpu: the same FID to 1e-4, on random Inception weights
-// (BatchNorm statistics included) and two sets of 9 and 7 images of 14 x 14, upsampled to 299.
+// sums all-reduced), against --device cpu: the same FID to 1e-4 and the same Inception Score
+// (ln IS to 1e-3), on random Inception weights (BatchNorm statistics included) and two sets of 9
+// and 7 images of 14 x 14, upsampled to 299.
 TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   const std::string weights = dir / "inception.pt";
   {
@@ -476,6 +478,8 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
         p.value().normal_(0, std::sqrt(2.0 / static_cast<double>(p.value()[0].numel())));
       else if (p.key().ends_with("bn.weight"))
         p.value().uniform_(0.5, 1.5);
+      else if (p.key() == "fc.weight")
+        p.value().normal_(0, 0.05);  // logits of a few units: p(y|x) neither uniform nor one-hot
       else
         p.value().normal_(0, 0.2);
     }
@@ -492,27 +496,36 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
                                   return static_cast<uint8_t>((i * 53 + y * 7 + x * 13) % 256);
                                 })
                                 .manifest;
+  const std::string args = " fid " + first + " " + other + " --inception " + weights +
+                           " --batch 16 --is-splits 3 --out ";
   const auto fid = [&](const std::string& launch, const std::string& device) {
     const std::string out = dir / ("fid_" + device + ".json");
-    const auto r = difftrain::testing::run(launch + std::string(DIFFTRAIN_BINARY) + " fid " +
-                                           first + " " + other + " --inception " + weights +
-                                           " --batch 16 --device " + device + " --out " + out);
+    const auto r = difftrain::testing::run(launch + std::string(DIFFTRAIN_BINARY) + args + out +
+                                           " --device " + device);
     EXPECT_EQ(r.exit_code, 0) << r.output;
     std::ifstream f(out);
-    return nlohmann::json::parse(f)["fid"].get<double>();
+    return nlohmann::json::parse(f);
+  };
+  const auto log_is = [](const nlohmann::json& report) {
+    return std::log(report["sets"][0]["inception_score"]["mean"].get<double>());
   };
   const std::string alone = difftrain::testing::kNoTf32Env + "OMP_NUM_THREADS=2 ";
-  const double cpu = fid(alone, "cpu");
-  EXPECT_GT(cpu, 1.0);
-  EXPECT_NEAR(fid(alone, "cuda"), cpu, 1e-4 * cpu);
+  const nlohmann::json cpu = fid(alone, "cpu");
+  const double cpu_fid = cpu["fid"].get<double>();
+  EXPECT_GT(cpu_fid, 1.0);
+  EXPECT_GT(log_is(cpu), 1e-3);
+  const nlohmann::json gpu = fid(alone, "cuda");
+  EXPECT_NEAR(gpu["fid"].get<double>(), cpu_fid, 1e-4 * cpu_fid);
+  EXPECT_NEAR(log_is(gpu), log_is(cpu), 1e-3 * log_is(cpu));
   const auto two = difftrain::testing::run(difftrain::testing::mpirun_on_one_gpu(
-      2, std::string(DIFFTRAIN_BINARY) + " fid " + first + " " + other + " --inception " + weights +
-             " --batch 16 --device cuda:0 --out " + std::string(dir / "fid_two.json")));
+      2, std::string(DIFFTRAIN_BINARY) + args + std::string(dir / "fid_two.json") +
+             " --device cuda:0"));
   ASSERT_EQ(two.exit_code, 0) << two.output;
   std::ifstream f(dir / "fid_two.json");
   const nlohmann::json report = nlohmann::json::parse(f);
   EXPECT_EQ(report["ranks"], 2);
-  EXPECT_NEAR(report["fid"].get<double>(), cpu, 1e-4 * cpu);
+  EXPECT_NEAR(report["fid"].get<double>(), cpu_fid, 1e-4 * cpu_fid);
+  EXPECT_NEAR(log_is(report), log_is(cpu), 1e-3 * log_is(cpu));
 }
 
 // training.tf32 reaches cuDNN and cuBLAS: with false, a convolution and a matmul on the GPU give

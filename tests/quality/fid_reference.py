@@ -10,6 +10,9 @@ sigma1 @ sigma2 (non-symmetric), not difftrain's route through a symmetric matri
                                  file's fc head and num_batches_tracked counters
   features WEIGHTS IMAGES.npz    JSON: the pool3 features of arr_0 (uint8 [n, H, W, C])
   fid WEIGHTS A.npz B.npz        JSON: mu, sigma (NumPy) and the FID of two sets of images
+  inception-score WEIGHTS IMAGES.npz SPLITS
+                                 JSON: the Inception Score as improved-gan's inception_score/model.py
+                                 computes it from the softmax of pool3 · fc.weight (no bias)
   time WEIGHTS A.npz B.npz BATCH THREADS [DEVICE]
                                  JSON: seconds for both sets' features in batches and their
                                  statistics, with the network loaded (bench/run.py's baseline)
@@ -186,6 +189,11 @@ def random_network(seed):
                 m.running_mean.normal_(0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
                 m.num_batches_tracked.fill_(1000)
+            elif isinstance(m, nn.Linear):
+                # Logits of a few units, so that p(y|x) is far from uniform and the Inception
+                # Score far from 1; a large bias, which the score must leave out.
+                m.weight.normal_(0, 0.05)
+                m.bias.normal_(0, 2.0)
     return net.eval()
 
 
@@ -211,6 +219,21 @@ def features(net, images_npz, batch=None, device="cpu"):
     return np.concatenate(out)
 
 
+def inception_score(net, pool3, splits):
+    """improved-gan's get_inception_score: logits = pool3 · W (the 'softmax/logits/MatMul' input)."""
+    logits = pool3 @ net.fc.weight.detach().double().numpy().T
+    preds = np.exp(logits - logits.max(1, keepdims=True))
+    preds /= preds.sum(1, keepdims=True)
+    scores = []
+    for i in range(splits):
+        part = preds[(i * preds.shape[0] // splits):((i + 1) * preds.shape[0] // splits), :]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        kl = np.mean(np.sum(kl, 1))
+        scores.append(np.exp(kl))
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)),
+            "splits": [float(x) for x in scores]}
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     eigenvalues = np.linalg.eigvals(sigma1 @ sigma2)
     trace_sqrt = np.sqrt(np.clip(eigenvalues.real, 0, None)).sum()
@@ -234,6 +257,9 @@ def main():
         print(json.dumps({"fid": frechet_distance(*stats[0], *stats[1]),
                           "mu": [s[0].tolist() for s in stats],
                           "sigma_trace": [float(np.trace(s[1])) for s in stats]}))
+    elif command == "inception-score":
+        net = load(sys.argv[2])
+        print(json.dumps(inception_score(net, features(net, sys.argv[3]), int(sys.argv[4]))))
     elif command == "time":
         torch.set_num_threads(int(sys.argv[6]))
         device = sys.argv[7] if len(sys.argv) > 7 else "cpu"

@@ -1,7 +1,7 @@
 // FID's Inception network and `difftrain fid` against FID as pytorch-fid computes it
 // (fid_reference.py: eager PyTorch and NumPy), on random weights written by PyTorch with the
 // names of pytorch-fid's file. Also: the sets as shards, on 2 ranks, through a statistics file, and
-// the errors of bad input.
+// the errors of bad input; and the Inception Score against improved-gan's code.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -14,6 +14,7 @@
 #include "common/difftrain_cli.hpp"
 #include "quality/feature_statistics.hpp"
 #include "quality/fid_inception.hpp"
+#include "quality/inception_score.hpp"
 #include "weights/pt_file.hpp"
 #include "weights/state_dict.hpp"
 
@@ -44,8 +45,10 @@ json read_json(const fs::path& path) {
   return json::parse(f);
 }
 
-// Random weights and two small sets of images, written once for the suite: 6 gray 28 x 28 images
-// (as Fashion-MNIST's) and 5 RGB 32 x 32 images.
+// Random weights and three small sets of images, written once for the suite: 6 gray 28 x 28 images
+// (as Fashion-MNIST's), 5 RGB 32 x 32 images, both uniform noise, and 8 gray images of 8 levels
+// with noise of 3 strengths (noise images all look alike to a random network: their class
+// probabilities hardly differ, and their Inception Score is 1.001).
 class Fid : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -62,7 +65,12 @@ class Fid : public ::testing::Test {
                     "', r.integers(0, 256, (6, 28, 28), dtype=np.uint8), "
                     "np.arange(6)); "
                     "np.savez('" +
-                    path("rgb.npz") + "', r.integers(0, 200, (5, 32, 32, 3), dtype=np.uint8))\"");
+                    path("rgb.npz") +
+                    "', r.integers(0, 200, (5, 32, 32, 3), dtype=np.uint8)); "
+                    "x = [np.clip(v + r.normal(0, 30 * (i % 3), (28, 28)), 0, 255) "
+                    "for i, v in enumerate(np.linspace(0, 255, 8))]; "
+                    "np.savez('" +
+                    path("varied.npz") + "', np.stack(x).astype(np.uint8))\"");
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
@@ -213,6 +221,77 @@ TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
               expected["fid"].get<double>(), 1e-5 * expected["fid"].get<double>());
 }
 
+// improved-gan's splits: [s·n/S, (s+1)·n/S).
+TEST(InceptionScore, SplitsAreImprovedGansContiguousParts) {
+  for (const auto& [n, splits] : {std::pair{8, 3}, {10, 10}, {7, 3}, {50000, 10}, {5, 1}})
+    for (int64_t s = 0; s < splits; ++s)
+      for (int64_t i = s * n / splits; i < (s + 1) * n / splits; ++i)
+        ASSERT_EQ(split_of(i, n, splits), s) << "image " << i << " of " << n << ", " << splits;
+}
+
+// Images whose class probabilities are known: one-hot over k classes, evenly, scores k; the same
+// p(y|x) for every image scores 1.
+TEST(InceptionScore, MatchesItsClosedForms) {
+  const int64_t classes = 6;
+  ClassProbabilitySums sums = zero_class_probability_sums(2, classes, 12, at::kCPU);
+  at::Tensor logits = at::full({12, classes}, -200.0);
+  for (int64_t i = 0; i < 6; ++i)
+    logits[i][i % 3] = 200;  // split 0: classes 0, 1, 2, twice each
+  logits.narrow(0, 6, 6).copy_(at::arange(classes).to(at::kDouble).expand({6, classes}));
+  sums.add(logits.narrow(0, 0, 5), 0);  // in two batches
+  sums.add(logits.narrow(0, 5, 7), 5);
+  const InceptionScore score = inception_score(sums);
+  ASSERT_EQ(score.splits.size(), 2u);
+  EXPECT_NEAR(score.splits[0], 3.0, 1e-12);
+  EXPECT_NEAR(score.splits[1], 1.0, 1e-12);
+  EXPECT_NEAR(score.mean, 2.0, 1e-12);
+  EXPECT_NEAR(score.std, 1.0, 1e-12);
+  EXPECT_THROW(zero_class_probability_sums(10, classes, 9, at::kCPU), std::invalid_argument);
+}
+
+// ln IS per split within 1e-4 of improved-gan's code on the reference's features; a score that
+// used the head's bias, other split bounds or one p(y) for the whole set would miss by far more.
+TEST_F(Fid, TheInceptionScoreIsImprovedGansOnOneAndTwoRanks) {
+  const json expected =
+      reference("inception-score " + path("inception.pt") + " " + path("varied.npz") + " 3");
+  ASSERT_EQ(expected["splits"].size(), 3u);
+  ASSERT_GT(expected["mean"].get<double>(), 1.01) << "the test's images score too near 1";
+  const auto expect_scores = [&](const json& got, const std::string& what) {
+    ASSERT_EQ(got["splits"].size(), 3u) << what;
+    for (int s = 0; s < 3; ++s) {
+      const double e = std::log(expected["splits"][s].get<double>());
+      EXPECT_NEAR(std::log(got["splits"][s].get<double>()), e, 1e-4 * e + 1e-7) << what << s;
+    }
+    EXPECT_NEAR(got["mean"].get<double>(), expected["mean"].get<double>(), 1e-5) << what;
+    EXPECT_NEAR(got["std"].get<double>(), expected["std"].get<double>(), 1e-5) << what;
+  };
+  // One set alone: its score only.
+  const std::string args = "fid " + path("varied.npz") + " --inception " + path("inception.pt") +
+                           " --is-splits 3 --batch 3 --out ";
+  const ProcessResult one = difftrain_cli(args + path("is_one.json"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_NE(one.output.find("IS "), std::string::npos) << one.output;
+  const json a = read_json(path("is_one.json"));
+  EXPECT_FALSE(a.contains("fid"));
+  expect_scores(a["sets"][0]["inception_score"], "1 rank, split ");
+  // 2 ranks of 4 images: the middle split [2, 5) lies on both.
+  const ProcessResult two = difftrain_mpi(2, args + path("is_two.json"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  expect_scores(read_json(path("is_two.json"))["sets"][0]["inception_score"], "2 ranks, split ");
+  // Next to a FID, each set of images has its score; one of fewer images than splits has none.
+  const ProcessResult both =
+      difftrain_cli("fid " + path("varied.npz") + " " + path("rgb.npz") + " --inception " +
+                    path("inception.pt") + " --is-splits 6 --out " + path("is_fid.json"));
+  ASSERT_EQ(both.exit_code, 0) << both.output;
+  const json b = read_json(path("is_fid.json"));
+  EXPECT_TRUE(b.contains("fid"));
+  EXPECT_EQ(b["sets"][0]["inception_score"]["splits"].size(), 6u);
+  EXPECT_FALSE(b["sets"][1].contains("inception_score"));
+  EXPECT_NE(both.output.find("no Inception Score: 5 images, fewer than its 6 splits"),
+            std::string::npos)
+      << both.output;
+}
+
 TEST_F(Fid, BadInputIsAOneLineErrorNamingWhatIsWrong) {
   const auto expect_error = [](const std::string& args, const std::string& message) {
     const ProcessResult r = difftrain_cli("fid " + args);
@@ -220,7 +299,13 @@ TEST_F(Fid, BadInputIsAOneLineErrorNamingWhatIsWrong) {
     EXPECT_NE(r.output.find(message), std::string::npos) << args << "\n" << r.output;
   };
   const std::string weights = " --inception " + path("inception.pt");
-  expect_error(path("gray.npz") + weights, "give a second to compare it with, or --save-stats");
+  expect_error(path("gray.npz") + weights + " --is-splits 0",
+               "give a second to compare it with, --save-stats FILE.npz");
+  expect_error(path("gray.npz") + weights,
+               "gray.npz: 6 images, fewer than the Inception Score's 10 "
+               "splits: give --is-splits 6 or fewer");
+  expect_error(path("gray.npz") + " " + path("rgb.npz") + weights + " --is-splits -1",
+               "--is-splits must be >= 0");
   expect_error(path("gray.npz") + " " + path("rgb.npz"), "--inception FILE is needed");
   expect_error(path("gray.npz") + " " + path("nothing.npz") + weights,
                "nothing.npz: no such file or directory");
