@@ -1,6 +1,7 @@
 // `difftrain fid`: the Fréchet Inception Distance between two sets of images (samples, shards),
 // or the Inception statistics of one set (--save-stats), with pytorch-fid's network, weights and
-// preprocessing; and each image set's Inception Score from the same network. Under mpirun each
+// preprocessing; from the same network, each image set's Inception Score and, for two sets of
+// images, precision and recall in the Inception features. Under mpirun each
 // rank takes a slice of every set and the float64 sums are reduced, so the result does not depend
 // on the number of ranks or on --batch beyond rounding.
 #include <ATen/ATen.h>
@@ -28,6 +29,7 @@
 #include "quality/fid_inception.hpp"
 #include "quality/frechet_distance.hpp"
 #include "quality/inception_score.hpp"
+#include "quality/precision_recall.hpp"
 
 namespace difftrain::cli {
 namespace {
@@ -41,6 +43,7 @@ struct Options {
   int64_t batch = 64;
   std::string device = "auto";
   int64_t is_splits = 10;  // 0 = no Inception Score
+  int64_t pr_k = 3;        // 0 = no precision and recall
   std::string save_stats;
   std::string out;
 };
@@ -57,20 +60,77 @@ Source classify(const std::string& path) {
   return {path, npz && quality::holds_statistics(path)};
 }
 
-// This rank's share [begin, end) of n images, in rank order.
+// Rank r's share [begin, end) of n images, in rank order.
+std::pair<int64_t, int64_t> share(int64_t n, int rank, int ranks) {
+  return {n * rank / ranks, n * (rank + 1) / ranks};
+}
 std::pair<int64_t, int64_t> share(int64_t n, const parallel::World& world) {
-  return {n * world.rank() / world.size(), n * (world.rank() + 1) / world.size()};
+  return share(n, world.rank(), world.size());
 }
 
-// What a set gives: its feature statistics, and for a set of images its Inception Score.
+// Every rank's share of n rows (`mine`, [share, ...]), in rank order: the n rows on every rank.
+// all_gather takes equal shapes, so each share travels padded to the largest.
+at::Tensor gather_shares(const at::Tensor& mine, int64_t n, parallel::Communicator& comm,
+                         const parallel::World& world) {
+  const int64_t most = (n + world.size() - 1) / world.size();
+  std::vector<int64_t> padded_shape = mine.sizes().vec();
+  padded_shape[0] = most;
+  at::Tensor padded = at::zeros(padded_shape, mine.options());
+  padded.narrow(0, 0, mine.size(0)).copy_(mine);
+  const at::Tensor all = comm.all_gather(padded);
+  std::vector<at::Tensor> shares;
+  for (int r = 0; r < world.size(); ++r) {
+    const auto [begin, end] = share(n, r, world.size());
+    shares.push_back(all.narrow(0, r * most, end - begin));
+  }
+  return at::cat(shares);
+}
+
+// What a set gives: its feature statistics, and for a set of images its Inception Score and, when
+// precision and recall are wanted, all its features.
 struct SetResult {
   quality::FeatureStatistics statistics;
   std::optional<quality::InceptionScore> inception_score;
+  at::Tensor features;  // [n, 2048] float32 on the device, on every rank; or undefined
 };
 
-SetResult measure_image_set(const std::string& path, const Options& o, quality::FidInception& net,
-                            c10::Device device, parallel::Communicator& comm,
-                            const parallel::World& world) {
+struct PrecisionRecall {
+  double precision = 0;  // the first set's images inside the second set's manifold
+  double recall = 0;     // the second set's inside the first's
+};
+
+// The share of `queries`' rows in the manifold of `set`, each rank testing its share of them.
+double share_inside(const at::Tensor& queries, const at::Tensor& set, const at::Tensor& radii,
+                    parallel::Communicator& comm, const parallel::World& world) {
+  const int64_t n = queries.size(0);
+  const auto [begin, end] = share(n, world);
+  at::Tensor inside = quality::in_manifold(queries.narrow(0, begin, end - begin), set, radii,
+                                           quality::distance_block_rows(set.size(0)))
+                          .sum()
+                          .to(at::kLong)
+                          .reshape({1});
+  comm.all_reduce(inside, parallel::ReduceOp::sum);
+  return static_cast<double>(inside.item<int64_t>()) / static_cast<double>(n);
+}
+
+// Each rank finds the radii of its share of each set, then tests its share of each set against
+// the other's manifold.
+PrecisionRecall precision_recall(const at::Tensor& samples, const at::Tensor& references, int64_t k,
+                                 parallel::Communicator& comm, const parallel::World& world) {
+  const auto radii = [&](const at::Tensor& set) {
+    const auto [begin, end] = share(set.size(0), world);
+    return gather_shares(
+        quality::manifold_radii(set, k, begin, end, quality::distance_block_rows(set.size(0))),
+        set.size(0), comm, world);
+  };
+  const at::Tensor sample_radii = radii(samples), reference_radii = radii(references);
+  return {share_inside(samples, references, reference_radii, comm, world),
+          share_inside(references, samples, sample_radii, comm, world)};
+}
+
+SetResult measure_image_set(const std::string& path, const Options& o, bool keep_features,
+                            quality::FidInception& net, c10::Device device,
+                            parallel::Communicator& comm, const parallel::World& world) {
   const int64_t num = o.num, batch = o.batch;
   int64_t n = 0, begin = 0, end = 0;
   const StoredImages mine = read_stored_images(path, [&](int64_t total) {
@@ -87,6 +147,7 @@ SetResult measure_image_set(const std::string& path, const Options& o, quality::
                mine.pixels.size(2), mine.pixels.size(3), end - begin);
 
   quality::FeatureSums sums = quality::zero_feature_sums(quality::kPool3Features, device);
+  std::vector<at::Tensor> kept;  // this rank's features, for precision and recall
   const bool scored = o.is_splits > 0 && n >= o.is_splits;
   if (o.is_splits > 0 && !scored)
     spdlog::info("{}: no Inception Score: {} images, fewer than its {} splits (--is-splits)", path,
@@ -101,6 +162,7 @@ SetResult measure_image_set(const std::string& path, const Options& o, quality::
     const at::Tensor features =
         quality::pool3_features(net, mine.pixels.narrow(0, i, std::min(batch, end - begin - i)));
     sums.add(features);
+    if (keep_features) kept.push_back(features);
     if (scored) classes.add(net->class_logits(features), begin + i);
     const auto now = std::chrono::steady_clock::now();
     if (now - last_report > std::chrono::seconds(30)) {
@@ -116,18 +178,24 @@ SetResult measure_image_set(const std::string& path, const Options& o, quality::
   comm.all_reduce(sums.outer, parallel::ReduceOp::sum);
   comm.all_reduce(count, parallel::ReduceOp::sum);
   sums.count = count.item<int64_t>();
-  SetResult result{quality::statistics_of(sums), std::nullopt};
+  SetResult result{quality::statistics_of(sums), std::nullopt, {}};
   if (scored) {
     comm.all_reduce(classes.probability, parallel::ReduceOp::sum);
     comm.all_reduce(classes.negentropy, parallel::ReduceOp::sum);
     comm.all_reduce(classes.count, parallel::ReduceOp::sum);
     result.inception_score = quality::inception_score(classes);
   }
+  if (keep_features)
+    result.features = gather_shares(
+        kept.empty() ? at::empty({0, quality::kPool3Features}, sums.sum.options().dtype(at::kFloat))
+                     : at::cat(kept),
+        n, comm, world);
   return result;
 }
 
 void write_report(const Options& o, const std::vector<SetResult>& results,
-                  std::optional<double> fid, double seconds, int ranks) {
+                  std::optional<double> fid, std::optional<PrecisionRecall> pr, double seconds,
+                  int ranks) {
   nlohmann::ordered_json sets = nlohmann::ordered_json::array();
   for (std::size_t i = 0; i < results.size(); ++i) {
     nlohmann::ordered_json set = {{"path", o.sources[i]}, {"images", results[i].statistics.count}};
@@ -137,6 +205,8 @@ void write_report(const Options& o, const std::vector<SetResult>& results,
   }
   nlohmann::ordered_json j;
   if (fid) j["fid"] = *fid;
+  if (pr)
+    j["precision_recall"] = {{"k", o.pr_k}, {"precision", pr->precision}, {"recall", pr->recall}};
   j["sets"] = sets;
   j["inception"] = o.inception;
   j["features"] = quality::kPool3Features;
@@ -153,6 +223,7 @@ int run(const Options& o, parallel::World& world) {
   if (o.num < 0) throw std::invalid_argument("--num must be >= 0 (0 = all images)");
   if (o.is_splits < 0)
     throw std::invalid_argument("--is-splits must be >= 0 (0 = no Inception Score)");
+  if (o.pr_k < 0) throw std::invalid_argument("--pr-k must be >= 0 (0 = no precision and recall)");
   if (o.sources.size() == 2 && !o.save_stats.empty())
     throw std::invalid_argument("--save-stats takes one set of images, not two");
   std::vector<Source> sources;
@@ -181,10 +252,23 @@ int run(const Options& o, parallel::World& world) {
   const std::unique_ptr<parallel::Communicator> comm = parallel::make_communicator(world, device);
 
   const auto t0 = std::chrono::steady_clock::now();
+  // Precision and recall compare two sets of images, which must keep their features for it.
+  const bool compare_images =
+      o.pr_k > 0 && sources.size() == 2 && !sources[0].statistics && !sources[1].statistics;
   std::vector<SetResult> results;
   for (const Source& s : sources)
-    results.push_back(s.statistics ? SetResult{quality::read_statistics(s.path), std::nullopt}
-                                   : measure_image_set(s.path, o, net, device, *comm, world));
+    results.push_back(
+        s.statistics ? SetResult{quality::read_statistics(s.path), std::nullopt, {}}
+                     : measure_image_set(s.path, o, compare_images, net, device, *comm, world));
+  std::optional<PrecisionRecall> pr;
+  if (compare_images) {
+    if (const int64_t fewest = std::min(results[0].features.size(0), results[1].features.size(0));
+        fewest > o.pr_k)
+      pr = precision_recall(results[0].features, results[1].features, o.pr_k, *comm, world);
+    else
+      spdlog::info("no precision and recall: a set of {} images, not more than k = {} (--pr-k)",
+                   fewest, o.pr_k);
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (score_only && !results[0].inception_score)
@@ -207,11 +291,16 @@ int run(const Options& o, parallel::World& world) {
                images(results[0].statistics), o.sources[1], images(results[1].statistics),
                quality::kPool3Features);
   }
+  if (pr)
+    fmt::print(
+        "precision {:.4f}, recall {:.4f} ({}'s images in {}'s manifold, and the other way; "
+        "k = {})\n",
+        pr->precision, pr->recall, o.sources[0], o.sources[1], o.pr_k);
   for (std::size_t i = 0; i < results.size(); ++i)
     if (const auto& is = results[i].inception_score)
       fmt::print("IS {:.4f} ± {:.4f} ({}: {} splits)\n", is->mean, is->std, o.sources[i],
                  is->splits.size());
-  if (!o.out.empty()) write_report(o, results, fid, seconds, world.size());
+  if (!o.out.empty()) write_report(o, results, fid, pr, seconds, world.size());
   spdlog::info("{:.1f} s on {} rank(s), device {}", seconds, world.size(), device.str());
   return kOk;
 }
@@ -223,8 +312,8 @@ void add_fid_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "fid",
       "Frechet Inception Distance between two sets of images (pytorch-fid's network and "
-      "preprocessing), or the Inception statistics of one (--save-stats); and each image set's "
-      "Inception Score");
+      "preprocessing), or the Inception statistics of one (--save-stats); each image set's "
+      "Inception Score; and the precision and recall of two sets of images");
   cmd->add_option("sources", o->sources,
                   "Two sets: samples .npz (arr_0), a shard .h5, a manifest.json or its "
                   "directory, or a statistics .npz (mu, sigma); one set of images: its "
@@ -242,6 +331,10 @@ void add_fid_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--is-splits", o->is_splits,
                   "Inception Score: the splits of each set of images (improved-gan's 10; 0 = no "
                   "score; a set with fewer images gets none)");
+  cmd->add_option("--pr-k", o->pr_k,
+                  "Precision and recall of two sets of images: the first set's share in the "
+                  "second's manifold and the other way, with balls to the k-th nearest neighbour "
+                  "(guided-diffusion's 3; 0 = off)");
   cmd->add_option("--out", o->out, "Also write the result to FILE.json");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

@@ -464,9 +464,10 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
 }
 
 // `difftrain fid` with --device cuda (TF32 off), alone and on 2 ranks over NCCL (the float64
-// sums all-reduced), against --device cpu: the same FID to 1e-4 and the same Inception Score
-// (ln IS to 1e-3), on random Inception weights (BatchNorm statistics included) and two sets of 9
-// and 7 images of 14 x 14, upsampled to 299.
+// sums all-reduced, the features all-gathered), against --device cpu: the same FID to 1e-4, the
+// same Inception Score (ln IS to 1e-3) and precision and recall within one image (a query near a
+// ball's edge may turn), on random Inception weights (BatchNorm statistics included) and two sets
+// of 9 and 7 images of 14 x 14, upsampled to 299.
 TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   const std::string weights = dir / "inception.pt";
   {
@@ -509,6 +510,14 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   const auto log_is = [](const nlohmann::json& report) {
     return std::log(report["sets"][0]["inception_score"]["mean"].get<double>());
   };
+  const auto expect_precision_recall_near = [](const nlohmann::json& got,
+                                               const nlohmann::json& want) {
+    ASSERT_TRUE(got.contains("precision_recall")) << got.dump();
+    EXPECT_NEAR(got["precision_recall"]["precision"].get<double>(),
+                want["precision_recall"]["precision"].get<double>(), 1.0 / 9 + 1e-9);
+    EXPECT_NEAR(got["precision_recall"]["recall"].get<double>(),
+                want["precision_recall"]["recall"].get<double>(), 1.0 / 7 + 1e-9);
+  };
   const std::string alone = difftrain::testing::kNoTf32Env + "OMP_NUM_THREADS=2 ";
   const nlohmann::json cpu = fid(alone, "cpu");
   const double cpu_fid = cpu["fid"].get<double>();
@@ -517,6 +526,7 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   const nlohmann::json gpu = fid(alone, "cuda");
   EXPECT_NEAR(gpu["fid"].get<double>(), cpu_fid, 1e-4 * cpu_fid);
   EXPECT_NEAR(log_is(gpu), log_is(cpu), 1e-3 * log_is(cpu));
+  expect_precision_recall_near(gpu, cpu);
   const auto two = difftrain::testing::run(difftrain::testing::mpirun_on_one_gpu(
       2, std::string(DIFFTRAIN_BINARY) + args + std::string(dir / "fid_two.json") +
              " --device cuda:0"));
@@ -526,6 +536,7 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   EXPECT_EQ(report["ranks"], 2);
   EXPECT_NEAR(report["fid"].get<double>(), cpu_fid, 1e-4 * cpu_fid);
   EXPECT_NEAR(log_is(report), log_is(cpu), 1e-3 * log_is(cpu));
+  expect_precision_recall_near(report, cpu);
 }
 
 // training.tf32 reaches cuDNN and cuBLAS: with false, a convolution and a matmul on the GPU give

@@ -13,6 +13,12 @@ sigma1 @ sigma2 (non-symmetric), not difftrain's route through a symmetric matri
   inception-score WEIGHTS IMAGES.npz SPLITS
                                  JSON: the Inception Score as improved-gan's inception_score/model.py
                                  computes it from the softmax of pool3 · fc.weight (no bias)
+  precision-recall WEIGHTS A.npz B.npz K
+                                 JSON: precision (A in B's manifold) and recall (B in A's) as
+                                 guided-diffusion's ManifoldEstimator computes them, in float64
+                                 (it takes its distances in float16), and the margin: how far
+                                 the query nearest to the other answer is from it, relative to
+                                 the largest radius
   time WEIGHTS A.npz B.npz BATCH THREADS [DEVICE]
                                  JSON: seconds for both sets' features in batches and their
                                  statistics, with the network loaded (bench/run.py's baseline)
@@ -234,6 +240,28 @@ def inception_score(net, pool3, splits):
             "splits": [float(x) for x in scores]}
 
 
+def precision_recall(samples, references, k):
+    """guided-diffusion's evaluator: ManifoldEstimator.manifold_radii and evaluate_pr."""
+    def distances(u, v):  # _batch_pairwise_distances
+        d = (u * u).sum(1)[:, None] - 2 * u @ v.T + (v * v).sum(1)[None, :]
+        return np.maximum(d, 0.0)
+
+    def radii(f):  # column k of the partition over the row, the row's own distance included
+        return np.partition(distances(f, f), np.arange(k + 1), axis=1)[:, k]
+
+    r_samples, r_references = radii(samples), radii(references)
+    d = distances(samples, references)
+    samples_in = (d <= r_references[None, :]).any(1)
+    references_in = (d <= r_samples[:, None]).any(0)
+    # A query is inside where its deepest ball has r - d >= 0: how far each is from the other
+    # answer, relative to the largest radius.
+    depth_samples = (r_references[None, :] - d).max(1) / r_references.max()
+    depth_references = (r_samples[:, None] - d).max(0) / r_samples.max()
+    margin = min(np.abs(depth_samples).min(), np.abs(depth_references).min())
+    return {"precision": float(samples_in.mean()), "recall": float(references_in.mean()),
+            "margin": float(margin)}
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     eigenvalues = np.linalg.eigvals(sigma1 @ sigma2)
     trace_sqrt = np.sqrt(np.clip(eigenvalues.real, 0, None)).sum()
@@ -260,6 +288,10 @@ def main():
     elif command == "inception-score":
         net = load(sys.argv[2])
         print(json.dumps(inception_score(net, features(net, sys.argv[3]), int(sys.argv[4]))))
+    elif command == "precision-recall":
+        net = load(sys.argv[2])
+        a, b = features(net, sys.argv[3]), features(net, sys.argv[4])
+        print(json.dumps(precision_recall(a, b, int(sys.argv[5]))))
     elif command == "time":
         torch.set_num_threads(int(sys.argv[6]))
         device = sys.argv[7] if len(sys.argv) > 7 else "cpu"

@@ -1,7 +1,8 @@
 // FID's Inception network and `difftrain fid` against FID as pytorch-fid computes it
 // (fid_reference.py: eager PyTorch and NumPy), on random weights written by PyTorch with the
 // names of pytorch-fid's file. Also: the sets as shards, on 2 ranks, through a statistics file, and
-// the errors of bad input; and the Inception Score against improved-gan's code.
+// the errors of bad input; the Inception Score against improved-gan's code, and precision and
+// recall against guided-diffusion's evaluator.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include "quality/feature_statistics.hpp"
 #include "quality/fid_inception.hpp"
 #include "quality/inception_score.hpp"
+#include "quality/precision_recall.hpp"
 #include "weights/pt_file.hpp"
 #include "weights/state_dict.hpp"
 
@@ -45,10 +47,11 @@ json read_json(const fs::path& path) {
   return json::parse(f);
 }
 
-// Random weights and three small sets of images, written once for the suite: 6 gray 28 x 28 images
-// (as Fashion-MNIST's), 5 RGB 32 x 32 images, both uniform noise, and 8 gray images of 8 levels
-// with noise of 3 strengths (noise images all look alike to a random network: their class
-// probabilities hardly differ, and their Inception Score is 1.001).
+// Random weights and four small sets of images, written once for the suite: 6 gray 28 x 28 images
+// (as Fashion-MNIST's), 5 RGB 32 x 32 images, both uniform noise; 8 gray images of 8 levels with
+// noise of 3 strengths (noise images all look alike to a random network: their class
+// probabilities hardly differ, and their Inception Score is 1.001); and 3 of those 8 with 3
+// noise images, a set that covers part of them.
 class Fid : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -57,20 +60,22 @@ class Fid : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     tensors_ = reference("write-weights " + path("inception.pt") + " 3")["tensors"].get<int>();
-    const ProcessResult r =
-        run_command(std::string(DIFFTRAIN_PYTHON) +
-                    " -c \"import numpy as np; r = np.random.default_rng(0); "
-                    "np.savez('" +
-                    path("gray.npz") +
-                    "', r.integers(0, 256, (6, 28, 28), dtype=np.uint8), "
-                    "np.arange(6)); "
-                    "np.savez('" +
-                    path("rgb.npz") +
-                    "', r.integers(0, 200, (5, 32, 32, 3), dtype=np.uint8)); "
-                    "x = [np.clip(v + r.normal(0, 30 * (i % 3), (28, 28)), 0, 255) "
-                    "for i, v in enumerate(np.linspace(0, 255, 8))]; "
-                    "np.savez('" +
-                    path("varied.npz") + "', np.stack(x).astype(np.uint8))\"");
+    const ProcessResult r = run_command(
+        std::string(DIFFTRAIN_PYTHON) +
+        " -c \"import numpy as np; r = np.random.default_rng(0); "
+        "np.savez('" +
+        path("gray.npz") +
+        "', r.integers(0, 256, (6, 28, 28), dtype=np.uint8), "
+        "np.arange(6)); "
+        "np.savez('" +
+        path("rgb.npz") +
+        "', r.integers(0, 200, (5, 32, 32, 3), dtype=np.uint8)); "
+        "x = [np.clip(v + r.normal(0, 30 * (i % 3), (28, 28)), 0, 255) "
+        "for i, v in enumerate(np.linspace(0, 255, 8))]; "
+        "np.savez('" +
+        path("varied.npz") + "', np.stack(x).astype(np.uint8)); np.savez('" + path("near.npz") +
+        "', np.concatenate([np.stack(x).astype(np.uint8)[[0, 3, 6]], "
+        "r.integers(0, 256, (3, 28, 28), dtype=np.uint8)]))\"");
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
@@ -176,6 +181,9 @@ TEST_F(Fid, TwoRanksGiveOneRanksFid) {
   EXPECT_EQ(b["sets"][1]["images"], 5);
   // The same features summed in another order (and the other rank's batches of 2 and 1).
   EXPECT_NEAR(b["fid"].get<double>(), a["fid"].get<double>(), 1e-9 * a["fid"].get<double>());
+  // Precision and recall with 5 images over 2 ranks: shares of 2 and 3, gathered in rank order.
+  ASSERT_TRUE(a.contains("precision_recall")) << a.dump();
+  EXPECT_EQ(b["precision_recall"], a["precision_recall"]);
 }
 
 TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
@@ -292,6 +300,66 @@ TEST_F(Fid, TheInceptionScoreIsImprovedGansOnOneAndTwoRanks) {
       << both.output;
 }
 
+// Points on a line (the first feature; the others 0), k = 1. References 0, 1, 2, 3, 10: squared
+// radii 1, 1, 1, 1, 49. Samples 0.5, 5, 20: squared radii 20.25, 20.25, 225. 0.5 and 5 lie in
+// the references' balls, 20 does not (100 > 49): precision 2/3. Every reference lies in a
+// sample's ball (10 in 20's, 100 <= 225): recall 1.
+TEST(PrecisionRecall, MatchesAWorkedExampleInBlocksAndSlices) {
+  const auto on_line = [](std::vector<double> x) {
+    at::Tensor f = at::zeros({static_cast<int64_t>(x.size()), 5});
+    f.select(1, 0).copy_(at::tensor(x).to(at::kFloat));
+    return f;
+  };
+  const at::Tensor references = on_line({0, 1, 2, 3, 10}), samples = on_line({0.5, 5, 20});
+  const at::Tensor r_ref = at::cat({manifold_radii(references, 1, 0, 3, 2),    // in two slices,
+                                    manifold_radii(references, 1, 3, 5, 1)});  // blocks of 2 and 1
+  EXPECT_TRUE(at::allclose(r_ref, at::tensor({1.0, 1.0, 1.0, 1.0, 49.0}).to(at::kFloat))) << r_ref;
+  const at::Tensor r_samples = manifold_radii(samples, 1, 0, 3, 3);
+  EXPECT_TRUE(at::allclose(r_samples, at::tensor({20.25, 20.25, 225.0}).to(at::kFloat)))
+      << r_samples;
+  EXPECT_TRUE(at::equal(in_manifold(samples, references, r_ref, 2).to(at::kLong),
+                        at::tensor({1, 1, 0}).to(at::kLong)));
+  EXPECT_TRUE(in_manifold(references, samples, r_samples, 4).all().item<bool>());
+  // k = 2: 0's ball reaches 2 (squared radius 4).
+  EXPECT_FLOAT_EQ(manifold_radii(references, 2, 0, 1, 1).item<float>(), 4.0f);
+  EXPECT_THROW(manifold_radii(samples, 3, 0, 3, 3), std::invalid_argument);
+}
+
+// The command against guided-diffusion's ManifoldEstimator in NumPy on the reference's features:
+// 8 images of 8 levels against 3 of them and 3 noise images, k = 1, on 1 and 2 ranks.
+TEST_F(Fid, PrecisionAndRecallAreGuidedDiffusionsOnOneAndTwoRanks) {
+  const json expected = reference("precision-recall " + path("inception.pt") + " " +
+                                  path("varied.npz") + " " + path("near.npz") + " 1");
+  // Neither 0 nor 1, and no query within 1 % of the largest radius of the other answer: feature
+  // differences of 1e-4 cannot turn one.
+  EXPECT_EQ(expected["precision"].get<double>(), 7.0 / 8.0);
+  EXPECT_EQ(expected["recall"].get<double>(), 3.0 / 6.0);
+  ASSERT_GT(expected["margin"].get<double>(), 0.01);
+  const std::string args = "fid " + path("varied.npz") + " " + path("near.npz") + " --inception " +
+                           path("inception.pt") + " --pr-k 1 --batch 3 --out ";
+  const ProcessResult one = difftrain_cli(args + path("pr_one.json"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_NE(one.output.find("precision 0.8750, recall 0.5000"), std::string::npos) << one.output;
+  const ProcessResult two = difftrain_mpi(2, args + path("pr_two.json"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  for (const char* name : {"pr_one.json", "pr_two.json"}) {
+    const json pr = read_json(path(name))["precision_recall"];
+    EXPECT_EQ(pr["k"], 1) << name;
+    EXPECT_EQ(pr["precision"].get<double>(), expected["precision"].get<double>()) << name;
+    EXPECT_EQ(pr["recall"].get<double>(), expected["recall"].get<double>()) << name;
+  }
+  // A statistics file has no features to compare: FID only, and no error.
+  ASSERT_EQ(difftrain_cli("fid " + path("near.npz") + " --inception " + path("inception.pt") +
+                          " --is-splits 0 --save-stats " + path("near_stats.npz"))
+                .exit_code,
+            0);
+  const ProcessResult stats =
+      difftrain_cli("fid " + path("varied.npz") + " " + path("near_stats.npz") + " --inception " +
+                    path("inception.pt") + " --out " + path("pr_stats.json"));
+  ASSERT_EQ(stats.exit_code, 0) << stats.output;
+  EXPECT_FALSE(read_json(path("pr_stats.json")).contains("precision_recall"));
+}
+
 TEST_F(Fid, BadInputIsAOneLineErrorNamingWhatIsWrong) {
   const auto expect_error = [](const std::string& args, const std::string& message) {
     const ProcessResult r = difftrain_cli("fid " + args);
@@ -306,6 +374,8 @@ TEST_F(Fid, BadInputIsAOneLineErrorNamingWhatIsWrong) {
                "splits: give --is-splits 6 or fewer");
   expect_error(path("gray.npz") + " " + path("rgb.npz") + weights + " --is-splits -1",
                "--is-splits must be >= 0");
+  expect_error(path("gray.npz") + " " + path("rgb.npz") + weights + " --pr-k -1",
+               "--pr-k must be >= 0");
   expect_error(path("gray.npz") + " " + path("rgb.npz"), "--inception FILE is needed");
   expect_error(path("gray.npz") + " " + path("nothing.npz") + weights,
                "nothing.npz: no such file or directory");
