@@ -9,15 +9,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "weights/state_dict_unpickler.hpp"
 
 namespace difftrain::weights {
 namespace {
 
-// How torch.save began a file before PyTorch 1.6: a pickled magic number (LONG1 of 10 bytes).
-constexpr std::string_view kLegacyMagic{"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19",
-                                        14};
 constexpr std::string_view kZipMagic{"PK\x03\x04", 4};
 
 std::string file_start(const std::string& path, std::size_t n) {
@@ -35,6 +33,18 @@ std::string first_sentence(const c10::Error& e) {
   s = s.substr(0, s.find('\n'));
   const auto stop = s.find(". ");
   return stop == std::string::npos ? s : s.substr(0, stop);
+}
+
+// The legacy format is a stream of pickles and raw storages, read whole.
+StateDict load_legacy_pt(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string file{std::istreambuf_iterator<char>(in), {}};
+  if (!in.eof() && !in) throw WeightsError(path + ": cannot read");
+  try {
+    return unpickle_legacy_state_dict(file);
+  } catch (const WeightsError& e) {
+    throw WeightsError(path + " (PyTorch's legacy format): " + e.what());
+  }
 }
 
 }  // namespace
@@ -71,12 +81,8 @@ void save_pt(const StateDict& state, const std::string& path) {
 }
 
 StateDict load_pt(const std::string& path) {
-  const std::string start = file_start(path, kLegacyMagic.size());
-  if (start.starts_with(kLegacyMagic))
-    throw WeightsError(fmt::format(
-        "{}: saved in PyTorch's legacy (pre-1.6, non-zip) format, which LibTorch does not read; "
-        "re-save it in Python: torch.save(torch.load('{}', weights_only=True), 'resaved.pt')",
-        path, path));
+  const std::string start = file_start(path, kLegacyMagicPickle.size());
+  if (start.starts_with(kLegacyMagicPickle)) return load_legacy_pt(path);
   if (!start.starts_with(kZipMagic))
     throw WeightsError(path + ": not a PyTorch weights file (torch.save writes a zip archive)");
   try {

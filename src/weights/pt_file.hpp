@@ -1,6 +1,7 @@
 // State dicts in PyTorch's torch.save format: a zip archive (written and read by LibTorch's
 // PyTorchStreamWriter / PyTorchStreamReader) holding the pickled dict and one record per tensor.
-// What improved-diffusion, guided-diffusion and most PyTorch code load and save.
+// What improved-diffusion, guided-diffusion and most PyTorch code load and save. Files in the
+// legacy format (before PyTorch 1.6) are read too.
 #pragma once
 
 #include <string>
@@ -14,9 +15,8 @@ namespace difftrain::weights {
 void save_pt(const StateDict& state, const std::string& path);
 
 // Reads a state dict saved by torch.save (a dict or OrderedDict of names to tensors; other
-// dtypes than fp32 are kept). Throws WeightsError naming the file: not a zip archive (truncated,
-// or another format), the pre-1.6 non-zip format (with the command that re-saves it), or not a
-// state dict.
+// dtypes than fp32 are kept), in the zip format or the legacy one. Throws WeightsError naming the
+// file: neither format (another file, or truncated), or not a state dict.
 StateDict load_pt(const std::string& path);
 
 }  // namespace difftrain::weights

@@ -103,6 +103,7 @@ class Unpickler {
       malformed("the stack holds " + std::to_string(stack_.size()) + " values at STOP");
     return stack_.back();
   }
+  std::size_t consumed() const { return pos_; }  // the bytes up to and with STOP, after run()
 
  private:
   [[noreturn]] void malformed(const std::string& what) const {
@@ -332,13 +333,18 @@ class Unpickler {
     }
   }
 
-  // ('storage', torch.FloatStorage, key, location, numel): torch.save's persistent id.
+  // ('storage', torch.FloatStorage, key, location, numel): torch.save's persistent id; the legacy
+  // format adds a sixth, view_metadata, None unless the storage is a view of another.
   Ref storage(const Ref& pid) {
     const auto& t = pid->items;
-    if (pid->kind != Value::Kind::tuple || t.size() != 5 || t[0]->text != "storage" ||
-        t[1]->kind != Value::Kind::global || t[2]->kind != Value::Kind::string ||
-        t[4]->kind != Value::Kind::integer)
+    if (pid->kind != Value::Kind::tuple || (t.size() != 5 && t.size() != 6) ||
+        t[0]->text != "storage" || t[1]->kind != Value::Kind::global ||
+        t[2]->kind != Value::Kind::string || t[4]->kind != Value::Kind::integer)
       throw WeightsError("holds a persistent object that is not a tensor storage");
+    if (t.size() == 6 && t[5]->kind != Value::Kind::none)
+      throw WeightsError(
+          "holds a view of a storage (the legacy format's view_metadata), which "
+          "difftrain does not read");
     const at::ScalarType dtype = storage_dtype(t[1]->text);
     auto it = storages_.find(t[2]->text);
     if (it == storages_.end())
@@ -412,8 +418,9 @@ class Unpickler {
 
 }  // namespace
 
-StateDict unpickle_state_dict(std::string_view pickle, const StorageLoader& load_storage) {
-  const Ref root = Unpickler(pickle, load_storage).run();
+namespace {
+
+StateDict state_dict_of(const Ref& root) {
   if (root->kind != Value::Kind::dict)
     throw WeightsError("holds " + describe(*root) +
                        ", not a state dict (a dict of parameter names to tensors)");
@@ -432,6 +439,67 @@ StateDict unpickle_state_dict(std::string_view pickle, const StorageLoader& load
     state.push_back({key->text, value->tensor});
   }
   return state;
+}
+
+}  // namespace
+
+StateDict unpickle_state_dict(std::string_view pickle, const StorageLoader& load_storage) {
+  return state_dict_of(Unpickler(pickle, load_storage).run());
+}
+
+StateDict unpickle_legacy_state_dict(std::string_view file) {
+  if (!file.starts_with(kLegacyMagicPickle))
+    throw WeightsError("does not begin with the legacy format's magic number");
+  std::size_t pos = kLegacyMagicPickle.size();
+  const StorageLoader no_storage = [](const std::string&, at::ScalarType, int64_t) -> at::Tensor {
+    throw WeightsError("holds a storage outside the state dict's pickle");
+  };
+  const auto next_pickle = [&](const StorageLoader& load_storage) {
+    Unpickler unpickler(file.substr(pos), load_storage);
+    const Ref value = unpickler.run();
+    pos += unpickler.consumed();
+    return value;
+  };
+
+  const Ref version = next_pickle(no_storage);
+  if (version->kind != Value::Kind::integer || version->integer != 1001)
+    throw WeightsError(
+        "holds a legacy format version other than 1001, which difftrain does not read");
+  const Ref system = next_pickle(no_storage);
+  for (const auto& [key, value] : system->entries)
+    if (key->text == "little_endian" && value->kind == Value::Kind::boolean && !value->integer)
+      throw WeightsError("was written on a big-endian machine, which difftrain does not read");
+  // The storages come after the pickles: allocated while the state dict's pickle is read (its
+  // tensors are views of them), filled once their data is reached.
+  std::map<std::string, at::Tensor> storages;
+  const Ref root = next_pickle([&](const std::string& key, at::ScalarType dtype, int64_t numel) {
+    return storages.emplace(key, at::empty({numel}, at::TensorOptions().dtype(dtype)))
+        .first->second;
+  });
+  const Ref keys = next_pickle(no_storage);
+  if (keys->kind != Value::Kind::list)
+    throw WeightsError("holds " + describe(*keys) + " where the legacy format lists its storages");
+  for (const Ref& key : keys->items) {
+    const auto it = storages.find(key->text);
+    if (it == storages.end())
+      throw WeightsError("lists a storage '" + key->text + "' that no tensor uses");
+    int64_t numel = 0;
+    if (file.size() - pos < sizeof numel)
+      throw WeightsError("ends early, in storage '" + key->text + "' (truncated?)");
+    std::memcpy(&numel, file.data() + pos, sizeof numel);
+    pos += sizeof numel;
+    at::Tensor& t = it->second;
+    if (numel != t.numel())
+      throw WeightsError(fmt::format("storage '{}' holds {} elements, not the {} its tensors use",
+                                     key->text, numel, t.numel()));
+    if (file.size() - pos < t.nbytes())
+      throw WeightsError("ends early, in storage '" + key->text + "' (truncated?)");
+    std::memcpy(t.data_ptr(), file.data() + pos, t.nbytes());
+    pos += t.nbytes();
+  }
+  if (storages.size() != keys->items.size())
+    throw WeightsError("lists fewer storages than its tensors use");
+  return state_dict_of(root);
 }
 
 }  // namespace difftrain::weights

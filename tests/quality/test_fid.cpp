@@ -118,6 +118,16 @@ TEST_F(Fid, TheNetworkLoadsPytorchFidsNamesAndGivesPyTorchsFeatures) {
     }
   EXPECT_GT(scale, 0.1);
   EXPECT_LT(worst, 1e-4 * scale) << "largest feature " << scale;
+
+  // pytorch-fid's published file predates PyTorch 1.6: the same weights in that legacy format
+  // give the same features.
+  const ProcessResult legacy =
+      run_command(std::string(DIFFTRAIN_PYTHON) + " -c \"import torch; torch.save(torch.load('" +
+                  path("inception.pt") + "'), '" + path("legacy.pt") +
+                  "', _use_new_zipfile_serialization=False)\"");
+  ASSERT_EQ(legacy.exit_code, 0) << legacy.output;
+  FidInception from_legacy = load_fid_inception(path("legacy.pt"), at::kCPU);
+  EXPECT_TRUE(at::equal(pool3_features(from_legacy, images), features));
 }
 
 TEST_F(Fid, AFileWithoutATensorOrWithTheWrongNetworkIsRefusedNamingIt) {

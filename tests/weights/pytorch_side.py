@@ -10,10 +10,10 @@ UNetModel (the same module names). Each command prints one line of JSON for the 
   pytorch_side.py compare-safetensors FILE.safetensors FILE.pt
       Reads the first with the safetensors package, the second with torch.load, and reports
       whether they hold the same names, dtypes, shapes and bits, and the safetensors metadata.
-  pytorch_side.py write-state-dict EXPORT.json SEED OUT_FP32.pt OUT_FP16.pt
+  pytorch_side.py write-state-dict EXPORT.json SEED OUT_FP32.pt OUT_FP16.pt [OUT_LEGACY.pt]
       Saves the UNet EXPORT.json describes, with random weights (none zero), as improved-diffusion
       saves a model: torch.save(model.state_dict()), an OrderedDict with _metadata; once in
-      float32 and once in float16.
+      float32 and once in float16; and in float32 in the legacy (pre-1.6) format.
   pytorch_side.py write-classifier CLASSIFIER.json SEED OUT.pt BATCH.pt
       Builds bench/baseline's EncoderUNetModel (guided-diffusion's noisy classifier) that
       CLASSIFIER.json describes, with random weights (none zero), saves its state dict as
@@ -24,14 +24,14 @@ UNetModel (the same module names). Each command prints one line of JSON for the 
   pytorch_side.py model-shapes MODEL.json
       The state-dict names and shapes of the UNet (or SuperResModel) that MODEL.json, a difftrain
       export's "model" object, describes.
-  pytorch_side.py write-shared-storage FILE.pt FILE.safetensors
+  pytorch_side.py write-shared-storage FILE.pt FILE.safetensors LEGACY.pt
       FILE.pt: torch.save({"view": base[1:, ::2], "base": base}) with base = arange(12) as a
       3 x 4 float32 matrix (two tensors of one storage, one at an offset with strides);
       FILE.safetensors: the safetensors package's save_file of base (float16) and of the int64
-      arange(5).
+      arange(5); LEGACY.pt: the same two tensors and those two in the legacy (pre-1.6) format.
   pytorch_side.py write-bad-files DIR
-      DIR/legacy.pt (the pre-1.6 format), DIR/list.pt (not a dict) and DIR/checkpoint.pt (a
-      state dict inside a training checkpoint).
+      DIR/legacy_truncated.pt (the pre-1.6 format, its last storage cut short), DIR/list.pt (not a
+      dict) and DIR/checkpoint.pt (a state dict inside a training checkpoint).
 """
 import json
 import os
@@ -86,7 +86,7 @@ def compare_safetensors(st_path, pt_path):
     return {"same": same, "tensors": len(st), "metadata": metadata}
 
 
-def write_state_dict(export_json, seed, out_fp32, out_fp16):
+def write_state_dict(export_json, seed, out_fp32, out_fp16, out_legacy=None):
     model = build(export_json)
     g = th.Generator().manual_seed(int(seed))
     with th.no_grad():
@@ -94,6 +94,8 @@ def write_state_dict(export_json, seed, out_fp32, out_fp16):
             p.add_(0.05 * th.randn(p.shape, generator=g))
     state = model.state_dict()
     th.save(state, out_fp32)
+    if out_legacy:
+        th.save(state, out_legacy, _use_new_zipfile_serialization=False)
     th.save(model.half().state_dict(), out_fp16)
     return {"type": type(state).__name__, "metadata": hasattr(state, "_metadata"),
             "tensors": len(state)}
@@ -128,17 +130,22 @@ def model_shapes(model_json):
     return {name: list(t.shape) for name, t in model.state_dict().items()}
 
 
-def write_shared_storage(pt_path, st_path):
+def write_shared_storage(pt_path, st_path, legacy_path):
     from safetensors.torch import save_file
     base = th.arange(12, dtype=th.float32).reshape(3, 4)
     th.save({"view": base[1:, ::2], "base": base}, pt_path)
     save_file({"half": base.half(), "long": th.arange(5)}, st_path)
-    return {"written": 2}
+    th.save({"view": base[1:, ::2], "base": base, "half": base.half(), "long": th.arange(5)},
+            legacy_path, _use_new_zipfile_serialization=False)
+    return {"written": 3}
 
 
 def write_bad_files(directory):
     weights = {"w": th.zeros(2)}
-    th.save(weights, os.path.join(directory, "legacy.pt"), _use_new_zipfile_serialization=False)
+    legacy = os.path.join(directory, "legacy_truncated.pt")
+    th.save(weights, legacy, _use_new_zipfile_serialization=False)
+    with open(legacy, "r+b") as f:
+        f.truncate(os.path.getsize(legacy) - 4)
     th.save([th.zeros(2)], os.path.join(directory, "list.pt"))
     th.save({"model": weights, "step": 3}, os.path.join(directory, "checkpoint.pt"))
     return {"written": 3}

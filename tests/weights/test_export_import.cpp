@@ -248,12 +248,13 @@ TEST_F(ExportImport, PythonSafetensorsReadsTheSameTensors) {
 TEST_F(ExportImport, AStateDictSavedByPyTorchImportsToTheSameOutputs) {
   // The model's description, from an export of the conditional config.
   run_ok("export --checkpoint " + path("cond.pt") + " --out " + path("d.pt"));
+  // fp32, fp16, and fp32 in the legacy (pre-1.6) format, as the older published files are.
   const json written = python("write-state-dict " + path("d.json") + " 7 " + path("fp32.pt") + " " +
-                              path("fp16.pt"));
+                              path("fp16.pt") + " " + path("legacy.pt"));
   EXPECT_EQ(written["type"], "OrderedDict");
   EXPECT_EQ(written["metadata"], true) << "as model.state_dict() is";
   std::string triples;
-  for (const std::string dtype : {"fp32", "fp16"}) {
+  for (const std::string dtype : {"fp32", "fp16", "legacy"}) {
     const ProcessResult r =
         difftrain_cli("import --weights " + path(dtype + ".pt") + " --config " + path("rgb.yaml") +
                       " --out " + path(dtype + "_imported.pt"));
@@ -272,7 +273,7 @@ TEST_F(ExportImport, AStateDictSavedByPyTorchImportsToTheSameOutputs) {
                path(dtype + "_back.test.pt");
   }
   const json results = python("forward" + triples);
-  ASSERT_EQ(results.size(), 2u);
+  ASSERT_EQ(results.size(), 3u);
   for (const json& f : results) {
     EXPECT_LT(f["max_abs_diff"].get<double>(), 1e-5) << f;
     EXPECT_GT(f["max_abs_out"].get<double>(), 1e-2) << f;
@@ -595,7 +596,8 @@ TEST_F(ExportImport, TheReleasedClassifiersConfigsHaveTheirStateDicts) {
 }
 
 TEST_F(ExportImport, ReadsViewsOfOneStorageAndPythonsSafetensors) {
-  python("write-shared-storage " + path("views.pt") + " " + path("py.safetensors"));
+  python("write-shared-storage " + path("views.pt") + " " + path("py.safetensors") + " " +
+         path("legacy_views.pt"));
   const auto pt = difftrain::weights::load_pt(path("views.pt"));
   ASSERT_EQ(pt.size(), 2u);
   const at::Tensor base = torch::arange(12, torch::kFloat).reshape({3, 4});
@@ -610,6 +612,21 @@ TEST_F(ExportImport, ReadsViewsOfOneStorageAndPythonsSafetensors) {
   EXPECT_EQ(m["half"].scalar_type(), torch::kHalf);
   EXPECT_TRUE(torch::equal(m["half"], base.to(torch::kHalf)));
   EXPECT_TRUE(torch::equal(m["long"], torch::arange(5, torch::kLong)));
+
+  // The legacy (pre-1.6) format: the view and its base share one storage there too, which comes
+  // after the pickles.
+  const auto legacy = difftrain::weights::load_pt(path("legacy_views.pt"));
+  ASSERT_EQ(legacy.size(), 4u);
+  EXPECT_EQ(legacy[0].name, "view");
+  EXPECT_TRUE(torch::equal(legacy[0].tensor, base.slice(0, 1).slice(1, 0, 4, 2)))
+      << legacy[0].tensor;
+  EXPECT_TRUE(torch::equal(legacy[1].tensor, base));
+  EXPECT_EQ(legacy[0].tensor.data_ptr<float>(), legacy[1].tensor.data_ptr<float>() + 4)
+      << "one storage, as PyTorch wrote it";
+  EXPECT_EQ(legacy[2].name, "half");
+  EXPECT_TRUE(torch::equal(legacy[2].tensor, base.to(torch::kHalf)));
+  EXPECT_EQ(legacy[3].name, "long");
+  EXPECT_TRUE(torch::equal(legacy[3].tensor, torch::arange(5, torch::kLong)));
 }
 
 TEST_F(ExportImport, BadWeightFilesAreOneLineErrors) {
@@ -622,10 +639,8 @@ TEST_F(ExportImport, BadWeightFilesAreOneLineErrors) {
 
   const std::string gray = " --config " + path("gray.yaml") + " --out " + path("x.pt");
   const std::vector<std::pair<std::string, std::string>> cases{
-      {"--weights " + path("legacy.pt") + gray,
-       "legacy (pre-1.6, non-zip) format, which LibTorch does not read; re-save it in Python: "
-       "torch.save(torch.load('" +
-           path("legacy.pt") + "', weights_only=True), 'resaved.pt')"},
+      {"--weights " + path("legacy_truncated.pt") + gray,
+       path("legacy_truncated.pt") + " (PyTorch's legacy format): ends early, in storage '"},
       {"--weights " + path("list.pt") + gray, path("list.pt") + ": holds a list, not a state dict"},
       {"--weights " + path("checkpoint.pt") + gray,
        "entry 'model' is a dict: a training checkpoint rather than a state dict? Save that entry "
