@@ -345,6 +345,9 @@ def model_from_difftrain(m, tuned=False):
     writes beside its weight exports (bench_train_step --export, difftrain export). A model
     trained for classifier-free guidance (null_class) has one more label row, the null label; an
     upsampler (low_res_size > 0) is a SuperResModel; use_checkpoint checkpoints its blocks."""
+    if m.get("low_res_noise", False):
+        raise ValueError("a noise-conditioned upsampler (low_res_noise) has no counterpart in "
+                         "improved-diffusion's SuperResModel")
     model = SuperResModel if m.get("low_res_size", 0) > 0 else UNetModel
     net = model(in_channels=m["in_channels"], model_channels=m["model_channels"],
                out_channels=m["out_channels"], num_res_blocks=m["num_res_blocks"],

@@ -51,14 +51,16 @@ int run(const Options& o) {
   }
   const model::UNetConfig uc = train::unet_config(config, shape);
   model::UNet net(uc);
-  fmt::print("UNet for {}x{}x{} images, {} output channels{}{}\n", uc.in_channels, uc.image_size,
-             uc.image_size, uc.out_channels,
-             uc.num_classes > 0 ? fmt::format(", {} classes{}", uc.num_classes,
-                                              uc.null_class ? " and the null label" : "")
-                                : "",
-             uc.low_res_size > 0 ? fmt::format(", an upsampler from {}x{}x{}", uc.in_channels,
-                                               uc.low_res_size, uc.low_res_size)
-                                 : "");
+  fmt::print(
+      "UNet for {}x{}x{} images, {} output channels{}{}\n", uc.in_channels, uc.image_size,
+      uc.image_size, uc.out_channels,
+      uc.num_classes > 0 ? fmt::format(", {} classes{}", uc.num_classes,
+                                       uc.null_class ? " and the null label" : "")
+                         : "",
+      uc.low_res_size > 0
+          ? fmt::format(", an upsampler from {}x{}x{}{}", uc.in_channels, uc.low_res_size,
+                        uc.low_res_size, uc.low_res_noise ? ", told its input's noise level" : "")
+          : "");
   print_parts(*net);
   return kOk;
 }

@@ -26,6 +26,7 @@
 #include "data/png_grid.hpp"
 #include "data/sample_order.hpp"
 #include "data/shard_writer.hpp"
+#include "diffusion/gaussian_diffusion.hpp"
 #include "diffusion/respace.hpp"
 #include "diffusion/sampling.hpp"
 #include "parallel/communicator.hpp"
@@ -52,7 +53,9 @@ struct Options {
   double guidance_rescale = 0.0;  // Lin et al.'s phi; 0 = off
   std::string classifier;         // classifier guidance: a run directory or checkpoint
   double classifier_scale = 1.0;
-  std::string low_res;  // an upsampler's input images: a shard file or set
+  std::string low_res;         // an upsampler's input images: a shard file or set
+  double low_res_noise = 0.0;  // a noise-conditioned upsampler's level, a fraction of T
+  bool low_res_noise_given = false;
   int64_t batch = 64;
 };
 
@@ -168,6 +171,15 @@ Plan prepare(const Options& o, const parallel::World& world) {
   if (low_res_size == 0 && !o.low_res.empty())
     throw std::invalid_argument("--low-res " + o.low_res + ": " + m.checkpoint +
                                 " is not an upsampler (model.low_res_size is 0)");
+  if (o.low_res_noise_given && !m.denoiser.net->config().low_res_noise)
+    throw std::invalid_argument(
+        fmt::format("--low-res-noise {}: {} was not trained with noise conditioning augmentation "
+                    "(model.low_res_noise)",
+                    o.low_res_noise, m.checkpoint));
+  if (o.low_res_noise < 0 || o.low_res_noise > 1)
+    throw std::invalid_argument(
+        fmt::format("--low-res-noise {} must be in [0, 1], a fraction of the diffusion's timesteps",
+                    o.low_res_noise));
   if (low_res_size > 0) {
     if (o.low_res.empty())
       throw std::invalid_argument(
@@ -239,6 +251,21 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
   if (p.low_res)
     low_res_rows =
         p.low_res->images.index_select(0, at::arange(first, first + count).remainder(n_low));
+  // Noise conditioning augmentation: the low-res images noised to the chosen level, as in
+  // training, each with noise of its own stream (apart from the sampler's).
+  train::Denoiser denoiser = m.denoiser;
+  if (low_res_rows.defined() && denoiser.net->config().low_res_noise) {
+    denoiser.low_res_noise_t =
+        train::low_res_noise_level(o.low_res_noise, m.diffusion.num_timesteps);
+    at::Tensor eps = at::empty_like(low_res_rows);
+    const auto generators = train::sample_generators(
+        train::step_seed(o.seed, 0, train::RngStream::low_res_noise), first, count);
+    for (int64_t i = 0; i < count; ++i)
+      eps.select(0, i).normal_(0.0, 1.0, generators[static_cast<std::size_t>(i)]);
+    const at::Tensor level = at::full({count}, denoiser.low_res_noise_t, at::kLong);
+    low_res_rows = diffusion::q_sample(m.diffusion, low_res_rows.to(m.device), level.to(m.device),
+                                       eps.to(m.device));
+  }
 
   const long steps = p.diffusion.num_timesteps;
   const auto t0 = std::chrono::steady_clock::now();
@@ -250,8 +277,8 @@ Samples sample_range(const Plan& p, const Options& o, int64_t first, int64_t cou
     const at::Tensor low_res =
         low_res_rows.defined() ? low_res_rows.narrow(0, b0, b).to(m.device) : at::Tensor();
     diffusion::ModelFn model =
-        m.denoiser.with_guidance(model_classes > 0 ? y : at::Tensor(), model_classes,
-                                 o.guidance_scale, o.guidance_rescale, low_res);
+        denoiser.with_guidance(model_classes > 0 ? y : at::Tensor(), model_classes,
+                               o.guidance_scale, o.guidance_rescale, low_res);
     if (p.timestep_map.defined()) model = diffusion::respaced_model(model, p.timestep_map);
 
     diffusion::SampleOptions so;
@@ -336,6 +363,9 @@ void write_outputs(const Plan& p, const Options& o, const Samples& s) {
       {"classifier", p.classifier ? nlohmann::ordered_json(p.classifier->checkpoint) : nullptr},
       {"classifier_scale", p.classifier ? nlohmann::ordered_json(o.classifier_scale) : nullptr},
       {"low_res", p.low_res ? nlohmann::ordered_json(o.low_res) : nullptr},
+      {"low_res_noise", p.low_res && m.denoiser.net->config().low_res_noise
+                            ? nlohmann::ordered_json(o.low_res_noise)
+                            : nullptr},
       {"seed", o.seed}};
   const fs::path h5_path(p.out + ".h5");
   data::ShardSpec spec;
@@ -442,6 +472,12 @@ void add_sample_command(CLI::App& app, int& exit_code) {
                   "sample or image_sample.py: arr_0 images, arr_1 labels; or difftrain sample's "
                   ".h5), or a shard set (manifest.json or its directory); images of the output "
                   "size are area-downsampled first. Sample i upsamples image i mod n");
+  cmd->add_option("--low-res-noise", o->low_res_noise,
+                  "A noise-conditioned upsampler's (model.low_res_noise) level: the low-res "
+                  "images are noised to timestep round(f (T - 1)) of the diffusion and the model "
+                  "told so; f in [0, 1], default 0 (nearly clean). Higher levels trust the base "
+                  "model's images less")
+      ->each([o](const std::string&) { o->low_res_noise_given = true; });
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   cmd->callback([o, &exit_code] {
     exit_code = run_on_world([&](parallel::World& world) { return run(*o, world); });

@@ -23,6 +23,7 @@ torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
 UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
   const auto& c = config_;
   time_embed_ = register_time_embed(*this, c);
+  if (c.low_res_noise) low_res_noise_embed_ = register_time_embed(*this, c, "low_res_noise_embed");
   if (c.num_classes > 0)
     label_emb_ = register_module(
         "label_emb",
@@ -62,7 +63,7 @@ UNetImpl::UNetImpl(UNetConfig config) : config_(validated(config)) {
 }
 
 at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y,
-                             const at::Tensor& low_res) {
+                             const at::Tensor& low_res, const at::Tensor& low_res_t) {
   const auto& c = config_;
   const int64_t factor = int64_t{1} << (c.channel_mult.size() - 1);
   if (x.dim() != 4 || x.size(1) != c.in_channels || x.size(2) % factor || x.size(3) % factor)
@@ -92,6 +93,17 @@ at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at:
         ") and needs a low-resolution image of shape [", x.size(0), ", ", c.in_channels,
         ", h, w], got ", low_res.defined() ? c10::str(low_res.sizes()) : std::string("none")));
 
+  if (!c.low_res_noise && low_res_t.defined())
+    throw std::invalid_argument(
+        "UNet got a noise level of its low-resolution image, but the model is not conditioned "
+        "on one (low_res_noise = false)");
+  if (c.low_res_noise &&
+      (!low_res_t.defined() || low_res_t.dim() != 1 || low_res_t.size(0) != x.size(0)))
+    throw std::invalid_argument(c10::str(
+        "UNet is conditioned on its low-resolution image's noise level (low_res_noise) and "
+        "needs one level per sample, shape [",
+        x.size(0), "], got ", low_res_t.defined() ? c10::str(low_res_t.sizes()) : "none"));
+
   // SuperResModel.forward: the upsampled image as extra input channels.
   const at::Tensor input =
       low_res.defined()
@@ -101,6 +113,7 @@ at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at:
           : x;
   auto emb = time_embed_(t);
   if (label_emb_) emb = emb + label_emb_(y);
+  if (low_res_noise_embed_) emb = emb + (*low_res_noise_embed_)(low_res_t);
 
   std::vector<at::Tensor> hs;
   hs.reserve(input_side_.input_blocks.size());

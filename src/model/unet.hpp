@@ -2,6 +2,7 @@
 // guided-diffusion's resblock_updown and use_new_attention_order (Dhariwal & Nichol 2021).
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include <c10/core/MemoryFormat.h>
@@ -25,6 +26,8 @@ namespace difftrain::model {
 //   time_embed    [Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)] on timestep_embedding(t, ch)
 //   label_emb     Embedding(num_classes (+ 1 with null_class), 4ch), added to the time
 //                 embedding (conditional only)
+//   low_res_noise_embed  as time_embed, on the low-resolution image's noise level, added to the
+//                 time embedding (low_res_noise only; not in improved-diffusion)
 //   input_blocks, middle_block  as unet_input_side.hpp builds them (stem: level 0's channels)
 //   output_blocks per level from the deepest, num_res_blocks + 1 x [ResBlock on the concatenation
 //                 with the matching input block's output (+ AttentionBlock)], the last one of a
@@ -41,10 +44,11 @@ class UNetImpl : public torch::nn::Module {
   // x [N, in_channels, H, W] (H, W divisible by 2^(levels - 1); the attention levels are set by
   // image_size), t [N] timesteps (integer or fractional), y [N] int64 class labels, required iff
   // num_classes > 0 (label num_classes is the null label of a null_class model), low_res [N,
-  // in_channels, h, w] the low-resolution image, required iff low_res_size > 0. Returns [N,
-  // out_channels, H, W] in x's dtype (also under autocast).
+  // in_channels, h, w] the low-resolution image, required iff low_res_size > 0, low_res_t [N]
+  // its noise level on t's scale, required iff low_res_noise. Returns [N, out_channels, H, W] in
+  // x's dtype (also under autocast).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y = {},
-                     const at::Tensor& low_res = {});
+                     const at::Tensor& low_res = {}, const at::Tensor& low_res_t = {});
 
   const UNetConfig& config() const { return config_; }
 
@@ -56,6 +60,7 @@ class UNetImpl : public torch::nn::Module {
  private:
   UNetConfig config_;
   TimeEmbed time_embed_;
+  std::optional<TimeEmbed> low_res_noise_embed_;
   torch::nn::Embedding label_emb_{nullptr};
   InputSide input_side_;
   std::vector<TimestepEmbedSequential> output_blocks_;

@@ -89,6 +89,10 @@ void validate(const UNetConfig& c) {
   if (c.low_res_size < 0)
     throw std::invalid_argument(field("low_res_size", c.low_res_size) +
                                 " must be non-negative (0 = not an upsampler)");
+  if (c.low_res_noise && c.low_res_size == 0)
+    throw std::invalid_argument(
+        "UNetConfig.low_res_noise needs an upsampler (low_res_size > 0): only a low-resolution "
+        "input can be noised");
   if (c.null_class && c.num_classes == 0)
     throw std::invalid_argument(
         "UNetConfig.null_class needs a class-conditional model (num_classes > 0)");

@@ -39,6 +39,11 @@ struct UNetConfig {
   // image [N, in_channels, low_res_size, low_res_size], bilinearly upsampled to x's size and
   // concatenated to x, so the first convolution sees 2 * in_channels. 0 = an ordinary model.
   int64_t low_res_size = 0;
+  // Noise conditioning augmentation (Ho et al. 2022, "Cascaded Diffusion Models"; Imagen): an
+  // upsampler whose low-resolution image was noised to a level of the diffusion's own forward
+  // process, a timestep, is told that level. It is embedded as the timestep is, by an MLP of its
+  // own (low_res_noise_embed), and added to the timestep embedding. Needs low_res_size > 0.
+  bool low_res_noise = false;
   // Gradient checkpointing (improved-diffusion's use_checkpoint): ResBlocks and attention blocks
   // keep no activations for backward and compute them again there, about a third more compute
   // for a fraction of the activation memory. The parameters and outputs are the same.

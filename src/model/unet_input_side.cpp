@@ -16,12 +16,12 @@ at::Tensor TimeEmbed::operator()(const at::Tensor& t) {
   return out(at::silu(in(t_emb)));
 }
 
-TimeEmbed register_time_embed(torch::nn::Module& parent, const UNetConfig& c) {
+TimeEmbed register_time_embed(torch::nn::Module& parent, const UNetConfig& c,
+                              const std::string& name) {
   const int64_t time_embed_dim = 4 * c.model_channels;
   TimeEmbed embed{torch::nn::Linear(c.model_channels, time_embed_dim),
                   torch::nn::Linear(time_embed_dim, time_embed_dim)};
-  parent.register_module("time_embed",
-                         torch::nn::Sequential(embed.in, torch::nn::SiLU(), embed.out));
+  parent.register_module(name, torch::nn::Sequential(embed.in, torch::nn::SiLU(), embed.out));
   return embed;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -23,8 +24,9 @@ struct TimeEmbed {
   // The float32 sinusoidal embedding in the weights' dtype, so a float64 model works too.
   at::Tensor operator()(const at::Tensor& t);
 };
-// Registers "time_embed" on `parent`.
-TimeEmbed register_time_embed(torch::nn::Module& parent, const UNetConfig& c);
+// Registers `name` ("time_embed", or an upsampler's "low_res_noise_embed") on `parent`.
+TimeEmbed register_time_embed(torch::nn::Module& parent, const UNetConfig& c,
+                              const std::string& name = "time_embed");
 
 // Whether blocks at this feature-map size have attention (config.attention_resolutions).
 bool has_attention(const UNetConfig& c, int64_t resolution);

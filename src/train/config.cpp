@@ -100,6 +100,7 @@ void visit(V& v, Config& c) {
     v.key("resblock_updown", c.model.resblock_updown);
     v.key("use_new_attention_order", c.model.use_new_attention_order);
     v.key("low_res_size", c.model.low_res_size);
+    v.key("low_res_noise", c.model.low_res_noise);
     v.key("use_checkpoint", c.model.use_checkpoint);
     v.choice("pool", c.model.pool, model::parse_pool);
     v.choice("channels_last", c.model.channels_last, parse_channels_last);
@@ -130,6 +131,7 @@ void visit(V& v, Config& c) {
     v.key("lr_anneal_steps", c.training.lr_anneal_steps);
     v.key("grad_clip", c.training.grad_clip);
     v.key("p_uncond", c.training.p_uncond);
+    v.key("low_res_noise_max", c.training.low_res_noise_max);
     v.key("max_steps", c.training.max_steps);
     v.key("max_time", c.training.max_time);
     v.key("ema_rates", c.training.ema_rates);
@@ -467,6 +469,9 @@ void validate(const Config& c) {
     throw ConfigError(
         "config key 'model.low_res_size' = " + std::to_string(m.low_res_size) +
         " with data.pad_to: an upsampler works on its images as stored (set data.pad_to: 0)");
+  if (m.low_res_noise && m.low_res_size == 0)
+    throw ConfigError(
+        "config key 'model.low_res_noise' = true needs an upsampler: set model.low_res_size");
   check(m.num_res_blocks >= 1, "model.num_res_blocks", m.num_res_blocks, "must be >= 1");
   check(m.dropout >= 0 && m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)");
   check(m.num_heads >= 1 || m.num_head_channels > 0, "model.num_heads", m.num_heads,
@@ -526,6 +531,8 @@ void validate(const Config& c) {
         "config key 'training.p_uncond' = {} trains classifier-free guidance, which needs "
         "class labels: set data.class_conditional to true",
         t.p_uncond));
+  check(t.low_res_noise_max >= 0 && t.low_res_noise_max <= 1, "training.low_res_noise_max",
+        t.low_res_noise_max, "must be in [0, 1], a fraction of the diffusion's timesteps");
   check(t.max_steps >= 0, "training.max_steps", t.max_steps, "must be >= 0 (0 = no limit)");
   check(t.max_time >= 0, "training.max_time", t.max_time, "must be >= 0 seconds (0 = no limit)");
   for (double r : t.ema_rates)

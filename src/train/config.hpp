@@ -67,6 +67,11 @@ struct ModelConfig {
   // copies of them area-downsampled to low_res_size x low_res_size, its input while training,
   // evaluating and sampling (difftrain sample --low-res). 0 = an ordinary model.
   int64_t low_res_size = 0;
+  // Noise conditioning augmentation (Ho et al. 2022; Imagen) for an upsampler: in training, its
+  // low-resolution image is noised to a random level of the diffusion's forward process (up to
+  // training.low_res_noise_max) and the model is told the level; in sampling, a chosen level
+  // (difftrain sample --low-res-noise). Makes a cascade robust to its base model's artefacts.
+  bool low_res_noise = false;
   // Gradient checkpointing (improved-diffusion's use_checkpoint): the ResBlocks and attention
   // blocks recompute their activations in backward instead of keeping them. Less memory, about a
   // third more compute; the same results. Changing it on resume is fine.
@@ -120,6 +125,9 @@ struct TrainingConfig {
   // Classifier-free guidance (Ho & Salimans 2022): the share of samples trained with the null
   // label instead of their class, so that one network learns both; needs data.class_conditional.
   double p_uncond = 0.0;
+  // With model.low_res_noise: the levels drawn in training, as a fraction f of the diffusion's
+  // timesteps: uniform over the timesteps 0 .. round(f (T - 1)).
+  double low_res_noise_max = 1.0;
   int64_t max_steps = 0;  // 0 = no limit
   double max_time = 0.0;  // seconds of training; 0 = no limit
   std::vector<double> ema_rates{0.9999};

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <vector>
 
 #include "train/config.hpp"
@@ -9,9 +10,16 @@
 namespace difftrain::train {
 
 at::Tensor Denoiser::operator()(const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& y,
-                                const at::Tensor& low_res) const {
+                                const at::Tensor& low_res, const at::Tensor& low_res_t) const {
+  // The level is a timestep of the same diffusion: the network sees it on t's scale.
+  at::Tensor level;
+  if (net->config().low_res_noise)
+    level =
+        (low_res_t.defined() ? low_res_t : at::full({x_t.size(0)}, low_res_noise_t, t.options()))
+            .to(at::kFloat) *
+        timestep_scale;
   // The handle is const here, the module it shares is not: calling it is not a change of handle.
-  return net.ptr()->forward(x_t, t.to(at::kFloat) * timestep_scale, y, low_res);
+  return net.ptr()->forward(x_t, t.to(at::kFloat) * timestep_scale, y, low_res, level);
 }
 
 diffusion::ModelFn Denoiser::with_labels(const at::Tensor& y, const at::Tensor& low_res) const {
@@ -53,6 +61,10 @@ diffusion::ModelFn Denoiser::with_guidance(const at::Tensor& y, int64_t null_lab
 Denoiser make_denoiser(model::UNet net, const Config& config) {
   const auto& d = config.diffusion;
   return {std::move(net), d.rescale_timesteps ? 1000.0 / static_cast<double>(d.steps) : 1.0};
+}
+
+int64_t low_res_noise_level(double fraction, int64_t num_timesteps) {
+  return std::llround(fraction * static_cast<double>(num_timesteps - 1));
 }
 
 }  // namespace difftrain::train

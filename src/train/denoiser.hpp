@@ -16,11 +16,16 @@ struct Config;
 struct Denoiser {
   model::UNet net{nullptr};
   double timestep_scale = 1.0;
+  // A noise-conditioned upsampler's (model.low_res_noise) level where no per-sample levels are
+  // given: the timestep its low-resolution input was noised to (sample --low-res-noise; 0, nearly
+  // clean, for held-out bits/dim, eval and the training's sample grids).
+  int64_t low_res_noise_t = 0;
 
   // x_t [N, C, H, W], t [N] int64 timesteps, y [N] class labels or undefined, low_res an
-  // upsampler's low-resolution image [N, C, h, w] in [-1, 1] or undefined.
+  // upsampler's low-resolution image [N, C, h, w] in [-1, 1] or undefined, low_res_t [N] int64
+  // the levels it was noised to (training), or undefined for low_res_noise_t.
   at::Tensor operator()(const at::Tensor& x_t, const at::Tensor& t, const at::Tensor& y = {},
-                        const at::Tensor& low_res = {}) const;
+                        const at::Tensor& low_res = {}, const at::Tensor& low_res_t = {}) const;
   // The same for the diffusion code (bound, samplers, bits/dim estimates), conditions fixed.
   diffusion::ModelFn with_labels(const at::Tensor& y, const at::Tensor& low_res = {}) const;
   // What an upsampler is conditioned on when x_0 is known (training, held-out bits/dim, eval):
@@ -43,5 +48,8 @@ struct Denoiser {
 
 // The config's timestep scale: 1000 / T with diffusion.rescale_timesteps, else 1.
 Denoiser make_denoiser(model::UNet net, const Config& config);
+
+// The noise level of a fraction f in [0, 1] of the diffusion's T timesteps: round(f (T - 1)).
+int64_t low_res_noise_level(double fraction, int64_t num_timesteps);
 
 }  // namespace difftrain::train

@@ -95,6 +95,7 @@ model::UNetConfig unet_config(const Config& c, const DataShape& shape) {
   u.resblock_updown = c.model.resblock_updown;
   u.use_new_attention_order = c.model.use_new_attention_order;
   u.low_res_size = c.model.low_res_size;
+  u.low_res_noise = c.model.low_res_noise;
   u.use_checkpoint = c.model.use_checkpoint;
   if (u.low_res_size >= u.image_size)
     throw ConfigError("config key 'model.low_res_size' = " + std::to_string(u.low_res_size) +

@@ -18,7 +18,8 @@ enum class RngStream : uint64_t {
   noise = 2,
   dropout = 3,
   evaluation = 4,
-  label_dropout = 5
+  label_dropout = 5,
+  low_res_noise = 6
 };
 
 // splitmix64 finaliser: well-mixed seeds from structured inputs.

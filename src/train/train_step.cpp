@@ -37,15 +37,33 @@ at::Tensor drop_labels(const at::Tensor& labels, uint64_t seed, int64_t step, in
 
 StepInputs draw_step_inputs(uint64_t seed, int64_t step, const diffusion::TimestepSampler& sampler,
                             const data::Batch& batch, int64_t global_batch,
-                            const LabelDropout& dropout) {
+                            const LabelDropout& dropout, const LowResNoise& low_res_noise) {
   const int64_t b = batch.images.size(0);
+  const c10::Device device = batch.images.device();
   const diffusion::TimestepDraw draw = diffusion::draw_timesteps(
       sampler, global_batch, cpu_generator(step_seed(seed, step, RngStream::timesteps)));
   const at::Tensor noise =
       step_noise(seed, step, batch.row_offset, b, batch.images.sizes().slice(1));
-  return {batch.images, draw.t.narrow(0, batch.row_offset, b),
-          draw.weights.narrow(0, batch.row_offset, b), host_to_device(noise, batch.images.device()),
-          drop_labels(batch.labels, seed, step, batch.row_offset, global_batch, dropout)};
+  StepInputs in{batch.images,
+                draw.t.narrow(0, batch.row_offset, b),
+                draw.weights.narrow(0, batch.row_offset, b),
+                host_to_device(noise, device),
+                drop_labels(batch.labels, seed, step, batch.row_offset, global_batch, dropout),
+                {},
+                {}};
+  if (low_res_noise.max_level >= 0) {
+    const int64_t C = batch.images.size(1), L = low_res_noise.size;
+    at::Tensor levels = at::empty({b}, at::kLong), eps = at::empty({b, C, L, L}, at::kFloat);
+    for (int64_t i = 0; i < b; ++i) {
+      at::Generator g = cpu_generator(step_seed(seed, step, RngStream::low_res_noise,
+                                                static_cast<uint64_t>(batch.row_offset + i)));
+      levels.select(0, i).random_(0, low_res_noise.max_level + 1, g);
+      eps.select(0, i).normal_(0.0, 1.0, g);
+    }
+    in.low_res_t = host_to_device(levels, device);
+    in.low_res_noise = host_to_device(eps, device);
+  }
+  return in;
 }
 
 std::vector<at::Tensor> grads_of(const std::vector<at::Tensor>& params) {
@@ -81,11 +99,19 @@ StepTerms forward_backward(const StepContext& c, const StepInputs& in, const at:
                      eps = in.noise.narrow(0, m0, micro);
     const at::Tensor y = in.labels.defined() ? in.labels.narrow(0, m0, micro) : at::Tensor();
     const at::Tensor x_t = diffusion::q_sample(c.diffusion, x0, t, eps);
+    // An upsampler's input: x_0 downsampled, for noise conditioning augmentation noised as the
+    // forward process would at the sample's level.
+    at::Tensor low_res = c.denoiser.low_res_of(x0), low_res_t;
+    if (in.low_res_t.defined()) {
+      low_res_t = in.low_res_t.narrow(0, m0, micro);
+      low_res = diffusion::q_sample(c.diffusion, low_res, low_res_t,
+                                    in.low_res_noise.narrow(0, m0, micro));
+    }
     at::Tensor model_output;
     {
       AutocastScope autocast(x0.device().type(), precision != Precision::fp32,
                              precision == Precision::bf16 ? at::kBFloat16 : at::kHalf);
-      model_output = c.denoiser(x_t, t, y, c.denoiser.low_res_of(x0));
+      model_output = c.denoiser(x_t, t, y, low_res, low_res_t);
     }
     auto terms = diffusion::training_terms(c.diffusion, c.loss, model_output.to(at::kFloat), x0,
                                            x_t, t, eps);

@@ -38,6 +38,10 @@ struct StepInputs {
   at::Tensor weights;  // [b] importance weights 1 / (T p(t))
   at::Tensor noise;    // [b, C, H, W]
   at::Tensor labels;   // [b] int64, or undefined
+  // A noise-conditioned upsampler's: the levels its low-resolution inputs are noised to, [b]
+  // int64, and that noise, [b, C, low_res_size, low_res_size]; both undefined for other models.
+  at::Tensor low_res_t{};
+  at::Tensor low_res_noise{};
 };
 
 // Classifier-free guidance's training (Ho & Salimans 2022, Algorithm 1): each sample's label is
@@ -47,14 +51,23 @@ struct LabelDropout {
   int64_t null_label = 0;  // the model's num_classes: label_emb's extra row
 };
 
+// Noise conditioning augmentation's draws (model.low_res_noise): each sample's level, uniform over
+// the timesteps 0 .. max_level, and its noise for the low-resolution image.
+struct LowResNoise {
+  int64_t max_level = -1;  // -1 = not a noise-conditioned upsampler
+  int64_t size = 0;        // model.low_res_size
+};
+
 // The inputs of step `step` for this rank's rows of `batch`: the timesteps of the whole global
 // batch drawn from the sampler (every rank alike: stratified draws span the global batch), the
 // noise of this rank's rows, each row from its own generator, and the labels after `dropout`,
-// whose draws also span the global batch. Keyed by (seed, step): a resumed run needs no generator
-// state, and the draws do not depend on the number of ranks.
+// whose draws also span the global batch; and a noise-conditioned upsampler's levels and noise,
+// each row from its own generator. Keyed by (seed, step): a resumed run needs no generator state,
+// and the draws do not depend on the number of ranks.
 StepInputs draw_step_inputs(uint64_t seed, int64_t step, const diffusion::TimestepSampler& sampler,
                             const data::Batch& batch, int64_t global_batch,
-                            const LabelDropout& dropout = {});
+                            const LabelDropout& dropout = {},
+                            const LowResNoise& low_res_noise = {});
 
 // What a step needs besides the state.
 struct StepContext {

@@ -56,6 +56,12 @@ void resume_from(const std::string& path, TrainState& state, const Config& confi
         path, stored.training.p_uncond, config.training.p_uncond,
         config.training.p_uncond > 0 ? "would have" : "would lose",
         stored.training.p_uncond > 0 ? "> 0" : "= 0"));
+  if (stored.model.low_res_noise != config.model.low_res_noise)
+    throw ConfigError(fmt::format(
+        "{} was trained with model.low_res_noise = {}: the model {} the noise level's embedding "
+        "(low_res_noise_embed); keep model.low_res_noise {} to resume, or start a new run",
+        path, stored.model.low_res_noise, config.model.low_res_noise ? "would have" : "would lose",
+        stored.model.low_res_noise));
   const std::vector<std::string> changes = objective_changes(stored, config);
   const std::string listed = fmt::format("{}", fmt::join(changes, "; "));
   if (!changes.empty() && !allow_objective_change)
@@ -211,6 +217,11 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
       make_denoiser(state.net, config), diffusion, make_loss_spec(config), tc, comm, &reducer};
   data::Loader loader(loader_options(config, shape, rank, world, device), state.cursor);
   const LabelDropout label_dropout{tc.p_uncond, shape.num_classes};
+  const LowResNoise low_res_noise =
+      config.model.low_res_noise
+          ? LowResNoise{low_res_noise_level(tc.low_res_noise_max, config.diffusion.steps),
+                        config.model.low_res_size}
+          : LowResNoise{};
   Metrics metrics(device, diffusion.num_timesteps, lc.timestep_buckets);
   const HeldOutBatch held_out =
       lc.bpd_every > 0 ? read_heldout_batch(config, shape, rank, world, device) : HeldOutBatch{};
@@ -274,7 +285,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     // The step.
     state.cursor = loader.cursor();
     const StepInputs inputs = draw_step_inputs(config.seed, state.step, state.sampler, batch,
-                                               tc.batch_size, label_dropout);
+                                               tc.batch_size, label_dropout, low_res_noise);
     torch::manual_seed(step_seed(config.seed, state.step, RngStream::dropout, rank));
     const StepResult r = train_step(state, step_context, inputs, {}, nan_loss);
     metrics.add_samples(inputs.t, r.terms.loss, r.terms.mse, r.terms.weighted_mse, r.terms.vb);

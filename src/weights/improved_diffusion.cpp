@@ -60,6 +60,10 @@ ImprovedDiffusionFlags improved_diffusion_flags(const train::Config& config,
          fmt::format("create_model fixes channel_mult {} at {} px", list_string(mult),
                      unet.image_size),
          true);
+  if (unet.low_res_noise)
+    flag("model.low_res_noise", "true",
+         "SuperResModel takes no noise level of its low-resolution input (low_res_noise_embed)",
+         true);
   if (unet.num_classes > 0 && unet.num_classes != kImprovedDiffusionClasses)
     flag("model.num_classes", std::to_string(unet.num_classes),
          "class_cond builds 1000 classes (ImageNet)", true);

@@ -37,6 +37,7 @@ nlohmann::ordered_json model_json(const model::UNetConfig& u) {
           {"resblock_updown", u.resblock_updown},
           {"use_new_attention_order", u.use_new_attention_order},
           {"low_res_size", u.low_res_size},
+          {"low_res_noise", u.low_res_noise},
           {"use_checkpoint", u.use_checkpoint}};
 }
 

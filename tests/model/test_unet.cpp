@@ -204,6 +204,65 @@ TEST(UNet, AnUpsamplerIsThePlainUNetOnXAndTheUpsampledLowResImage) {
   EXPECT_GT((other[1] - out[1]).abs().max().item<double>(), 1e-3);
 }
 
+// Noise conditioning augmentation: the level goes through an MLP of its own, the shape of
+// time_embed, into the embedding every ResBlock sees. With that MLP's output layer at zero the
+// model is the plain upsampler with the same weights; otherwise each sample's level changes that
+// sample's output only.
+TEST(UNet, ANoiseConditionedUpsamplerAddsItsLevelsEmbeddingToTheTimestepsEmbedding) {
+  auto config = tiny_config();
+  config.low_res_size = 8;
+  config.low_res_noise = true;
+  auto conditioned = perturbed_model(config);
+  const auto params = conditioned->named_parameters();
+  const int64_t ch = config.model_channels;
+  EXPECT_EQ(params["low_res_noise_embed.0.weight"].sizes(), (std::vector<int64_t>{4 * ch, ch}));
+  EXPECT_EQ(params["low_res_noise_embed.2.weight"].sizes(), (std::vector<int64_t>{4 * ch, 4 * ch}));
+
+  config.low_res_noise = false;
+  UNet plain(config);
+  {
+    torch::NoGradGuard no_grad;
+    const auto from = conditioned->named_parameters();
+    for (auto& p : plain->named_parameters())
+      p.value().copy_(from[p.key()]);
+    EXPECT_EQ(from.size(), plain->named_parameters().size() + 4) << "two Linear layers more";
+  }
+  conditioned->to(torch::kDouble);
+  plain->to(torch::kDouble);
+  const auto x = torch::randn({2, 3, 16, 16}, torch::kDouble);
+  const auto low_res = torch::rand({2, 3, 8, 8}, torch::kDouble) * 2 - 1;
+  const auto t = torch::tensor({3, 700});
+  const auto level = torch::tensor({0.0, 250.0});
+  torch::NoGradGuard no_grad;
+  const auto out = conditioned->forward(x, t, at::Tensor(), low_res, level);
+  const auto without_level = plain->forward(x, t, at::Tensor(), low_res);
+  EXPECT_GT((out - without_level).abs().max().item<double>(), 1e-3);
+  const auto other = conditioned->forward(x, t, at::Tensor(), low_res, torch::tensor({0.0, 900.0}));
+  EXPECT_LT((other[0] - out[0]).abs().max().item<double>(), 1e-12);
+  EXPECT_GT((other[1] - out[1]).abs().max().item<double>(), 1e-3);
+  const auto& embed_out = conditioned->named_parameters()["low_res_noise_embed.2.weight"];
+  conditioned->named_parameters()["low_res_noise_embed.2.bias"].zero_();
+  embed_out.zero_();
+  EXPECT_LT((conditioned->forward(x, t, at::Tensor(), low_res, level) - without_level)
+                .abs()
+                .max()
+                .item<double>(),
+            1e-12);
+
+  try {
+    conditioned->forward(x, t, at::Tensor(), low_res);
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "UNet is conditioned on its low-resolution image's noise level (low_res_noise) "
+                 "and needs one level per sample, shape [2], got none");
+  }
+  EXPECT_THROW(plain->forward(x, t, at::Tensor(), low_res, level), std::invalid_argument);
+  config = tiny_config();
+  config.low_res_noise = true;  // without low_res_size
+  EXPECT_THROW(UNet{config}, std::invalid_argument);
+}
+
 TEST(UNet, AnUpsamplerNeedsItsLowResImageAndOthersRefuseOne) {
   auto config = tiny_config();
   config.low_res_size = 8;

@@ -634,6 +634,57 @@ TEST_F(SampleEvalCli, AnUpsamplerUpsamplesTheLowResImagesItIsGiven) {
                    unlabelled, "has no labels");
 }
 
+// A noise-conditioned upsampler (model.low_res_noise): --low-res-noise picks the level its low-res
+// images are noised to, from a stream of their own; the same seed gives the same images, another
+// level other images, 2 ranks what 1 gives; the level is recorded; eval runs. A level outside
+// [0, 1], or one given to an upsampler trained without the augmentation, is refused.
+TEST_F(SampleEvalCli, ANoiseConditionedUpsamplerSamplesAtTheLevelItIsGiven) {
+  const std::string big = difftrain::testing::write_tiny_set(path("nbig"), 2, 8, 8, 1, 3, 7, 2);
+  difftrain::testing::write_tiny_set(path("nlow"), 2, 4, 4, 1, 3, 7);
+  std::string yaml = difftrain::testing::tiny_config_yaml(big, 0, true);
+  const std::string heads = "  num_heads: 1\n";
+  std::string plain_yaml = yaml;
+  yaml.replace(yaml.find(heads), heads.size(),
+               heads + "  low_res_size: 4\n  low_res_noise: true\n");
+  plain_yaml.replace(plain_yaml.find(heads), heads.size(), heads + "  low_res_size: 4\n");
+  const std::string up = path("noise_up"), plain = path("plain_up");
+  difftrain::testing::write_tiny_checkpoint(up + "/checkpoints/ckpt_000000100.pt", yaml, yaml);
+  difftrain::testing::write_tiny_checkpoint(plain + "/checkpoints/ckpt_000000100.pt", plain_yaml,
+                                            plain_yaml);
+  const std::string args =
+      " --num 4 --sampler ddim --steps 4 --batch 2 --low-res " + path("nlow") + "/shard_00000.h5";
+  const auto sample = [&](const std::string& level, const std::string& out) {
+    const ProcessResult r = difftrain_cli("sample --run " + up + args + " --low-res-noise " +
+                                          level + " --out " + path(out));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return read_npz(path(out + ".npz"), "arr_0").data;
+  };
+  const auto clean = sample("0", "n0");
+  EXPECT_EQ(sample("0", "n0_again"), clean);
+  const auto half = sample("0.5", "n5");
+  EXPECT_GT(max_abs_diff(half, clean), 5) << "the level reaches the network";
+  const nlohmann::json source =
+      nlohmann::json::parse(difftrain::h5::File::open(path("n5.h5")).attr_string("source"));
+  EXPECT_EQ(source["low_res_noise"], 0.5);
+  const ProcessResult two = difftrain_mpi(
+      2, "sample --run " + up + args + " --low-res-noise 0.5 --out " + path("n5_two"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_LE(max_abs_diff(read_npz(path("n5_two.npz"), "arr_0").data, half), 1);
+
+  const ProcessResult e =
+      difftrain_cli("eval --run " + up + " --data " + big + " --out " + path("ne"));
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_TRUE(std::isfinite(read_json(path("ne.json"))["total_bpd"].get<double>()));
+
+  expect_bad_input(
+      difftrain_cli("sample --run " + up + args + " --low-res-noise 1.5 --out " + path("x")),
+      "--low-res-noise 1.5", "must be in [0, 1]");
+  expect_bad_input(
+      difftrain_cli("sample --run " + plain + args + " --low-res-noise 0.2 --out " + path("x")),
+      "--low-res-noise 0.2",
+      "was not trained with noise conditioning augmentation (model.low_res_noise)");
+}
+
 TEST_F(SampleEvalCli, BadSamplingOptions) {
   expect_bad_input(
       difftrain_cli("sample --run " + run_ + " --num 2 --respacing ddim11 --out " + path("x")),

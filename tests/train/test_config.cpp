@@ -124,6 +124,10 @@ TEST(Config, ErrorsNameTheKey) {
   expect_config_error({"training.precision=fp8"},
                       "'training.precision': 'fp8' is not one of: fp32, bf16, fp16");
   expect_config_error({"training.p_uncond=1"}, "'training.p_uncond' = 1 must be in [0, 1)");
+  expect_config_error({"model.low_res_noise=true"},
+                      "'model.low_res_noise' = true needs an upsampler: set model.low_res_size");
+  expect_config_error({"training.low_res_noise_max=1.5"},
+                      "'training.low_res_noise_max' = 1.5 must be in [0, 1]");
   expect_config_error({"training.p_uncond=0.1"},
                       "'training.p_uncond' = 0.1 trains classifier-free guidance, which needs "
                       "class labels: set data.class_conditional to true");

@@ -98,6 +98,13 @@ const std::vector<std::string> kUpsampler{"data.pad_to=0", "model.attention_reso
 TEST_F(MultiRankTraining, TwoRanksTrainAnUpsamplerAsOneRank) {
   expect_ranks_match_one_rank(*this, 2, kUpsampler);
 }
+// Noise conditioning augmentation draws each row's level and noise from the row's own generator:
+// 2 ranks train a noise-conditioned upsampler as 1 rank does.
+TEST_F(MultiRankTraining, TwoRanksTrainANoiseConditionedUpsamplerAsOneRank) {
+  auto noised = kUpsampler;
+  noised.push_back("model.low_res_noise=true");
+  expect_ranks_match_one_rank(*this, 2, noised);
+}
 TEST_F(MultiRankTraining, TwoRanksTrainAnUpsamplerAsOneRankInBf16) {
   auto bf16 = kUpsampler;
   bf16.push_back("training.precision=bf16");

@@ -237,6 +237,44 @@ TEST_F(TrainerRun, ClassifierFreeGuidanceTrainsTheNullLabelAndResumesExactly) {
   }
 }
 
+// A noise-conditioned upsampler's levels and noise are keyed by step: a resumed run is
+// bit-identical, its level embedding trained; resuming without model.low_res_noise, which would
+// drop the embedding, is refused naming the key.
+TEST_F(TrainerRun, ANoiseConditionedUpsamplerResumesExactly) {
+  const std::vector<std::string> up{"data.pad_to=0", "model.attention_resolutions=[7]",
+                                    "model.low_res_size=7", "model.low_res_noise=true",
+                                    "training.low_res_noise_max=0.5"};
+  const auto c = config("noised", up);
+  const auto straight = train(c);
+  ASSERT_EQ(straight.step, 6);
+  auto half = up;
+  half.push_back("training.max_steps=3");
+  train(config("noised_resumed", half));
+  const auto second = train(config("noised_resumed", up), resume_auto());
+  const auto a = checkpoint_tensors(c, straight.last_checkpoint);
+  const auto b = checkpoint_tensors(c, second.last_checkpoint);
+  for (const auto& [key, t] : a)
+    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+  torch::manual_seed(c.seed);  // the initial weights, as the trainer draws them
+  const auto manifest = difftrain::data::read_manifest(c.data.train);
+  difftrain::model::UNet init(tr::unet_config(c, tr::data_shape(c, &manifest)));
+  EXPECT_FALSE(at::equal(a.at("model/low_res_noise_embed.0.weight"),
+                         init->named_parameters()["low_res_noise_embed.0.weight"]))
+      << "the level's embedding was trained";
+
+  try {
+    train(config("noised_resumed", {"data.pad_to=0", "model.attention_resolutions=[7]",
+                                    "model.low_res_size=7", "training.max_steps=8"}),
+          resume_auto());
+    FAIL() << "resumed a noise-conditioned upsampler without its level embedding";
+  } catch (const tr::ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("was trained with model.low_res_noise = true: the model would lose"),
+              std::string::npos)
+        << what;
+  }
+}
+
 TEST_F(TrainerRun, NonFiniteLossSkipsTheStepThenStops) {
   // One bad step is skipped and training goes on.
   const auto r = train(config("nan"), with_fault("nan@2"));

@@ -107,6 +107,39 @@ TEST(TrainingStep, LabelDropoutIsDrawnOverTheGlobalBatch) {
   EXPECT_TRUE(at::equal(tr::draw_step_inputs(7, 5, sampler, batch(0, B), B).labels, original));
 }
 
+// Noise conditioning augmentation's draws: each row's level uniform over 0 .. max_level and its
+// noise standard normal, from the row's own generator (a rank's rows are those rows of the whole
+// batch); another step draws others; models without it draw nothing.
+TEST(TrainingStep, LowResNoiseLevelsAreDrawnPerRowOverTheirRange) {
+  const int64_t B = 4000;
+  const auto sampler = difftrain::diffusion::make_timestep_sampler(
+      difftrain::diffusion::TimestepSamplerKind::uniform, 50, at::kCPU);
+  const auto batch = [](int64_t first, int64_t rows) {
+    difftrain::data::Batch b;
+    b.images = at::zeros({rows, 1, 8, 8});
+    b.row_offset = first;
+    return b;
+  };
+  const tr::LowResNoise draws{.max_level = 99, .size = 4};
+  const tr::StepInputs whole = tr::draw_step_inputs(7, 5, sampler, batch(0, B), B, {}, draws);
+  ASSERT_EQ(whole.low_res_noise.sizes(), (std::vector<int64_t>{B, 1, 4, 4}));
+  EXPECT_EQ(whole.low_res_t.min().item<int64_t>(), 0);
+  EXPECT_EQ(whole.low_res_t.max().item<int64_t>(), 99);
+  // Uniform over 100 levels: mean 49.5, standard error 28.9 / sqrt(4000) = 0.46.
+  EXPECT_NEAR(whole.low_res_t.to(at::kDouble).mean().item<double>(), 49.5, 2.0);
+  EXPECT_NEAR(whole.low_res_noise.std().item<double>(), 1.0, 0.01);
+  const tr::StepInputs rows = tr::draw_step_inputs(7, 5, sampler, batch(1000, 1000), B, {}, draws);
+  EXPECT_TRUE(at::equal(rows.low_res_t, whole.low_res_t.narrow(0, 1000, 1000)));
+  EXPECT_TRUE(at::equal(rows.low_res_noise, whole.low_res_noise.narrow(0, 1000, 1000)));
+  EXPECT_FALSE(at::equal(tr::draw_step_inputs(7, 6, sampler, batch(0, B), B, {}, draws).low_res_t,
+                         whole.low_res_t));
+  EXPECT_TRUE(at::equal(whole.noise, tr::draw_step_inputs(7, 5, sampler, batch(0, B), B).noise))
+      << "the diffusion's own noise is unchanged";
+  EXPECT_FALSE(tr::draw_step_inputs(7, 5, sampler, batch(0, B), B).low_res_t.defined());
+  EXPECT_EQ(tr::low_res_noise_level(1.0, 1000), 999);
+  EXPECT_EQ(tr::low_res_noise_level(0.25, 1001), 250);
+}
+
 // On a fixed batch with fixed t and noise, each objective falls by a clear margin.
 void expect_loss_drops(const std::string& loss, const std::string& var_type) {
   TempDir dir;
@@ -333,6 +366,47 @@ TEST(Denoiser, AnUpsamplerSeesItsImageAreaDownsampled) {
   EXPECT_TRUE(at::allclose(
       g.narrow(1, 0, 1),
       uncond.narrow(1, 0, 1) + 3.0 * (cond.narrow(1, 0, 1) - uncond.narrow(1, 0, 1)), 1e-4, 1e-5));
+}
+
+// A noise-conditioned upsampler's step: the network sees x_0 downsampled and noised by the forward
+// process to each sample's drawn level, and is told the level, so the step's loss is that of the
+// denoiser called by hand on q_sample(low_res, level, noise); the low_res_t levels matter.
+TEST(Denoiser, ANoiseConditionedUpsamplerTrainsOnItsImageNoisedToTheDrawnLevel) {
+  TempDir dir;
+  const tr::Config c =
+      tr::parse_config(tiny_config("unused", dir / "run"),
+                       {"data.pad_to=0", "model.low_res_size=8", "model.low_res_noise=true"});
+  torch::manual_seed(0);
+  difftrain::model::UNet net(tr::unet_config(c, {16, 1, 0}));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters())
+      p.add_(at::randn_like(p) * 0.05);
+  }
+  const tr::Denoiser denoiser = tr::make_denoiser(net, c);
+  auto comm = difftrain::parallel::make_local_communicator();
+  const auto diffusion = tr::make_diffusion(c);
+  const auto loss = tr::make_loss_spec(c);
+  const tr::StepContext context{denoiser, diffusion, loss, c.training, *comm};
+  const at::Tensor x0 = at::rand({3, 1, 16, 16}) * 2 - 1, eps = at::randn_like(x0);
+  const at::Tensor t = at::tensor({5L, 20L, 40L}), levels = at::tensor({0L, 10L, 45L});
+  const at::Tensor low_eps = at::randn({3, 1, 8, 8});
+  const tr::StepInputs in{x0, t, at::ones({3}), eps, {}, levels, low_eps};
+  const tr::StepTerms terms = tr::forward_backward(context, in);
+
+  torch::NoGradGuard no_grad;
+  const at::Tensor x_t = difftrain::diffusion::q_sample(diffusion, x0, t, eps);
+  const at::Tensor low =
+      difftrain::diffusion::q_sample(diffusion, denoiser.low_res_of(x0), levels, low_eps);
+  const auto by_hand = [&](const at::Tensor& l) {
+    return difftrain::diffusion::training_terms(diffusion, loss, denoiser(x_t, t, {}, low, l), x0,
+                                                x_t, t, eps)
+        .loss.to(at::kDouble);
+  };
+  EXPECT_TRUE(at::allclose(terms.loss, by_hand(levels), 1e-5, 1e-7))
+      << terms.loss << by_hand(levels);
+  EXPECT_FALSE(at::allclose(terms.loss, by_hand(at::zeros_like(levels)), 1e-3, 1e-5))
+      << "the levels reach the network";
 }
 
 // The telemetry between log lines: means over samples, loss by quartile of t, the gradient norm
