@@ -34,18 +34,29 @@ namespace {
 
 using TrainerRun = difftrain::testing::TrainerFixture;
 
-TEST_F(TrainerRun, ExactResumeIsBitIdentical) {
-  const auto straight = train(config("straight"));
-  ASSERT_EQ(straight.step, 6);
-  const auto first = train(config("resumed", {"training.max_steps=3"}));
-  ASSERT_EQ(first.step, 3);
-  const auto second = train(config("resumed"), resume_auto());
-  ASSERT_EQ(second.step, 6);
-  const auto a = checkpoint_tensors(config("straight"), straight.last_checkpoint);
-  const auto b = checkpoint_tensors(config("resumed"), second.last_checkpoint);
-  ASSERT_EQ(a.size(), b.size());
+// Trains run `name` 6 steps straight, and run `name`_resumed 3 steps and then 3 more with
+// --resume auto: every tensor of the two final checkpoints is bit-identical. Returns the
+// straight run's.
+std::map<std::string, at::Tensor> expect_exact_resume(TrainerRun& f, const std::string& name,
+                                                      const std::vector<std::string>& overrides) {
+  const tr::Config c = f.config(name, overrides);
+  const auto straight = f.train(c);
+  EXPECT_EQ(straight.step, 6);
+  auto half = overrides;
+  half.push_back("training.max_steps=3");
+  EXPECT_EQ(f.train(f.config(name + "_resumed", half)).step, 3);
+  const auto resumed = f.train(f.config(name + "_resumed", overrides), resume_auto());
+  EXPECT_EQ(resumed.step, 6);
+  const auto a = checkpoint_tensors(c, straight.last_checkpoint);
+  const auto b = checkpoint_tensors(c, resumed.last_checkpoint);
+  EXPECT_EQ(a.size(), b.size());
   for (const auto& [key, t] : a)
-    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+    EXPECT_TRUE(b.count(key) && at::equal(t, b.at(key))) << key;
+  return a;
+}
+
+TEST_F(TrainerRun, ExactResumeIsBitIdentical) {
+  expect_exact_resume(*this, "straight", {});
 }
 
 // model.use_checkpoint recomputes the blocks' activations in backward, with the forward's dropout
@@ -119,17 +130,7 @@ TEST_F(TrainerRun, AnUpsamplerTrainsResumesExactlyAndDrawsItsGrid) {
                                     "logging.bpd_every=3",    "logging.bpd_batch=8",
                                     "logging.sample_every=6", "logging.sample_num=4",
                                     "logging.sample_steps=2"};
-  const auto straight = train(config("straight", up));
-  ASSERT_EQ(straight.step, 6);
-  auto half = up;
-  half.push_back("training.max_steps=3");
-  ASSERT_EQ(train(config("resumed", half)).step, 3);
-  ASSERT_EQ(train(config("resumed", up), resume_auto()).step, 6);
-  const auto a = checkpoint_tensors(config("straight", up), straight.last_checkpoint);
-  const auto b = checkpoint_tensors(config("resumed", up), tr::checkpoint_path(dir / "resumed", 6));
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [key, t] : a)
-    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+  const auto a = expect_exact_resume(*this, "straight", up);
   EXPECT_EQ(a.at("model/input_blocks.0.0.weight").size(1), 2) << "x_t and the low-res image";
   EXPECT_TRUE(fs::exists(tr::sample_grid_path(dir / "straight", 6)));
   std::ifstream metrics(dir / "straight/metrics.jsonl");
@@ -206,17 +207,7 @@ TEST_F(TrainerRun, ClassConditionalModelLearnsItsLabelEmbedding) {
 TEST_F(TrainerRun, ClassifierFreeGuidanceTrainsTheNullLabelAndResumesExactly) {
   const std::vector<std::string> cfg{"data.class_conditional=true", "training.p_uncond=0.3"};
   const auto c = config("cfg", cfg);
-  const auto straight = train(c);
-  ASSERT_EQ(straight.step, 6);
-  auto first_half = cfg;
-  first_half.push_back("training.max_steps=3");
-  train(config("cfg_resumed", first_half));
-  const auto second = train(config("cfg_resumed", cfg), resume_auto());
-  const auto a = checkpoint_tensors(c, straight.last_checkpoint);
-  const auto b = checkpoint_tensors(c, second.last_checkpoint);
-  for (const auto& [key, t] : a)
-    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
-
+  const auto a = expect_exact_resume(*this, "cfg", cfg);
   const at::Tensor label_emb = a.at("model/label_emb.weight");
   ASSERT_EQ(label_emb.size(0), 11) << "10 classes and the null label";
   torch::manual_seed(c.seed);  // the initial weights, as the trainer draws them
@@ -245,16 +236,7 @@ TEST_F(TrainerRun, ANoiseConditionedUpsamplerResumesExactly) {
                                     "model.low_res_size=7", "model.low_res_noise=true",
                                     "training.low_res_noise_max=0.5"};
   const auto c = config("noised", up);
-  const auto straight = train(c);
-  ASSERT_EQ(straight.step, 6);
-  auto half = up;
-  half.push_back("training.max_steps=3");
-  train(config("noised_resumed", half));
-  const auto second = train(config("noised_resumed", up), resume_auto());
-  const auto a = checkpoint_tensors(c, straight.last_checkpoint);
-  const auto b = checkpoint_tensors(c, second.last_checkpoint);
-  for (const auto& [key, t] : a)
-    EXPECT_TRUE(at::equal(t, b.at(key))) << key;
+  const auto a = expect_exact_resume(*this, "noised", up);
   torch::manual_seed(c.seed);  // the initial weights, as the trainer draws them
   const auto manifest = difftrain::data::read_manifest(c.data.train);
   difftrain::model::UNet init(tr::unet_config(c, tr::data_shape(c, &manifest)));
