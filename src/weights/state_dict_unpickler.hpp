@@ -36,7 +36,7 @@ inline constexpr std::string_view kLegacyMagicPickle{
     "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e", 15};
 
 // A whole file in PyTorch's legacy format (torch.save before PyTorch 1.6, or with
-// _use_new_zipfile_serialization=False; pytorch-fid's Inception weights are one): five pickles
+// _use_new_zipfile_serialization=False; files published before mid-2020): five pickles
 // (the magic number, the format version 1001, the writer's byte order and type sizes, the state
 // dict, the keys of its storages), then each storage in the keys' order as its element count
 // (int64) and its bytes. Throws WeightsError as unpickle_state_dict does, and when the file ends
