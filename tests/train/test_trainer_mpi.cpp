@@ -110,6 +110,14 @@ TEST_F(MultiRankTraining, TwoRanksTrainAnUpsamplerAsOneRankInBf16) {
   bf16.push_back("training.precision=bf16");
   expect_ranks_match_one_rank(*this, 2, bf16, /*elementwise=*/false);
 }
+// The level and noise are drawn in fp32 on the host and q_sample runs outside autocast: in bf16
+// too, 2 ranks train a noise-conditioned upsampler as 1 rank does.
+TEST_F(MultiRankTraining, TwoRanksTrainANoiseConditionedUpsamplerAsOneRankInBf16) {
+  auto bf16 = kUpsampler;
+  bf16.push_back("model.low_res_noise=true");
+  bf16.push_back("training.precision=bf16");
+  expect_ranks_match_one_rank(*this, 2, bf16, /*elementwise=*/false);
+}
 
 // With gradient checkpointing, each block's parameter gradients reach the bucketed reducer at once,
 // from the recomputation: 2 checkpointed ranks train as 1 rank without it.
