@@ -19,10 +19,11 @@
 // FILE.json with the model config: the PyTorch baseline (bench/baseline/train_step.py) starts
 // from exactly these and checks the losses and gradient norm.
 //
-// --cuda-trace (CUDA) profiles 3 more steps with the Kineto profiler, CPU ops and GPU kernels, into
-// a Chrome trace, and reports in the JSON how much of those steps' wall time the GPU was busy
+// --cuda-trace profiles 3 more steps with the Kineto profiler, CPU ops and GPU kernels, into a
+// Chrome trace, and reports in the JSON how much of those steps' wall time the GPU was busy
 // (kernels and copies, overlaps counted once) against the gaps between them, with the kernels
-// that took the most time.
+// that took the most time. On the CPU it traces the CPU ops only. A profiler that fails is
+// reported in the JSON (cuda_trace.error), which has the timings either way.
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -36,6 +37,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -132,6 +134,32 @@ json gpu_time_summary(const std::vector<torch::autograd::profiler::KinetoEvent>&
                "time); busy = the union of the GPU activities' intervals"}};
 }
 
+// 3 more steps under the Kineto profiler, CPU ops and, on CUDA, GPU kernels and copies: a Chrome
+// trace to `path`, and gpu_time_summary of it (on the CPU the summary finds no GPU activity, and
+// the path is rehearsed for the GPU check's --cpu run).
+json traced_steps(const std::function<void()>& one_step, const StepClock& clock,
+                  const c10::Device& device, const std::string& path) {
+  namespace prof = torch::profiler::impl;
+  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+  std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+  torch::autograd::profiler::prepareProfiler(config, activities);
+  torch::autograd::profiler::enableProfiler(config, activities);
+  double wall_ms = 0;
+  try {
+    const auto start = clock.now();
+    for (int i = 0; i < 3; ++i)
+      one_step();
+    wall_ms = clock.ms_since(start);
+  } catch (...) {
+    torch::autograd::profiler::disableProfiler();
+    throw;
+  }
+  const auto result = torch::autograd::profiler::disableProfiler();
+  result->save(path);
+  return gpu_time_summary(result->events(), wall_ms, 3);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -160,8 +188,9 @@ int main(int argc, char** argv) {
                  "After the timed steps, profile 3 more steps into this Chrome trace");
   std::string cuda_trace_path;
   app.add_option("--cuda-trace", cuda_trace_path,
-                 "CUDA: after the timed steps, 3 more steps under the Kineto profiler (ops and "
-                 "kernels) into this Chrome trace; GPU busy time against wall time in the JSON");
+                 "After the timed steps, 3 more steps under the Kineto profiler (ops and, on "
+                 "CUDA, kernels) into this Chrome trace; GPU busy time against wall time in the "
+                 "JSON");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
 
@@ -315,24 +344,6 @@ int main(int argc, char** argv) {
         one_step();
     }
 
-    json cuda_trace = nullptr;
-    if (!cuda_trace_path.empty()) {
-      if (!device.is_cuda()) throw std::runtime_error("--cuda-trace needs --device cuda");
-      namespace prof = torch::profiler::impl;
-      const prof::ProfilerConfig profiler_config(prof::ProfilerState::KINETO);
-      const std::set<prof::ActivityType> activities{prof::ActivityType::CPU,
-                                                    prof::ActivityType::CUDA};
-      torch::autograd::profiler::prepareProfiler(profiler_config, activities);
-      torch::autograd::profiler::enableProfiler(profiler_config, activities);
-      const auto start = clock.now();
-      for (int i = 0; i < 3; ++i)
-        one_step();
-      const double wall_ms = clock.ms_since(start);
-      const auto result = torch::autograd::profiler::disableProfiler();
-      result->save(cuda_trace_path);
-      cuda_trace = gpu_time_summary(result->events(), wall_ms, 3);
-    }
-
     json j;
     j["benchmark"] = "train_step";
     j["implementation"] = "difftrain";
@@ -364,13 +375,25 @@ int main(int argc, char** argv) {
         "all_reduce: one rank (see scaling)";
     j["check"] = check_json;
     j["device"] = device.str();
-    if (!cuda_trace.is_null()) j["cuda_trace"] = cuda_trace;
     j["rss_mb"] = train::resident_memory_mb();
     if (const auto memory = train::device_memory_and_reset_peak(device))
       j["cuda_peak_allocated_mb"] = memory->peak_allocated_mb;
-    const std::string text = j.dump(2);
-    fmt::print("{}\n", text);
-    if (!out.empty()) std::ofstream(out) << text << '\n';
+    const auto write = [&] {
+      if (!out.empty()) std::ofstream(out) << j.dump(2) << '\n';
+    };
+    // The figures are written before the trace and again with it: a profiler that fails (no
+    // CUPTI, say) costs the trace, not the throughput the bench was run for.
+    write();
+    if (!cuda_trace_path.empty()) {
+      try {
+        j["cuda_trace"] = traced_steps(one_step, clock, device, cuda_trace_path);
+      } catch (const std::exception& e) {
+        spdlog::error("--cuda-trace: {}", e.what());
+        j["cuda_trace"] = {{"error", e.what()}};
+      }
+      write();
+    }
+    fmt::print("{}\n", j.dump(2));
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return 2;

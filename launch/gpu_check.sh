@@ -290,8 +290,9 @@ bench)
   failed=0
   for precision in $precisions; do
     log "$precision: difftrain"
-    trace=()  # where the time goes: GPU busy time against wall time, from a kernel trace
-    [ "$MODE" = gpu ] && trace=(--cuda-trace "$dir/${precision}_difftrain_trace.json")
+    # Where the time goes: GPU busy time against wall time, from a kernel trace (--cpu traces the
+    # CPU ops, to rehearse the profiler's path).
+    trace=(--cuda-trace "$dir/${precision}_difftrain_trace.json")
     "$BUILD/bench_train_step" --config $config --device $device --batch $batch \
       --precision "$precision" "${timing[@]}" "${trace[@]}" \
       --out "$dir/${precision}_difftrain.json" >/dev/null || failed=1
