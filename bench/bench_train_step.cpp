@@ -195,13 +195,14 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("[%H:%M:%S] %^%l%$: %v");
 
   try {
-    at::set_num_threads(threads);
     if (device_name == "cuda" && !torch::cuda::is_available())
       throw std::runtime_error("--device cuda: LibTorch finds no CUDA device");
     const c10::Device device =
         device_name == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
     const StepClock clock{device};
     train::Config config = train::load_config(config_path, sets);
+    train::apply_process_settings(config);  // as the trainer: TF32, cuDNN's benchmark mode
+    at::set_num_threads(threads);           // --threads, whatever training.threads says
     config.training.batch_size = batch;
     config.training.microbatch = 0;
     config.training.precision =

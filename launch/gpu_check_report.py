@@ -173,6 +173,18 @@ def bench(work, directory, peak_tflops):
             "memory_vs_without": round(memory / plain_memory, 3) if memory and plain_memory else None,
         }
         break
+    # cuDNN's heuristics against its benchmark mode (difftrain's default).
+    for precision in ("bf16", "fp32"):
+        j = load(f"heuristics_{precision}_difftrain.json")
+        default = load(f"{precision}_difftrain.json")
+        if not (j and j.get("images_per_s") and default and default.get("images_per_s")):
+            continue
+        rate = j["images_per_s"]["median"]
+        runs["cudnn_heuristics_" + precision] = {
+            "images_per_s": round(rate, 2),
+            "speed_vs_benchmark_mode": round(rate / default["images_per_s"]["median"], 3),
+        }
+        break
     # The targets for the CIFAR-10 model in bf16 on one H200 (docs/gpu-check.md).
     bf16 = runs.get("bf16", {})
     targets = {}

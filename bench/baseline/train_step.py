@@ -10,7 +10,8 @@ plain: the way improved-diffusion's TrainLoop runs it: zero_grad in place, the Q
        einsums, torch.optim.AdamW with its defaults (the per-parameter loop on CPU), the gradient
        norm logged with one .item() per parameter, EMA by mul_/add_ per parameter.
 tuned: channels_last, F.scaled_dot_product_attention, AdamW(fused=True), zero_grad to None,
-       torch._foreach_norm with one host sync, EMA by torch._foreach_lerp_.
+       torch._foreach_norm with one host sync, EMA by torch._foreach_lerp_, cuDNN's benchmark
+       mode (on a GPU).
 
 Before timing it checks that the first step's losses and gradient norm (dropout off) match the
 C++ ones stored in the export: the same computation. --flops counts the forward FLOPs per image
@@ -139,6 +140,7 @@ def main():
     if tuned:
         model = model.to(memory_format=th.channels_last)
         x = x.contiguous(memory_format=th.channels_last)
+        th.backends.cudnn.benchmark = True  # as EDM's training loop (difftrain's default too)
     params = list(model.parameters())
 
     def losses(x_start, t, noise):

@@ -138,6 +138,7 @@ void visit(V& v, Config& c) {
     v.key("ema_warmup", c.training.ema_warmup);
     v.choice("precision", c.training.precision, parse_precision);
     v.choice("tf32", c.training.tf32, parse_tf32);
+    v.key("cudnn_benchmark", c.training.cudnn_benchmark);
     v.key("loss_scale_init", c.training.loss_scale_init);
     v.key("loss_scale_growth_interval", c.training.loss_scale_growth_interval);
     v.key("loss_scale_min", c.training.loss_scale_min);

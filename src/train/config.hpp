@@ -134,6 +134,9 @@ struct TrainingConfig {
   bool ema_warmup = false;                // rate_n = min(rate, (1 + n) / (10 + n))
   Precision precision = Precision::fp32;  // fp32 | bf16 | fp16
   Tf32 tf32 = Tf32::library_default;      // default | true | false
+  // cuDNN's benchmark mode on a GPU: each convolution shape's algorithm chosen by timing them
+  // once (EDM's default), not by heuristics. Off under `deterministic`, whose runs must repeat.
+  bool cudnn_benchmark = true;
   double loss_scale_init = 65536.0;
   int64_t loss_scale_growth_interval = 2000;
   double loss_scale_min = 1.0;

@@ -190,6 +190,8 @@ void apply_process_settings(const Config& config) {
     at::globalContext().setAllowTF32CuDNN(tc.tf32 == Tf32::on);
     at::globalContext().setAllowTF32CuBLAS(tc.tf32 == Tf32::on);
   }
+  // The algorithm timed fastest can differ from run to run, and with it the rounding.
+  at::globalContext().setBenchmarkCuDNN(tc.cudnn_benchmark && !config.deterministic);
 }
 
 std::string tf32_in_use() {
@@ -199,6 +201,11 @@ std::string tf32_in_use() {
   if (convolutions) return "TF32 convolutions, fp32 matmuls";
   if (matmuls) return "fp32 convolutions, TF32 matmuls";
   return "no TF32";
+}
+
+std::string cuda_settings_in_use() {
+  return tf32_in_use() +
+         (at::globalContext().benchmarkCuDNN() ? ", cuDNN benchmark mode" : ", cuDNN heuristics");
 }
 
 }  // namespace difftrain::train

@@ -53,11 +53,13 @@ Config resolved_config(const Config& config, const DataShape& shape);
 
 // The process-wide switches a config sets before training: training.threads (LibTorch's intra-op
 // threads), deterministic (deterministic algorithms), training.tf32 (cuDNN's and cuBLAS's TF32
-// flags; left alone for default).
+// flags; left alone for default), training.cudnn_benchmark (cuDNN's benchmark mode).
 void apply_process_settings(const Config& config);
 // What fp32 on a GPU means in this process now: "TF32 convolutions and matmuls", "TF32
 // convolutions, fp32 matmuls" (LibTorch's default) or "no TF32".
 std::string tf32_in_use();
+// The run's first log line on a GPU: tf32_in_use() and whether cuDNN's benchmark mode is on.
+std::string cuda_settings_in_use();
 
 // model.channels_last resolved: auto means channels-last when the network runs under autocast
 // (`precision` bf16 or fp16).

@@ -230,7 +230,7 @@ TrainResult train(const Config& config, Cluster& cluster, const TrainOptions& op
     spdlog::info("run directory {}: {} parameters, {} x {}x{}x{} images, {} ranks, device {}{}{}",
                  lc.run_dir, model::parameter_count(state.net), manifest.num_samples(),
                  shape.channels, shape.image_size, shape.image_size, world, device.str(),
-                 device.is_cuda() ? " (" + tf32_in_use() + ")" : "",
+                 device.is_cuda() ? " (" + cuda_settings_in_use() + ")" : "",
                  config.model.use_checkpoint ? ", gradient checkpointing" : "");
 
   TrainResult result;

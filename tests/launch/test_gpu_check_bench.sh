@@ -50,5 +50,6 @@ assert trace["gpu_busy_ms_per_step"] == 0, "the CPU has no GPU activity"
 events = json.load(open(os.path.join(work, "logs", "bench", "fp32_difftrain_trace.json")))
 assert len(events["traceEvents"]) > 100, "the Chrome trace has the step's ops"
 assert bench["runs"]["checkpointed_fp32"]["images_per_s"] > 0
+assert bench["runs"]["cudnn_heuristics_fp32"]["images_per_s"] > 0
 PY
 echo "PASSED"

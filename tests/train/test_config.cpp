@@ -65,6 +65,32 @@ TEST(Config, Tf32SetsBothFlagsOrLeavesThemAlone) {
   }
 }
 
+// training.cudnn_benchmark (default true) turns cuDNN's benchmark mode on, false turns it off, and
+// `deterministic` keeps it off whatever it says; the run's first line on a GPU says which.
+TEST(Config, CudnnBenchmarkIsOnUnlessTurnedOffOrDeterministic) {
+  at::Context& context = at::globalContext();
+  const bool before = context.benchmarkCuDNN();
+  auto c = tr::parse_config(tiny_config("unused", "runs/x"));
+  EXPECT_TRUE(c.training.cudnn_benchmark);
+  context.setBenchmarkCuDNN(false);
+  tr::apply_process_settings(c);
+  EXPECT_TRUE(context.benchmarkCuDNN());
+  EXPECT_NE(tr::cuda_settings_in_use().find(", cuDNN benchmark mode"), std::string::npos);
+
+  c = tr::parse_config(tiny_config("unused", "runs/x"), {"training.cudnn_benchmark=false"});
+  tr::apply_process_settings(c);
+  EXPECT_FALSE(context.benchmarkCuDNN());
+  EXPECT_NE(tr::cuda_settings_in_use().find(", cuDNN heuristics"), std::string::npos);
+  EXPECT_FALSE(tr::parse_config(tr::to_yaml(c)).training.cudnn_benchmark);
+
+  context.setBenchmarkCuDNN(true);
+  tr::apply_process_settings(
+      tr::parse_config(tiny_config("unused", "runs/x"), {"deterministic=true"}));
+  EXPECT_FALSE(context.benchmarkCuDNN());
+  context.setDeterministicAlgorithms(false, false);
+  context.setBenchmarkCuDNN(before);
+}
+
 // Each config error names its key.
 void expect_config_error(const std::vector<std::string>& overrides, const std::string& message,
                          int world = 1) {
