@@ -144,6 +144,10 @@ ORIG_LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
 export OPAL_PREFIX=$P PMIX_PREFIX=$L/pmix2 PMIX_LIBDIR=$L/pmix2/lib PMIX_PKGLIBDIR=$L/pmix2/lib/pmix
 export PMIX_DATADIR=$L/pmix2/share PMIX_PKGDATADIR=$L/pmix2/share/pmix
 export PATH=$P/bin:$PATH
+# LibTorch's CMake files look for nvcc on PATH; CUDA images keep it in /usr/local/cuda/bin.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=$PATH:/usr/local/cuda/bin
+fi
 # (libnl, libudev and a few others install into /lib, the rest into /usr/lib.)
 export LD_LIBRARY_PATH=$L:$WORK/prefix/lib/x86_64-linux-gnu:$L/openmpi/lib:$L/pmix2/lib:$L/hdf5/serial${ORIG_LD_LIBRARY_PATH:+:$ORIG_LD_LIBRARY_PATH}
 export HDF5_PLUGIN_PATH=$L/hdf5/serial/plugins
@@ -213,20 +217,38 @@ tests)
   # test_parallel_mpi's collectives over NCCL with 1 and 2 ranks on the one GPU (ctest's own
   # parallel.mpi tests start ranks without per-rank NCCL host ids).
   hostid=$ROOT/tests/cuda/per_rank_hostid.sh
-  rm -f "$LOGS"/collectives_*.xml "$LOGS/tests_failed.txt"
+  rm -f "$LOGS"/collectives_*.xml "$LOGS"/ctest_cuda*.xml "$LOGS/tests_failed.txt"
+  # What fails gets one more try in this call, with NCCL's cuMem allocator off (unsupported on
+  # some virtualised machines) and NCCL's own log: the triage of docs/gpu-check.md done at once,
+  # as a device machine stays warm for 30 s only, too short to fix and rerun by hand. The report
+  # marks the tests that passed only then.
+  retry_env="NCCL_CUMEM_ENABLE=0 NCCL_DEBUG=INFO"  # as set on the two retries below
+  collectives() {  # collectives RANKS XML_STEM
+    # shellcheck disable=SC2016  # expanded by each rank's shell: one report per rank
+    mpirun --oversubscribe --bind-to none -np "$1" "$hostid" sh -c 'exec "$0" \
+      --gtest_filter="Devices/Collectives.*" --gtest_output="xml:$1_rank$OMPI_COMM_WORLD_RANK.xml"' \
+      tests/parallel/test_parallel_mpi "$2"
+  }
   for n in 1 2; do
     log "test_parallel_mpi collectives, $n rank(s)"
-    # shellcheck disable=SC2016  # expanded by each rank's shell: one report per rank
-    mpirun --oversubscribe --bind-to none -np $n "$hostid" sh -c 'exec "$0" \
-      --gtest_filter="Devices/Collectives.*" --gtest_output="xml:$1_rank$OMPI_COMM_WORLD_RANK.xml"' \
-      tests/parallel/test_parallel_mpi "$LOGS/collectives_ranks$n" ||
-      echo "test_parallel_mpi collectives, $n ranks: exit $?" >>"$LOGS/tests_failed.txt"
+    collectives $n "$LOGS/collectives_ranks$n" && continue
+    echo "test_parallel_mpi collectives, $n ranks: exit $?" >>"$LOGS/tests_failed.txt"
+    log "again with $retry_env"
+    NCCL_CUMEM_ENABLE=0 NCCL_DEBUG=INFO collectives $n "$LOGS/collectives_ranks${n}_retry" ||
+      echo "test_parallel_mpi collectives, $n ranks, with $retry_env: exit $?" >>"$LOGS/tests_failed.txt"
   done
   log "ctest -L cuda"
   rc=0
   # --stop-time: ctest starts no test after it, and so still writes its JUnit file in time.
+  stop_time=$(date -d "+$((BUDGET_LEFT - 25)) seconds" +%T)
   ctest -L cuda -j 6 --output-on-failure --timeout 120 --output-junit "$LOGS/ctest_cuda.xml" \
-    --stop-time "$(date -d "+$((BUDGET_LEFT - 25)) seconds" +%T)" || rc=$?
+    --stop-time "$stop_time" || rc=$?
+  if ((rc != 0 && SECONDS < BUDGET_LEFT - 60)); then
+    log "the failed tests again, with $retry_env (their output in tests_retry.log)"
+    NCCL_CUMEM_ENABLE=0 NCCL_DEBUG=INFO ctest --rerun-failed -j 6 --output-on-failure --timeout 120 \
+      --output-junit "$LOGS/ctest_cuda_retry.xml" --stop-time "$stop_time" \
+      >"$LOGS/tests_retry.log" 2>&1 || true
+  fi
   # Two records: the NCCL tests (mpirun, 2 ranks on one GPU, the watchdog) and the rest.
   record tests "$WORK" "$LOGS"
   [ -s "$LOGS/tests_failed.txt" ] && cat "$LOGS/tests_failed.txt" && exit 1
