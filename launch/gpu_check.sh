@@ -55,7 +55,8 @@ if [ "${1:-}" != __part ]; then
   export OUT MODE ROOT
   export WORK=${GPU_CHECK_DIR:-$ROOT/build-gpu-check$([ "$MODE" = cpu ] && echo -cpu)}
   export BUNDLE=${GPU_BUNDLE_DIR:-$ROOT/.gpu-bundle}
-  export JOBS=${JOBS:-$(nproc)}
+  # The cores, whatever the image's OMP_NUM_THREADS says (nproc alone honours it).
+  export JOBS=${JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
   if [ -z "${PYTHON:-}" ]; then
     PYTHON=python3
     [ "$MODE" = cpu ] && [ -x "$ROOT/.venv/bin/python" ] && PYTHON=$ROOT/.venv/bin/python

@@ -17,7 +17,7 @@ shift 2
 BIN=${DIFFTRAIN_BIN:-$ROOT/build/difftrain}
 [ -x "$BIN" ] || { echo "$BIN not found: run launch/setup.sh first" >&2; exit 1; }
 
-CORES=$(nproc)
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc alone honours OMP_NUM_THREADS
 THREADS=$((CORES / N))
 ((THREADS >= 1)) || THREADS=1
 FLAGS=(-np "$N" -x OMP_NUM_THREADS="$THREADS" -x MKL_NUM_THREADS="$THREADS" -x OMP_WAIT_POLICY=PASSIVE)

@@ -138,7 +138,7 @@ logged() {
 # The machine and how busy it was, for the report: every figure should come from a quiet one.
 machine() {
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-  echo "cores: $(nproc)"
+  echo "cores: $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
   echo "avx512_bf16: $(grep -qw avx512_bf16 /proc/cpuinfo && echo yes || echo no)"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -17,7 +17,7 @@ BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 BUILD_TYPE=${BUILD_TYPE:-Release}
 TORCH_VERSION=${TORCH_VERSION:-2.15.0}
 VENV=${VENV:-$ROOT/.venv}
-JOBS=${JOBS:-$(nproc)}
+JOBS=${JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}  # nproc alone honours OMP_NUM_THREADS
 
 log() { printf '[setup] %s\n' "$*"; }
 

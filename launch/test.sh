@@ -5,8 +5,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/launch/setup.sh"
 cd "${BUILD_DIR:-$ROOT/build}"
-# ctest runs tests side by side: one LibTorch thread each, and idle OpenMP threads that sleep
-# rather than spin, or the tests fight over the cores.
+# As many tests side by side as there are cores (nproc alone would honour OMP_NUM_THREADS, set
+# next, and run them one at a time). Tests that start several MPI ranks are marked RUN_SERIAL.
+jobs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+# One LibTorch thread each, and idle OpenMP threads that sleep rather than spin, or the tests
+# fight over the cores.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-# Tests that start several MPI ranks are marked RUN_SERIAL; the rest share the cores.
-ctest --output-on-failure -j "$(nproc)" "$@"
+ctest --output-on-failure -j "$jobs" "$@"
