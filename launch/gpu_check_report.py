@@ -172,12 +172,37 @@ def bench(work, directory, peak_tflops):
                     row["ratio_vs_" + base[8:]] = round(rates["difftrain"] / rates[base], 3)
         if row:
             runs[precision] = row
-    # Gradient checkpointing against the same step without it.
-    for precision in ("bf16", "fp32"):
-        j = load(f"checkpointed_{precision}_difftrain.json")
-        plain = load(f"{precision}_difftrain.json")
-        if not (j and j.get("images_per_s") and plain and plain.get("images_per_s")):
-            continue
+
+    def against_default(variant):
+        """The first precision with both VARIANT_{p}_difftrain.json and {p}_difftrain.json timed:
+        (precision, the variant's JSON, the default step's JSON), or None."""
+        for precision in ("bf16", "fp32"):
+            j = load(f"{variant}_{precision}_difftrain.json")
+            default = load(f"{precision}_difftrain.json")
+            if j and j.get("images_per_s") and default and default.get("images_per_s"):
+                return precision, j, default
+        return None
+
+    # The variants of difftrain's step, each against the default step at the same precision.
+    if found := against_default("layout"):
+        precision, j, default = found
+        runs["other_layout_" + precision] = {
+            "channels_last": j["model"]["channels_last"],
+            "default_channels_last": default["model"]["channels_last"],
+            "images_per_s": round(j["images_per_s"]["median"], 2),
+            "speed_vs_default": round(j["images_per_s"]["median"] /
+                                      default["images_per_s"]["median"], 3),
+            "peak_device_memory_mb": j.get("cuda_peak_allocated_mb"),
+        }
+    if found := against_default("heuristics"):
+        precision, j, default = found
+        rate = j["images_per_s"]["median"]
+        runs["cudnn_heuristics_" + precision] = {
+            "images_per_s": round(rate, 2),
+            "speed_vs_benchmark_mode": round(rate / default["images_per_s"]["median"], 3),
+        }
+    if found := against_default("checkpointed"):
+        precision, j, plain = found
         rate, plain_rate = j["images_per_s"]["median"], plain["images_per_s"]["median"]
         memory, plain_memory = j.get("cuda_peak_allocated_mb"), plain.get("cuda_peak_allocated_mb")
         runs["checkpointed_" + precision] = {
@@ -186,19 +211,6 @@ def bench(work, directory, peak_tflops):
             "peak_device_memory_mb": memory,
             "memory_vs_without": round(memory / plain_memory, 3) if memory and plain_memory else None,
         }
-        break
-    # cuDNN's heuristics against its benchmark mode (difftrain's default).
-    for precision in ("bf16", "fp32"):
-        j = load(f"heuristics_{precision}_difftrain.json")
-        default = load(f"{precision}_difftrain.json")
-        if not (j and j.get("images_per_s") and default and default.get("images_per_s")):
-            continue
-        rate = j["images_per_s"]["median"]
-        runs["cudnn_heuristics_" + precision] = {
-            "images_per_s": round(rate, 2),
-            "speed_vs_benchmark_mode": round(rate / default["images_per_s"]["median"], 3),
-        }
-        break
     # The targets for the CIFAR-10 model in bf16 on one H200 (docs/gpu-check.md).
     bf16 = runs.get("bf16", {})
     targets = {}

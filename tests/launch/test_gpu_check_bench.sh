@@ -2,7 +2,8 @@
 # The GPU check's bench part (launch/gpu_check.sh __part bench) as its --cpu run makes it, on this
 # build: bench_train_step exports the CIFAR-10 model's weights and batch, the PyTorch baseline
 # counts the FLOPs and passes its same-computation check (plain and tuned), difftrain's step is
-# timed and traced through the Kineto profiler's path, and gpu_check_report.py turns the JSON
+# timed and traced through the Kineto profiler's path, then its variants (the other memory layout,
+# cuDNN's heuristics, gradient checkpointing), and gpu_check_report.py turns the JSON
 # files into the summary's bench record (images/s, ratios, MFU, the trace's summary). What the GPU
 # run would report is checked for being there and sane, not for its values.
 #   tests/launch/test_gpu_check_bench.sh BUILD_DIR
@@ -49,6 +50,10 @@ assert trace["steps"] == 3 and trace["wall_ms_per_step"] > 0, trace
 assert trace["gpu_busy_ms_per_step"] == 0, "the CPU has no GPU activity"
 events = json.load(open(os.path.join(work, "logs", "bench", "fp32_difftrain_trace.json")))
 assert len(events["traceEvents"]) > 100, "the Chrome trace has the step's ops"
+# The variants, each against the default step: in fp32 the other layout is channels-last.
+layout = bench["runs"]["other_layout_fp32"]
+assert layout["channels_last"] and not layout["default_channels_last"], layout
+assert layout["images_per_s"] > 0 and layout["speed_vs_default"] > 0, layout
 assert bench["runs"]["checkpointed_fp32"]["images_per_s"] > 0
 assert bench["runs"]["cudnn_heuristics_fp32"]["images_per_s"] > 0
 PY
