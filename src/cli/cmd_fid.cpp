@@ -1,7 +1,8 @@
 // `difftrain fid`: the Fréchet Inception Distance between two sets of images (samples, shards),
 // or the Inception statistics of one set (--save-stats), with pytorch-fid's network, weights and
-// preprocessing; from the same network, each image set's Inception Score and, for two sets of
-// images, precision and recall in the Inception features. Under mpirun each
+// preprocessing; from the same network, sFID (the Fréchet distance of its spatial features),
+// each image set's Inception Score and, for two sets of images, precision and recall in the
+// Inception features. Under mpirun each
 // rank takes a slice of every set and the float64 sums are reduced, so the result does not depend
 // on the number of ranks or on --batch beyond rounding.
 #include <ATen/ATen.h>
@@ -51,7 +52,7 @@ struct Options {
 // A set of images, or statistics already computed from one.
 struct Source {
   std::string path;
-  bool statistics = false;  // an .npz with mu and sigma
+  bool statistics = false;  // an .npz with mu and sigma (and maybe mu_s and sigma_s)
 };
 
 Source classify(const std::string& path) {
@@ -87,9 +88,9 @@ at::Tensor gather_shares(const at::Tensor& mine, int64_t n, parallel::Communicat
 }
 
 // What a set gives: its feature statistics, and for a set of images its Inception Score and, when
-// precision and recall are wanted, all its features.
+// precision and recall are wanted, all its pool3 features.
 struct SetResult {
-  quality::FeatureStatistics statistics;
+  quality::SetStatistics statistics;  // of a set of images, the spatial ones too
   std::optional<quality::InceptionScore> inception_score;
   at::Tensor features;  // [n, 2048] float32 on the device, on every rank; or undefined
 };
@@ -147,6 +148,7 @@ SetResult measure_image_set(const std::string& path, const Options& o, bool keep
                mine.pixels.size(2), mine.pixels.size(3), end - begin);
 
   quality::FeatureSums sums = quality::zero_feature_sums(quality::kPool3Features, device);
+  quality::FeatureSums spatial = quality::zero_feature_sums(quality::kSpatialFeatures, device);
   std::vector<at::Tensor> kept;  // this rank's features, for precision and recall
   const bool scored = o.is_splits > 0 && n >= o.is_splits;
   if (o.is_splits > 0 && !scored)
@@ -159,11 +161,12 @@ SetResult measure_image_set(const std::string& path, const Options& o, bool keep
   const auto t0 = std::chrono::steady_clock::now();
   auto last_report = t0;
   for (int64_t i = 0; i < end - begin; i += batch) {
-    const at::Tensor features =
-        quality::pool3_features(net, mine.pixels.narrow(0, i, std::min(batch, end - begin - i)));
-    sums.add(features);
-    if (keep_features) kept.push_back(features);
-    if (scored) classes.add(net->class_logits(features), begin + i);
+    const quality::InceptionFeatures features = quality::inception_features(
+        net, mine.pixels.narrow(0, i, std::min(batch, end - begin - i)));
+    sums.add(features.pool3);
+    spatial.add(features.spatial);
+    if (keep_features) kept.push_back(features.pool3);
+    if (scored) classes.add(net->class_logits(features.pool3), begin + i);
     const auto now = std::chrono::steady_clock::now();
     if (now - last_report > std::chrono::seconds(30)) {
       spdlog::info(
@@ -176,9 +179,12 @@ SetResult measure_image_set(const std::string& path, const Options& o, bool keep
   at::Tensor count = at::full({1}, sums.count, at::TensorOptions(at::kLong).device(device));
   comm.all_reduce(sums.sum, parallel::ReduceOp::sum);
   comm.all_reduce(sums.outer, parallel::ReduceOp::sum);
+  comm.all_reduce(spatial.sum, parallel::ReduceOp::sum);
+  comm.all_reduce(spatial.outer, parallel::ReduceOp::sum);
   comm.all_reduce(count, parallel::ReduceOp::sum);
-  sums.count = count.item<int64_t>();
-  SetResult result{quality::statistics_of(sums), std::nullopt, {}};
+  sums.count = spatial.count = count.item<int64_t>();
+  SetResult result{
+      {quality::statistics_of(sums), quality::statistics_of(spatial)}, std::nullopt, {}};
   if (scored) {
     comm.all_reduce(classes.probability, parallel::ReduceOp::sum);
     comm.all_reduce(classes.negentropy, parallel::ReduceOp::sum);
@@ -194,22 +200,25 @@ SetResult measure_image_set(const std::string& path, const Options& o, bool keep
 }
 
 void write_report(const Options& o, const std::vector<SetResult>& results,
-                  std::optional<double> fid, std::optional<PrecisionRecall> pr, double seconds,
-                  int ranks) {
+                  std::optional<double> fid, std::optional<double> sfid,
+                  std::optional<PrecisionRecall> pr, double seconds, int ranks) {
   nlohmann::ordered_json sets = nlohmann::ordered_json::array();
   for (std::size_t i = 0; i < results.size(); ++i) {
-    nlohmann::ordered_json set = {{"path", o.sources[i]}, {"images", results[i].statistics.count}};
+    nlohmann::ordered_json set = {{"path", o.sources[i]},
+                                  {"images", results[i].statistics.pool3.count}};
     if (const auto& is = results[i].inception_score)
       set["inception_score"] = {{"mean", is->mean}, {"std", is->std}, {"splits", is->splits}};
     sets.push_back(set);
   }
   nlohmann::ordered_json j;
   if (fid) j["fid"] = *fid;
+  if (sfid) j["sfid"] = *sfid;
   if (pr)
     j["precision_recall"] = {{"k", o.pr_k}, {"precision", pr->precision}, {"recall", pr->recall}};
   j["sets"] = sets;
   j["inception"] = o.inception;
   j["features"] = quality::kPool3Features;
+  j["spatial_features"] = quality::kSpatialFeatures;
   j["seconds"] = seconds;
   j["ranks"] = ranks;
   std::ofstream f(o.out);
@@ -274,22 +283,31 @@ int run(const Options& o, parallel::World& world) {
   if (score_only && !results[0].inception_score)
     throw std::invalid_argument(fmt::format(
         "{}: {} images, fewer than the Inception Score's {} splits: give --is-splits {} or fewer",
-        o.sources[0], results[0].statistics.count, o.is_splits, results[0].statistics.count));
+        o.sources[0], results[0].statistics.pool3.count, o.is_splits,
+        results[0].statistics.pool3.count));
   if (world.rank() != 0) return kOk;
 
-  std::optional<double> fid;
+  std::optional<double> fid, sfid;
   if (!o.save_stats.empty()) {
     quality::write_statistics(o.save_stats, results[0].statistics);
-    spdlog::info("wrote the statistics of {} images to {} ({:.1f} s)", results[0].statistics.count,
-                 o.save_stats, seconds);
+    spdlog::info("wrote the statistics of {} images to {} ({:.1f} s)",
+                 results[0].statistics.pool3.count, o.save_stats, seconds);
   } else if (results.size() == 2) {
-    fid = quality::frechet_distance(results[0].statistics, results[1].statistics);
+    const quality::SetStatistics &a = results[0].statistics, &b = results[1].statistics;
+    fid = quality::frechet_distance(a.pool3, b.pool3);
     const auto images = [](const quality::FeatureStatistics& s) {
       return s.count > 0 ? fmt::format("{} images", s.count) : std::string("statistics");
     };
     fmt::print("FID {:.4f} ({}: {}; {}: {}; Inception pool3, {} features)\n", *fid, o.sources[0],
-               images(results[0].statistics), o.sources[1], images(results[1].statistics),
-               quality::kPool3Features);
+               images(a.pool3), o.sources[1], images(b.pool3), quality::kPool3Features);
+    if (a.spatial && b.spatial) {
+      sfid = quality::frechet_distance(*a.spatial, *b.spatial);
+      fmt::print("sFID {:.4f} (Inception mixed_6/conv, {} spatial features)\n", *sfid,
+                 quality::kSpatialFeatures);
+    } else {
+      spdlog::info("no sFID: {} has no spatial statistics (mu_s, sigma_s), as pytorch-fid's files",
+                   o.sources[a.spatial ? 1 : 0]);
+    }
   }
   if (pr)
     fmt::print(
@@ -300,7 +318,7 @@ int run(const Options& o, parallel::World& world) {
     if (const auto& is = results[i].inception_score)
       fmt::print("IS {:.4f} ± {:.4f} ({}: {} splits)\n", is->mean, is->std, o.sources[i],
                  is->splits.size());
-  if (!o.out.empty()) write_report(o, results, fid, pr, seconds, world.size());
+  if (!o.out.empty()) write_report(o, results, fid, sfid, pr, seconds, world.size());
   spdlog::info("{:.1f} s on {} rank(s), device {}", seconds, world.size(), device.str());
   return kOk;
 }
@@ -312,11 +330,13 @@ void add_fid_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "fid",
       "Frechet Inception Distance between two sets of images (pytorch-fid's network and "
-      "preprocessing), or the Inception statistics of one (--save-stats); each image set's "
-      "Inception Score; and the precision and recall of two sets of images");
+      "preprocessing) and sFID (its spatial features), or the Inception statistics of one "
+      "(--save-stats); each image set's Inception Score; and the precision and recall of two "
+      "sets of images");
   cmd->add_option("sources", o->sources,
                   "Two sets: samples .npz (arr_0), a shard .h5, a manifest.json or its "
-                  "directory, or a statistics .npz (mu, sigma); one set of images: its "
+                  "directory, or a statistics .npz (mu, sigma; mu_s, sigma_s for sFID); one set "
+                  "of images: its "
                   "Inception Score and, with --save-stats, its statistics")
       ->required()
       ->expected(1, 2);
@@ -327,7 +347,8 @@ void add_fid_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   add_device_option(*cmd, o->device);
   cmd->add_option("--save-stats", o->save_stats,
-                  "Write the set's mu and sigma to FILE.npz (pytorch-fid's --save-stats format)");
+                  "Write the set's mu and sigma to FILE.npz (pytorch-fid's --save-stats format), "
+                  "and sFID's as mu_s and sigma_s");
   cmd->add_option("--is-splits", o->is_splits,
                   "Inception Score: the splits of each set of images (improved-gan's 10; 0 = no "
                   "score; a set with fewer images gets none)");

@@ -7,6 +7,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace difftrain::quality {
@@ -33,14 +34,22 @@ FeatureSums zero_feature_sums(int64_t dims, const c10::Device& device);
 // than 2 images.
 FeatureStatistics statistics_of(const FeatureSums& sums);
 
-// pytorch-fid's --save-stats file: mu and sigma as float64 arrays of an .npz (and count, which
-// it ignores), written whole or not at all.
-void write_statistics(const std::string& path, const FeatureStatistics& stats);
+// A set of images' statistics as a file holds them: FID's, and sFID's where it has them.
+struct SetStatistics {
+  FeatureStatistics pool3;
+  std::optional<FeatureStatistics> spatial;
+};
 
-// An .npz with mu [D] and sigma [D, D] (float32 or float64): pytorch-fid's statistics, or
-// guided-diffusion's reference batches, whose arr_0 images are then not needed. Throws
-// std::invalid_argument naming the file when it holds no such pair.
-FeatureStatistics read_statistics(const std::string& path);
+// pytorch-fid's --save-stats file: mu and sigma as float64 arrays of an .npz (and count, which
+// it ignores), and the spatial features' as mu_s and sigma_s (guided-diffusion's names), written
+// whole or not at all.
+void write_statistics(const std::string& path, const SetStatistics& stats);
+
+// An .npz with mu [D] and sigma [D, D] (float32 or float64), and mu_s and sigma_s if it has
+// them: pytorch-fid's statistics, or guided-diffusion's reference batches, whose arr_0 images are
+// then not needed. Throws std::invalid_argument naming the file when it holds no mu and sigma, or
+// arrays of the wrong shapes.
+SetStatistics read_statistics(const std::string& path);
 
 // Whether an .npz holds statistics (mu and sigma) rather than only images.
 bool holds_statistics(const std::string& path);

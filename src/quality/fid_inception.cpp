@@ -223,6 +223,7 @@ FidInceptionImpl::FidInceptionImpl() {
   add("Mixed_6a", InceptionB(288));      // -> 768 x 17 x 17
   add("Mixed_6b", InceptionC(768, 128));
   add("Mixed_6c", InceptionC(768, 160));
+  spatial_layer_ = layers_.size();
   add("Mixed_6d", InceptionC(768, 160));
   add("Mixed_6e", InceptionC(768, 192));
   add("Mixed_7a", InceptionD(768));  // -> 1280 x 8 x 8
@@ -233,11 +234,15 @@ FidInceptionImpl::FidInceptionImpl() {
       torch::nn::Linear(torch::nn::LinearOptions(kPool3Features, kInceptionClasses).bias(false)));
 }
 
-at::Tensor FidInceptionImpl::forward(const at::Tensor& x) {
-  at::Tensor h = x;
-  for (torch::nn::AnyModule& layer : layers_)
-    h = layer.forward(h);
-  return h.mean({2, 3});  // pool3: the global average
+InceptionFeatures FidInceptionImpl::forward(const at::Tensor& x) {
+  at::Tensor h = x, spatial;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    h = layers_[i].forward(h);
+    // guided-diffusion's evaluator: mixed_6/conv[..., :7] of TensorFlow's NHWC, flattened.
+    if (i == spatial_layer_)
+      spatial = h.narrow(1, 0, kSpatialChannels).permute({0, 2, 3, 1}).flatten(1);
+  }
+  return {h.mean({2, 3}), spatial};  // pool3: the global average
 }
 
 at::Tensor FidInceptionImpl::class_logits(const at::Tensor& pool3) {
@@ -261,7 +266,7 @@ FidInception load_fid_inception(const std::string& path, const c10::Device& devi
   return net;
 }
 
-at::Tensor pool3_features(FidInception& net, const at::Tensor& images) {
+InceptionFeatures inception_features(FidInception& net, const at::Tensor& images) {
   if (images.dim() != 4 || images.scalar_type() != at::kByte ||
       (images.size(3) != 1 && images.size(3) != 3))
     throw std::invalid_argument(fmt::format("FID takes uint8 images [n, H, W, 1 or 3], not {} {}",

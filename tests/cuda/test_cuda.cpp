@@ -498,9 +498,10 @@ TEST_F(Cuda, SampleAndEvalOnTheGpuMatchTheCpu) {
 
 // `difftrain fid` with --device cuda (TF32 off), alone and on 2 ranks over NCCL (the float64
 // sums all-reduced, the features all-gathered), against --device cpu: the same FID to 1e-4, the
-// same Inception Score (ln IS to 1e-3) and precision and recall within one image (a query near a
-// ball's edge may turn), on random Inception weights (BatchNorm statistics included) and two sets
-// of 9 and 7 images of 14 x 14, upsampled to 299.
+// same sFID to 1e-3 (its 2023 features sum to covariances of rank 8 and 6), the same Inception
+// Score (ln IS to 1e-3) and precision and recall within one image (a query near a ball's edge may
+// turn), on random Inception weights (BatchNorm statistics included) and two sets of 9 and 7 images
+// of 14 x 14, upsampled to 299.
 TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   const std::string weights = dir / "inception.pt";
   {
@@ -558,6 +559,9 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   EXPECT_GT(log_is(cpu), 1e-3);
   const nlohmann::json gpu = fid(alone, kGpuFlag);
   EXPECT_NEAR(gpu["fid"].get<double>(), cpu_fid, 1e-4 * cpu_fid);
+  const double cpu_sfid = cpu["sfid"].get<double>();
+  EXPECT_GT(cpu_sfid, 1.0);
+  EXPECT_NEAR(gpu["sfid"].get<double>(), cpu_sfid, 1e-3 * cpu_sfid);
   EXPECT_NEAR(log_is(gpu), log_is(cpu), 1e-3 * log_is(cpu));
   expect_precision_recall_near(gpu, cpu);
   const auto two = difftrain::testing::run(difftrain::testing::mpirun_on_one_gpu(
@@ -568,6 +572,7 @@ TEST_F(Cuda, FidOnTheGpuMatchesTheCpu) {
   const nlohmann::json report = nlohmann::json::parse(f);
   EXPECT_EQ(report["ranks"], 2);
   EXPECT_NEAR(report["fid"].get<double>(), cpu_fid, 1e-4 * cpu_fid);
+  EXPECT_NEAR(report["sfid"].get<double>(), cpu_sfid, 1e-3 * cpu_sfid);
   EXPECT_NEAR(log_is(report), log_is(cpu), 1e-3 * log_is(cpu));
   expect_precision_recall_near(report, cpu);
 }

@@ -8,8 +8,9 @@ sigma1 @ sigma2 (non-symmetric), not difftrain's route through a symmetric matri
 
   write-weights OUT.pt SEED      random weights (BatchNorm statistics included), with the
                                  file's fc head and num_batches_tracked counters
-  features WEIGHTS IMAGES.npz    JSON: the pool3 features of arr_0 (uint8 [n, H, W, C])
-  fid WEIGHTS A.npz B.npz        JSON: mu, sigma (NumPy) and the FID of two sets of images
+  features WEIGHTS IMAGES.npz    JSON: the pool3 and spatial features of arr_0 (uint8 [n, H, W, C])
+  fid WEIGHTS A.npz B.npz        JSON: mu, sigma (NumPy), the FID and the sFID of two sets of
+                                 images
   inception-score WEIGHTS IMAGES.npz SPLITS
                                  JSON: the Inception Score as improved-gan's inception_score/model.py
                                  computes it from the softmax of pool3 · fc.weight (no bias)
@@ -21,7 +22,11 @@ sigma1 @ sigma2 (non-symmetric), not difftrain's route through a symmetric matri
                                  the largest radius
   time WEIGHTS A.npz B.npz BATCH THREADS [DEVICE]
                                  JSON: seconds for both sets' features in batches and their
-                                 statistics, with the network loaded (bench/run.py's baseline)
+                                 statistics (pool3 and spatial, as guided-diffusion's evaluator),
+                                 with the network loaded (bench/run.py's baseline)
+
+sFID's spatial features are guided-diffusion's evaluator's: TensorFlow's mixed_6/conv[..., :7]
+(17 x 17 x 7, NHWC) flattened; here mixed_6/conv is Mixed_6d's branch1x1, run on its own.
 """
 import json
 import sys
@@ -168,8 +173,8 @@ class FidInception(nn.Module):
         self.Mixed_7c = InceptionE(2048, max_pool=True)
         self.fc = nn.Linear(2048, 1008)
 
-    def pool3(self, inp):
-        """pytorch_fid.inception.InceptionV3([3]) on images in [0, 1]."""
+    def pool3_and_spatial(self, inp):
+        """pytorch_fid.inception.InceptionV3([3]) on images in [0, 1], and sFID's features."""
         x = F.interpolate(inp, size=(299, 299), mode="bilinear", align_corners=False)
         x = 2 * x - 1
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
@@ -177,8 +182,10 @@ class FidInception(nn.Module):
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         for name in ["5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"]:
+            if name == "6d":  # mixed_6/conv[..., :7], NHWC
+                spatial = self.Mixed_6d.branch1x1(x)[:, :7].permute(0, 2, 3, 1).flatten(1)
             x = getattr(self, "Mixed_" + name)(x)
-        return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
+        return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1), spatial
 
 
 def random_network(seed):
@@ -209,20 +216,25 @@ def load(path):
     return net.eval()
 
 
-def features(net, images_npz, batch=None, device="cpu"):
-    """fid_score.get_activations: ToTensor (uint8 / 255, grayscale repeated as convert('RGB'))."""
+def features(net, images_npz, batch=None, device="cpu", spatial=False):
+    """fid_score.get_activations: ToTensor (uint8 / 255, grayscale repeated as convert('RGB')).
+    The pool3 features, or (pool3, spatial) with spatial=True."""
     images = np.load(images_npz)["arr_0"]
     if images.ndim == 3:
         images = images[..., None]
     batch = batch or len(images)
-    out = []
+    pool3, spatial_out = [], []
     for i in range(0, len(images), batch):
         x = torch.from_numpy(images[i:i + batch]).to(device).permute(0, 3, 1, 2).float() / 255
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
         with torch.no_grad():
-            out.append(net.pool3(x).double().cpu().numpy())
-    return np.concatenate(out)
+            p, s = net.pool3_and_spatial(x)
+        pool3.append(p.double().cpu().numpy())
+        spatial_out.append(s.double().cpu().numpy())
+    if spatial:
+        return np.concatenate(pool3), np.concatenate(spatial_out)
+    return np.concatenate(pool3)
 
 
 def inception_score(net, pool3, splits):
@@ -275,16 +287,20 @@ def main():
         torch.save(random_network(int(sys.argv[3])).state_dict(), sys.argv[2])
         print(json.dumps({"tensors": len(random_network(0).state_dict())}))
     elif command == "features":
-        print(json.dumps(features(load(sys.argv[2]), sys.argv[3]).tolist()))
+        pool3, spatial = features(load(sys.argv[2]), sys.argv[3], spatial=True)
+        print(json.dumps({"pool3": pool3.tolist(), "spatial": spatial.tolist()}))
     elif command == "fid":
         net = load(sys.argv[2])
-        stats = []
+        stats, spatial_stats = [], []
         for path in sys.argv[3:5]:
-            f = features(net, path)
+            f, s = features(net, path, spatial=True)
             stats.append((f.mean(0), np.cov(f, rowvar=False)))
+            spatial_stats.append((s.mean(0), np.cov(s, rowvar=False)))
         print(json.dumps({"fid": frechet_distance(*stats[0], *stats[1]),
+                          "sfid": frechet_distance(*spatial_stats[0], *spatial_stats[1]),
                           "mu": [s[0].tolist() for s in stats],
-                          "sigma_trace": [float(np.trace(s[1])) for s in stats]}))
+                          "sigma_trace": [float(np.trace(s[1])) for s in stats],
+                          "mu_s": [s[0].tolist() for s in spatial_stats]}))
     elif command == "inception-score":
         net = load(sys.argv[2])
         print(json.dumps(inception_score(net, features(net, sys.argv[3]), int(sys.argv[4]))))
@@ -299,8 +315,8 @@ def main():
         start = time.perf_counter()
         count = 0
         for path in sys.argv[3:5]:
-            f = features(net, path, int(sys.argv[5]), device)
-            f.mean(0), np.cov(f, rowvar=False)
+            for f in features(net, path, int(sys.argv[5]), device, spatial=True):
+                f.mean(0), np.cov(f, rowvar=False)
             count += len(f)
         print(json.dumps({"seconds": time.perf_counter() - start, "images": count}))
     else:

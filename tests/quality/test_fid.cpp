@@ -1,8 +1,9 @@
 // FID's Inception network and `difftrain fid` against FID as pytorch-fid computes it
 // (fid_reference.py: eager PyTorch and NumPy), on random weights written by PyTorch with the
-// names of pytorch-fid's file. Also: the sets as shards, on 2 ranks, through a statistics file, and
-// the errors of bad input; the Inception Score against improved-gan's code, and precision and
-// recall against guided-diffusion's evaluator.
+// names of pytorch-fid's file, and sFID as guided-diffusion's evaluator takes its features. Also:
+// the sets as shards, on 2 ranks, through a statistics file, and the errors of bad input; the
+// Inception Score against improved-gan's code, and precision and recall against guided-diffusion's
+// evaluator.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -94,7 +95,8 @@ TEST_F(Fid, TheNetworkLoadsPytorchFidsNamesAndGivesPyTorchsFeatures) {
   EXPECT_EQ(tensors_, 566);
   FidInception net = load_fid_inception(path("inception.pt"), at::kCPU);
   const json expected = reference("features " + path("inception.pt") + " " + path("gray.npz"));
-  ASSERT_EQ(expected.size(), 6u);
+  ASSERT_EQ(expected["pool3"].size(), 6u);
+  ASSERT_EQ(expected["spatial"].size(), 6u);
   at::Tensor images = at::randint(0, 256, {6, 28, 28, 1}, at::kByte);
   {
     // The same pixels as the .npz: read them back through numpy's layout.
@@ -107,17 +109,23 @@ TEST_F(Fid, TheNetworkLoadsPytorchFidsNamesAndGivesPyTorchsFeatures) {
     for (int64_t i = 0; i < images.numel(); ++i)
       images.view(-1)[i] = pixels[i].get<int>();
   }
-  const at::Tensor features = pool3_features(net, images);
-  ASSERT_EQ(features.sizes(), (at::IntArrayRef{6, kPool3Features}));
-  double worst = 0, scale = 0;
-  for (int64_t i = 0; i < 6; ++i)
-    for (int64_t k = 0; k < kPool3Features; ++k) {
-      const double e = expected[i][k].get<double>();
-      worst = std::max(worst, std::abs(features[i][k].item<double>() - e));
-      scale = std::max(scale, std::abs(e));
-    }
-  EXPECT_GT(scale, 0.1);
-  EXPECT_LT(worst, 1e-4 * scale) << "largest feature " << scale;
+  const InceptionFeatures features = inception_features(net, images);
+  ASSERT_EQ(features.pool3.sizes(), (at::IntArrayRef{6, kPool3Features}));
+  // sFID's: Mixed_6d's first 7 channels against the reference's branch1x1 run on its own, in
+  // TensorFlow's (h, w, c) order.
+  ASSERT_EQ(features.spatial.sizes(), (at::IntArrayRef{6, kSpatialFeatures}));
+  for (const auto& [name, got] :
+       {std::pair{"pool3", features.pool3}, std::pair{"spatial", features.spatial}}) {
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < 6; ++i)
+      for (int64_t k = 0; k < got.size(1); ++k) {
+        const double e = expected[name][i][k].get<double>();
+        worst = std::max(worst, std::abs(got[i][k].item<double>() - e));
+        scale = std::max(scale, std::abs(e));
+      }
+    EXPECT_GT(scale, 0.1) << name;
+    EXPECT_LT(worst, 1e-4 * scale) << name << ": largest feature " << scale;
+  }
 
   // pytorch-fid's published file predates PyTorch 1.6: the same weights in that legacy format
   // give the same features.
@@ -127,7 +135,7 @@ TEST_F(Fid, TheNetworkLoadsPytorchFidsNamesAndGivesPyTorchsFeatures) {
                   "', _use_new_zipfile_serialization=False)\"");
   ASSERT_EQ(legacy.exit_code, 0) << legacy.output;
   FidInception from_legacy = load_fid_inception(path("legacy.pt"), at::kCPU);
-  EXPECT_TRUE(at::equal(pool3_features(from_legacy, images), features));
+  EXPECT_TRUE(at::equal(inception_features(from_legacy, images).pool3, features.pool3));
 }
 
 TEST_F(Fid, AFileWithoutATensorOrWithTheWrongNetworkIsRefusedNamingIt) {
@@ -161,6 +169,10 @@ TEST_F(Fid, TheCommandGivesPytorchFidsFidOnNpzFilesAndShards) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const json report = read_json(path("fid.json"));
   EXPECT_NEAR(report["fid"].get<double>(), fid, 1e-5 * fid) << r.output;
+  const double sfid = expected["sfid"].get<double>();
+  ASSERT_GT(sfid, 1.0);
+  EXPECT_NEAR(report["sfid"].get<double>(), sfid, 1e-5 * sfid) << r.output;
+  EXPECT_NE(r.output.find("sFID "), std::string::npos) << r.output;
   EXPECT_EQ(report["sets"][0]["images"], 6);
   EXPECT_EQ(report["sets"][1]["images"], 5);
   EXPECT_NE(r.output.find("FID "), std::string::npos) << r.output;
@@ -191,6 +203,7 @@ TEST_F(Fid, TwoRanksGiveOneRanksFid) {
   EXPECT_EQ(b["sets"][1]["images"], 5);
   // The same features summed in another order (and the other rank's batches of 2 and 1).
   EXPECT_NEAR(b["fid"].get<double>(), a["fid"].get<double>(), 1e-9 * a["fid"].get<double>());
+  EXPECT_NEAR(b["sfid"].get<double>(), a["sfid"].get<double>(), 1e-9 * a["sfid"].get<double>());
   // Precision and recall with 5 images over 2 ranks: shares of 2 and 3, gathered in rank order.
   ASSERT_TRUE(a.contains("precision_recall")) << a.dump();
   EXPECT_EQ(b["precision_recall"], a["precision_recall"]);
@@ -201,9 +214,12 @@ TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
       difftrain_cli("fid " + path("rgb.npz") + " --inception " + path("inception.pt") +
                     " --save-stats " + path("rgb_stats.npz"));
   ASSERT_EQ(saved.exit_code, 0) << saved.output;
-  const FeatureStatistics stats = read_statistics(path("rgb_stats.npz"));
-  EXPECT_EQ(stats.count, 5);
-  EXPECT_EQ(stats.sigma.sizes(), (at::IntArrayRef{kPool3Features, kPool3Features}));
+  const SetStatistics stats = read_statistics(path("rgb_stats.npz"));
+  EXPECT_EQ(stats.pool3.count, 5);
+  EXPECT_EQ(stats.pool3.sigma.sizes(), (at::IntArrayRef{kPool3Features, kPool3Features}));
+  ASSERT_TRUE(stats.spatial);
+  EXPECT_EQ(stats.spatial->count, 5);
+  EXPECT_EQ(stats.spatial->sigma.sizes(), (at::IntArrayRef{kSpatialFeatures, kSpatialFeatures}));
 
   // NumPy's mu of the same images, from the reference, against the file's, read by NumPy.
   const json expected =
@@ -211,11 +227,15 @@ TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
   const ProcessResult numpy =
       run_command(std::string(DIFFTRAIN_PYTHON) + " -c \"import numpy as np, json; s = np.load('" +
                   path("rgb_stats.npz") +
-                  "'); print(json.dumps([s['mu'].tolist(), float(np.trace(s['sigma']))]))\"");
+                  "'); print(json.dumps([s['mu'].tolist(), float(np.trace(s['sigma'])), "
+                  "s['mu_s'].tolist()]))\"");
   const json read = last_json_line(numpy);
   ASSERT_EQ(read[0].size(), static_cast<std::size_t>(kPool3Features)) << numpy.output;
   for (int64_t k = 0; k < kPool3Features; k += 97)
     EXPECT_NEAR(read[0][k].get<double>(), expected["mu"][1][k].get<double>(), 1e-4);
+  ASSERT_EQ(read[2].size(), static_cast<std::size_t>(kSpatialFeatures)) << numpy.output;
+  for (int64_t k = 0; k < kSpatialFeatures; k += 97)
+    EXPECT_NEAR(read[2][k].get<double>(), expected["mu_s"][1][k].get<double>(), 1e-4);
   EXPECT_NEAR(read[1].get<double>(), expected["sigma_trace"][1].get<double>(),
               1e-4 * expected["sigma_trace"][1].get<double>());
 
@@ -226,6 +246,8 @@ TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
   ASSERT_EQ(from_stats.exit_code, 0) << from_stats.output;
   EXPECT_NEAR(read_json(path("from_stats.json"))["fid"].get<double>(),
               expected["fid"].get<double>(), 1e-5 * expected["fid"].get<double>());
+  EXPECT_NEAR(read_json(path("from_stats.json"))["sfid"].get<double>(),
+              expected["sfid"].get<double>(), 1e-5 * expected["sfid"].get<double>());
   // Two statistics files need no network.
   ASSERT_EQ(difftrain_cli("fid " + path("gray.npz") + " --inception " + path("inception.pt") +
                           " --save-stats " + path("gray_stats.npz"))
@@ -237,6 +259,26 @@ TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
   ASSERT_EQ(no_network.exit_code, 0) << no_network.output;
   EXPECT_NEAR(read_json(path("no_network.json"))["fid"].get<double>(),
               expected["fid"].get<double>(), 1e-5 * expected["fid"].get<double>());
+  EXPECT_NEAR(read_json(path("no_network.json"))["sfid"].get<double>(),
+              expected["sfid"].get<double>(), 1e-5 * expected["sfid"].get<double>());
+
+  // pytorch-fid's files have mu and sigma only: FID, and no sFID, which the log says.
+  ASSERT_EQ(run_command(std::string(DIFFTRAIN_PYTHON) + " -c \"import numpy as np; s = np.load('" +
+                        path("rgb_stats.npz") + "'); np.savez('" + path("pytorch_fid.npz") +
+                        "', mu=s['mu'], sigma=s['sigma'])\"")
+                .exit_code,
+            0);
+  const ProcessResult pool3_only =
+      difftrain_cli("fid " + path("gray_stats.npz") + " " + path("pytorch_fid.npz") + " --out " +
+                    path("pool3_only.json"));
+  ASSERT_EQ(pool3_only.exit_code, 0) << pool3_only.output;
+  const json pool3_report = read_json(path("pool3_only.json"));
+  EXPECT_NEAR(pool3_report["fid"].get<double>(), expected["fid"].get<double>(),
+              1e-5 * expected["fid"].get<double>());
+  EXPECT_FALSE(pool3_report.contains("sfid")) << pool3_report.dump();
+  EXPECT_NE(pool3_only.output.find("no sFID: " + path("pytorch_fid.npz") + " has no spatial"),
+            std::string::npos)
+      << pool3_only.output;
 }
 
 // improved-gan's splits: [s·n/S, (s+1)·n/S).
@@ -402,6 +444,13 @@ TEST_F(Fid, BadInputIsAOneLineErrorNamingWhatIsWrong) {
             0);
   expect_error(path("gray.npz") + " " + path("two.npz") + weights,
                "two.npz: images of 2 channels; FID's network takes gray (1) or RGB (3) images");
+  ASSERT_EQ(
+      run_command(std::string(DIFFTRAIN_PYTHON) + " -c \"import numpy as np; np.savez('" +
+                  path("half.npz") + "', mu=np.zeros(4), sigma=np.eye(4), mu_s=np.zeros(3))\"")
+          .exit_code,
+      0);
+  expect_error(path("gray.npz") + " " + path("half.npz") + weights,
+               "half.npz: mu_s without sigma_s");
 }
 
 }  // namespace
