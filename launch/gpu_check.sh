@@ -216,7 +216,8 @@ build)
 tests)
   cd "$BUILD"
   # test_parallel_mpi's collectives over NCCL with 1 and 2 ranks on the one GPU (ctest's own
-  # parallel.mpi tests start ranks without per-rank NCCL host ids).
+  # parallel.mpi tests start ranks without per-rank NCCL host ids), and its RankDevice tests: the
+  # ranks compare their GPUs' UUIDs (the same GPU: not bound per rank).
   hostid=$ROOT/tests/cuda/per_rank_hostid.sh
   rm -f "$LOGS"/collectives_*.xml "$LOGS"/ctest_cuda*.xml "$LOGS/tests_failed.txt"
   # What fails gets one more try in this call, with NCCL's cuMem allocator off (unsupported on
@@ -227,7 +228,7 @@ tests)
   collectives() {  # collectives RANKS XML_STEM
     # shellcheck disable=SC2016  # expanded by each rank's shell: one report per rank
     mpirun --oversubscribe --bind-to none -np "$1" "$hostid" sh -c 'exec "$0" \
-      --gtest_filter="Devices/Collectives.*" --gtest_output="xml:$1_rank$OMPI_COMM_WORLD_RANK.xml"' \
+      --gtest_filter="Devices/Collectives.*:RankDevice.*" --gtest_output="xml:$1_rank$OMPI_COMM_WORLD_RANK.xml"' \
       tests/parallel/test_parallel_mpi "$2"
   }
   for n in 1 2; do

@@ -131,6 +131,45 @@ TEST(BroadcastParameters, CopiesRootValuesAndNamesShapeMismatch) {
   }
 }
 
+// `auto` on every rank: the ranks of each node gather their GPUs' UUIDs (none on a CPU machine)
+// and, as they see the same GPUs, map local rank r to GPU r; more ranks than GPUs (the GPU
+// check's 2 ranks on one GPU) is the error that says how to bind GPUs to ranks. No rank hangs.
+TEST(RankDevice, AutoOnEveryRankGathersTheNodesGpus) {
+  const int gpus = static_cast<int>(torch::cuda::device_count());
+  try {
+    const c10::Device device = rank_device(*g_world, parse_device_request("auto"));
+    EXPECT_LE(g_world->local_size(), gpus > 0 ? gpus : g_world->local_size());
+    EXPECT_EQ(device,
+              gpus == 0
+                  ? c10::Device(c10::kCPU)
+                  : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(g_world->local_rank())));
+  } catch (const std::invalid_argument& e) {
+    EXPECT_GT(g_world->local_size(), gpus) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bind a GPU to each rank"), std::string::npos) << e.what();
+  }
+  // Every rank got here: the gather ended on all of them.
+  barrier_with_timeout(*g_world, 10s, "after rank_device");
+}
+
+// The gather behind it, with made-up UUIDs: rank r has r + 1 of them (16 bytes, NUL bytes too),
+// and every rank gets every local rank's, in local rank order (the tests' ranks share one node).
+TEST(RankDevice, UuidsGatherOnTheNodeInLocalRankOrder) {
+  const auto uuids_of = [](int rank) {
+    std::vector<std::string> uuids;
+    for (int i = 0; i <= rank; ++i) {
+      std::string uuid(16, static_cast<char>('a' + rank));
+      uuid.back() = static_cast<char>(i);
+      uuids.push_back(uuid);
+    }
+    return uuids;
+  };
+  const auto all = gather_uuids_on_node(uuids_of(g_world->local_rank()));
+  ASSERT_EQ(static_cast<int>(all.size()), g_world->local_size());
+  for (int r = 0; r < g_world->local_size(); ++r)
+    EXPECT_EQ(all[static_cast<std::size_t>(r)], uuids_of(r)) << "local rank " << r;
+  EXPECT_EQ(gpus_bound_per_rank(all), g_world->local_size() > 1);
+}
+
 TEST(BarrierWithTimeout, PassesAndTimesOut) {
   barrier_with_timeout(*g_world, 10s, "checkpoint");
   if (g_world->size() == 1) return;

@@ -220,6 +220,35 @@ TEST(RankDevice, MapsLocalRanksToVisibleGpus) {
   EXPECT_NE(error("cuda:", 0, 1, 1).find("valid"), std::string::npos);
   for (const char* text : {"auto", "cpu", "cuda", "cuda:3"})
     EXPECT_EQ(to_string(parse_device_request(text)), text);
+  EXPECT_NE(error("auto", 1, 2, 1).find("bind a GPU to each rank (Slurm's --gpus-per-task=1"),
+            std::string::npos)
+      << error("auto", 1, 2, 1);
+}
+
+// A launcher that binds GPUs to ranks (Slurm's --gpus-per-task, a CUDA_VISIBLE_DEVICES per rank,
+// device cgroups) gives each rank GPUs no other rank sees, numbered from 0: every rank takes its
+// cuda:0, however many ranks share the node. GPUs that two ranks see are not bound, whatever their
+// numbering.
+TEST(RankDevice, GpusBoundToRanksGiveEachRankItsFirstGpu) {
+  using Uuids = std::vector<std::vector<std::string>>;
+  EXPECT_TRUE(gpus_bound_per_rank(Uuids{{"a"}, {"b"}}));
+  EXPECT_TRUE(gpus_bound_per_rank(Uuids{{"a", "b"}, {"c", "d"}, {"e", "f"}}));
+  EXPECT_FALSE(gpus_bound_per_rank(Uuids{{"a"}, {"a"}}));            // one GPU, visible to both
+  EXPECT_FALSE(gpus_bound_per_rank(Uuids{{"a", "b"}, {"a", "b"}}));  // the usual: all visible
+  EXPECT_FALSE(gpus_bound_per_rank(Uuids{{"a", "b"}, {"b", "c"}}));  // overlapping
+  EXPECT_FALSE(gpus_bound_per_rank(Uuids{{"a"}, {}}));               // a rank without a GPU
+  EXPECT_FALSE(gpus_bound_per_rank(Uuids{{"a", "b"}}));              // one rank
+  EXPECT_FALSE(gpus_bound_per_rank(Uuids{{}, {}}));                  // CPU-only nodes
+  const auto on = [](const std::string& request, int rank, int ranks, int gpus) {
+    return device_for_rank(parse_device_request(request), rank, ranks, gpus, true);
+  };
+  for (int rank = 0; rank < 8; ++rank) {
+    EXPECT_EQ(on("auto", rank, 8, 1), c10::Device(c10::kCUDA, 0));
+    EXPECT_EQ(on("cuda", rank, 8, 1), c10::Device(c10::kCUDA, 0));
+  }
+  EXPECT_EQ(on("auto", 1, 2, 2), c10::Device(c10::kCUDA, 0));    // its own two: the first
+  EXPECT_EQ(on("cuda:1", 1, 2, 2), c10::Device(c10::kCUDA, 1));  // asked for by number
+  EXPECT_EQ(on("cpu", 1, 2, 1), c10::Device(c10::kCPU));
 }
 
 // The embedding, registered last and unused, lands in bucket 0 at first and holds back every
