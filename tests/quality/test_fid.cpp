@@ -239,15 +239,20 @@ TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
   EXPECT_NEAR(read[1].get<double>(), expected["sigma_trace"][1].get<double>(),
               1e-4 * expected["sigma_trace"][1].get<double>());
 
-  // FID from the statistics file equals FID from the images.
+  // A report has the reference's FID and sFID, to 1e-5 relative.
+  const auto expect_reference_distances = [&](const std::string& report_file) {
+    const json report = read_json(path(report_file));
+    for (const char* key : {"fid", "sfid"})
+      EXPECT_NEAR(report[key].get<double>(), expected[key].get<double>(),
+                  1e-5 * expected[key].get<double>())
+          << report_file << ": " << key;
+  };
+  // FID and sFID from the statistics file equal those from the images.
   const ProcessResult from_stats =
       difftrain_cli("fid " + path("gray.npz") + " " + path("rgb_stats.npz") + " --inception " +
                     path("inception.pt") + " --out " + path("from_stats.json"));
   ASSERT_EQ(from_stats.exit_code, 0) << from_stats.output;
-  EXPECT_NEAR(read_json(path("from_stats.json"))["fid"].get<double>(),
-              expected["fid"].get<double>(), 1e-5 * expected["fid"].get<double>());
-  EXPECT_NEAR(read_json(path("from_stats.json"))["sfid"].get<double>(),
-              expected["sfid"].get<double>(), 1e-5 * expected["sfid"].get<double>());
+  expect_reference_distances("from_stats.json");
   // Two statistics files need no network.
   ASSERT_EQ(difftrain_cli("fid " + path("gray.npz") + " --inception " + path("inception.pt") +
                           " --save-stats " + path("gray_stats.npz"))
@@ -257,10 +262,7 @@ TEST_F(Fid, SavedStatisticsGiveTheSameFidAndNumpyReadsThem) {
       difftrain_cli("fid " + path("gray_stats.npz") + " " + path("rgb_stats.npz") + " --out " +
                     path("no_network.json"));
   ASSERT_EQ(no_network.exit_code, 0) << no_network.output;
-  EXPECT_NEAR(read_json(path("no_network.json"))["fid"].get<double>(),
-              expected["fid"].get<double>(), 1e-5 * expected["fid"].get<double>());
-  EXPECT_NEAR(read_json(path("no_network.json"))["sfid"].get<double>(),
-              expected["sfid"].get<double>(), 1e-5 * expected["sfid"].get<double>());
+  expect_reference_distances("no_network.json");
 
   // pytorch-fid's files have mu and sigma only: FID, and no sFID, which the log says.
   ASSERT_EQ(run_command(std::string(DIFFTRAIN_PYTHON) + " -c \"import numpy as np; s = np.load('" +
