@@ -62,7 +62,8 @@ RETRY_ENV = "NCCL_CUMEM_ENABLE=0 NCCL_DEBUG=INFO"  # gpu_check.sh's retry of wha
 
 def tests(work, logs):
     """ctest's JUnit file and the collectives' gtest XML files (one per rank): two records,
-    nccl (NCCL under mpirun: collectives, reducer, 2 ranks on one GPU, watchdog) and cuda_tests.
+    nccl (NCCL under mpirun: collectives, reducer, 2 ranks on one GPU, watchdog; and every test of
+    the collectives' mpirun runs, the RankDevice ones too) and cuda_tests.
     A file named *_retry* holds the second try of what failed: a test's status is its last try's,
     with first_try "failed" and the retry's environment."""
     parts = {"cuda_tests": {}, "nccl": {}}
@@ -78,7 +79,7 @@ def tests(work, logs):
             skipped = (case.find("skipped") is not None or case.get("result") == "skipped" or
                        case.get("status") in ("notrun", "disabled"))
             status = "failed" if failed else "skipped" if skipped else "passed"
-            nccl = "nccl" in name.lower() or "Collectives" in name
+            nccl = base.startswith("collectives_") or "nccl" in name.lower()
             entry = {"name": name, "status": status,
                      "seconds": round(float(case.get("time") or 0), 2)}
             cases = parts["nccl" if nccl else "cuda_tests"]

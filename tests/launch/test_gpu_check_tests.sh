@@ -53,8 +53,10 @@ assert tests["Cuda.AlwaysFails"]["status"] == "failed", tests["Cuda.AlwaysFails"
 assert tests["Cuda.AlwaysFails"]["first_try"] == "failed"
 assert cuda["counts"] == {"passed": 2, "failed": 1, "skipped": 0, "passed_on_retry": 1}, cuda
 assert cuda["status"] == "failed"
-# The collectives ran under mpirun, one report per rank, and needed no retry.
+# The collectives and the RankDevice tests ran under mpirun, one report per rank, and needed no
+# retry.
 ranks = sorted({t["name"].rsplit("[", 1)[1] for t in nccl["tests"]})
+assert any(t["name"].startswith("RankDevice.") for t in nccl["tests"]), nccl["tests"]
 assert ranks == ["ranks1_rank0]", "ranks2_rank0]", "ranks2_rank1]"], ranks
 assert nccl["counts"]["failed"] == 0 and nccl["counts"]["passed"] > 0, nccl["counts"]
 assert all("first_try" not in t for t in nccl["tests"])
