@@ -251,6 +251,7 @@ int main(int argc, char** argv) {
         train::draw_step_inputs(seed, 0, state.sampler, batch_data, batch);
     json meta_model = weights::model_json(unet_config);
     meta_model["channels_last"] = channels_last;
+    meta_model["fused_group_norm"] = config.model.fused_group_norm;
     c10::Dict<std::string, at::Tensor> exported;
     for (const auto& p : state.net->named_parameters())
       exported.insert("state/" + p.key(), p.value().detach().cpu().contiguous().clone());

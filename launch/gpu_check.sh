@@ -344,8 +344,10 @@ bench)
     # The other memory layout, before the second precision: it decides a default.
     # model.channels_last: auto is channels-last under bf16 only, and ATen's GroupNorm on CUDA
     # makes its input contiguous, channels-first (the top GPU activities show those copies).
+    # Then the remedy: the default layout with the GroupNorms fused (kernels that read NHWC).
     if [ "$precision" = "$first" ]; then
       variant layout "model.channels_last=$([ "$first" = bf16 ] && echo false || echo true)"
+      variant fused model.fused_group_norm=true
     fi
   done
   # Then, each only if it should end, at the pace of the default run, within three quarters of the

@@ -195,6 +195,19 @@ def bench(work, directory, peak_tflops):
                                       default["images_per_s"]["median"], 3),
             "peak_device_memory_mb": j.get("cuda_peak_allocated_mb"),
         }
+    if found := against_default("fused"):
+        precision, j, default = found
+        rate, memory = j["images_per_s"]["median"], j.get("cuda_peak_allocated_mb")
+        default_memory = default.get("cuda_peak_allocated_mb")
+        runs["fused_group_norm_" + precision] = {
+            "fused_group_norm": j["model"].get("fused_group_norm"),
+            "channels_last": j["model"]["channels_last"],
+            "images_per_s": round(rate, 2),
+            "speed_vs_default": round(rate / default["images_per_s"]["median"], 3),
+            "peak_device_memory_mb": memory,
+            "memory_vs_default": round(memory / default_memory, 3)
+            if memory and default_memory else None,
+        }
     if found := against_default("heuristics"):
         precision, j, default = found
         rate = j["images_per_s"]["median"]

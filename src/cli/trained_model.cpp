@@ -131,8 +131,7 @@ TrainedModel load_trained_model(const ModelSource& source, const c10::Device& de
   train::load_model_weights(m.checkpoint, *net, m.ema_rate);
   net->to(device);
   // Sampling and evaluation run in fp32: auto is channels-first there.
-  if (train::use_channels_last(m.config, train::Precision::fp32))
-    net->to(at::MemoryFormat::ChannelsLast);
+  train::apply_model_settings(*net, m.config, train::Precision::fp32);
   net->eval();  // dropout off
   m.denoiser = train::make_denoiser(net, m.config);
 

@@ -81,7 +81,7 @@ at::Tensor EncoderUNetImpl::forward(const at::Tensor& x, const at::Tensor& t) {
   if (t.dim() != 1 || t.size(0) != x.size(0))
     throw std::invalid_argument(c10::str("EncoderUNet timesteps t must have shape [", x.size(0),
                                          "] (one per sample), got ", t.sizes()));
-  const auto h = at::silu(out_norm_(run_input_side(input_side_, x, time_embed_(t))));
+  const auto h = out_norm_->forward_silu(run_input_side(input_side_, x, time_embed_(t)));
   const auto logits = pool_ == Pool::adaptive
                           ? out_conv_(h.mean({2, 3}, /*keepdim=*/true)).flatten(1)
                           : attention_pool_(h);

@@ -57,16 +57,16 @@ at::Tensor ResBlockImpl::forward(const at::Tensor& x, const at::Tensor& emb) {
 }
 
 at::Tensor ResBlockImpl::block(const at::Tensor& x, const at::Tensor& emb) {
-  auto h = in_conv_(resampled(at::silu(in_norm_(x)), resample_));
+  auto h = in_conv_(resampled(in_norm_->forward_silu(x), resample_));
   // [N, out or 2 out] -> [N, ., 1, 1], in the activations' dtype (emb may be wider under autocast).
   const auto emb_out = emb_linear_(at::silu(emb)).to(h.scalar_type()).unsqueeze(-1).unsqueeze(-1);
   if (use_scale_shift_norm_) {
     const auto scale_shift = emb_out.chunk(2, 1);
-    h = out_norm_(h) * (1 + scale_shift[0]) + scale_shift[1];
+    h = out_norm_->forward_scale_shift_silu(h, scale_shift[0], scale_shift[1]);
   } else {
-    h = out_norm_(h + emb_out);
+    h = out_norm_->forward_silu(h + emb_out);
   }
-  h = out_conv_(dropout_(at::silu(h)));
+  h = out_conv_(dropout_(h));
   const at::Tensor skip = resampled(x, resample_);
   return (skip_connection_ ? skip_connection_(skip) : skip) + h;
 }

@@ -122,7 +122,7 @@ at::Tensor UNetImpl::forward(const at::Tensor& x, const at::Tensor& t, const at:
     h = block->forward(at::cat({h, hs.back()}, 1), emb);
     hs.pop_back();
   }
-  return out_conv_(at::silu(out_norm_(h))).to(x.scalar_type());
+  return out_conv_(out_norm_->forward_silu(h)).to(x.scalar_type());
 }
 
 void UNetImpl::to(at::MemoryFormat format) {

@@ -52,7 +52,7 @@ ClassifierState make_classifier_state(const Config& config, const DataShape& sha
   torch::manual_seed(config.seed);
   s.net = model::EncoderUNet(classifier_unet_config(config, shape), config.model.pool);
   s.net->to(device);
-  if (use_channels_last(config, tc.precision)) s.net->to(at::MemoryFormat::ChannelsLast);
+  apply_model_settings(*s.net, config, tc.precision);
   broadcast_weights(*s.net, comm);
   s.optimizer =
       make_adamw(s.net->parameters(), tc.lr, tc.weight_decay, s.net->named_parameters().keys());

@@ -104,6 +104,7 @@ void visit(V& v, Config& c) {
     v.key("use_checkpoint", c.model.use_checkpoint);
     v.choice("pool", c.model.pool, model::parse_pool);
     v.choice("channels_last", c.model.channels_last, parse_channels_last);
+    v.key("fused_group_norm", c.model.fused_group_norm);
   });
   v.section("diffusion", [&] {
     v.choice("schedule", c.diffusion.schedule, diffusion::parse_beta_schedule);

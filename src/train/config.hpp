@@ -81,6 +81,10 @@ struct ModelConfig {
   // Channels-last weights and activations: auto (under bf16 / fp16 autocast, where the
   // convolutions are faster so), true or false.
   ChannelsLast channels_last = ChannelsLast::automatic;
+  // GroupNorm32 and the SiLU or scale-shift after it as one node (model/fused_group_norm.hpp):
+  // on CUDA, kernels that read the activations in their own layout; on the CPU, the same
+  // computation from ATen ops (slower than the default there).
+  bool fused_group_norm = false;
 };
 
 struct DiffusionConfig {

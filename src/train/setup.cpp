@@ -3,6 +3,8 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
+#include <spdlog/spdlog.h>
+
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -10,6 +12,9 @@
 
 #include "data/loader.hpp"
 #include "data/manifest.hpp"
+#include "model/fused_group_norm.hpp"
+#include "model/group_norm32.hpp"
+#include "model/memory_format.hpp"
 
 namespace difftrain::train {
 
@@ -178,6 +183,18 @@ Config resolved_config(const Config& config, const DataShape& shape) {
 bool use_channels_last(const Config& config, Precision precision) {
   const ChannelsLast v = config.model.channels_last;
   return v == ChannelsLast::on || (v == ChannelsLast::automatic && precision != Precision::fp32);
+}
+
+void apply_model_settings(torch::nn::Module& net, const Config& config, Precision precision) {
+  if (use_channels_last(config, precision))
+    model::to_memory_format(net, at::MemoryFormat::ChannelsLast);
+  model::use_fused_group_norm(net, config.model.fused_group_norm);
+  const auto params = net.parameters();
+  if (config.model.fused_group_norm && !params.empty() && params[0].is_cuda() &&
+      !model::fused_group_norm_kernels_built())
+    spdlog::warn(
+        "model.fused_group_norm: this build has no CUDA kernels (nvcc was not found when it was "
+        "built); the fused norm runs from ATen ops, slower than model.fused_group_norm: false");
 }
 
 void apply_process_settings(const Config& config) {

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <optional>
 
+#include <torch/nn/module.h>
+
 #include "diffusion/schedule.hpp"
 #include "diffusion/timestep_sampler.hpp"
 #include "model/unet_config.hpp"
@@ -64,5 +66,10 @@ std::string cuda_settings_in_use();
 // model.channels_last resolved: auto means channels-last when the network runs under autocast
 // (`precision` bf16 or fp16).
 bool use_channels_last(const Config& config, Precision precision);
+
+// A built network's run-time form: its weights channels-last as use_channels_last says, its
+// GroupNorms fused as model.fused_group_norm says (with a warning where that cannot use the CUDA
+// kernels on a GPU). Changes no value.
+void apply_model_settings(torch::nn::Module& net, const Config& config, Precision precision);
 
 }  // namespace difftrain::train

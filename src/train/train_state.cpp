@@ -13,7 +13,7 @@ TrainState make_train_state(const Config& config, const DataShape& shape, const 
   torch::manual_seed(config.seed);
   s.net = model::UNet(unet_config(config, shape));
   s.net->to(device);
-  if (use_channels_last(config, tc.precision)) s.net->to(at::MemoryFormat::ChannelsLast);
+  apply_model_settings(*s.net, config, tc.precision);
   broadcast_weights(*s.net, comm);
 
   s.optimizer =

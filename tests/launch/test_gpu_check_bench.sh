@@ -54,6 +54,10 @@ assert len(events["traceEvents"]) > 100, "the Chrome trace has the step's ops"
 layout = bench["runs"]["other_layout_fp32"]
 assert layout["channels_last"] and not layout["default_channels_last"], layout
 assert layout["images_per_s"] > 0 and layout["speed_vs_default"] > 0, layout
+fused = bench["runs"]["fused_group_norm_fp32"]
+assert fused["fused_group_norm"], fused
+assert fused["channels_last"] == layout["default_channels_last"], (fused, layout)
+assert fused["images_per_s"] > 0 and fused["speed_vs_default"] > 0, fused
 assert bench["runs"]["checkpointed_fp32"]["images_per_s"] > 0
 assert bench["runs"]["cudnn_heuristics_fp32"]["images_per_s"] > 0
 PY
