@@ -2,9 +2,8 @@
 // or the Inception statistics of one set (--save-stats), with pytorch-fid's network, weights and
 // preprocessing; from the same network, sFID (the Fréchet distance of its spatial features),
 // each image set's Inception Score and, for two sets of images, precision and recall in the
-// Inception features. Under mpirun each
-// rank takes a slice of every set and the float64 sums are reduced, so the result does not depend
-// on the number of ranks or on --batch beyond rounding.
+// Inception features. Under mpirun each rank takes a slice of every set and the float64 sums are
+// reduced, so the result does not depend on the number of ranks or on --batch beyond rounding.
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>

@@ -11,6 +11,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace difftrain::model::kernels {
 namespace {
