@@ -40,6 +40,28 @@ def self_times(path, steps=1):
     return {n: [c / steps, ms / steps] for n, (c, ms) in totals.items()}
 
 
+def ops_per_step(path, steps=1):
+    """The ops the host dispatched per step: the outermost op events of each thread (category
+    cpu_op; LibTorch's legacy profiler writes no category), an autograd node's evaluation counting
+    as one; the ops nested inside them are their implementation."""
+    with open(path) as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    by_thread = collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e and e.get("cat", "cpu_op") == "cpu_op":
+            by_thread[(e.get("pid"), e.get("tid"))].append(e)
+    outermost = 0
+    for evs in by_thread.values():
+        evs.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))
+        end = float("-inf")
+        for e in evs:
+            if float(e["ts"]) >= end:
+                outermost += 1
+                end = float(e["ts"]) + float(e["dur"])
+    return outermost / steps
+
+
 def _close(frame, totals):
     _, e, child = frame
     t = totals[e["name"]]

@@ -10,7 +10,8 @@ import json
 import sys
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-LABEL = {"fashion_mnist": "demo (Fashion-MNIST)", "cifar10_hybrid": "CIFAR-10 hybrid"}
+LABEL = {"fashion_mnist": "demo (Fashion-MNIST)", "cifar10_hybrid": "CIFAR-10 hybrid",
+         "cifar10_host_bound": "CIFAR-10 layers, host-bound (¼ width, 8 × 8, batch 1)"}
 
 
 def med(s):
@@ -74,7 +75,12 @@ def section(r):
           "*tuned*: channels_last, `scaled_dot_product_attention`, fused AdamW, foreach "
           "gradient norm and EMA. difftrain runs with its defaults: `model.channels_last: auto` "
           "is channels-last under bf16 autocast and channels-first in fp32 (faster here); "
-          "fused AdamW. Ratio = difftrain / baseline (> 1: difftrain faster). "
+          "fused AdamW; besides the EMA, the two post-hoc EMA profiles it keeps by default "
+          "(`training.phema.sigma_rels`), which the baselines do not compute. "
+          + ("*Host-bound*: the CIFAR-10 model's layers at a quarter of the width on 8 × 8 "
+             "images, batch 1, so little arithmetic that the step is mostly the host dispatching "
+             "ops. " if "cifar10_host_bound" in ts else "") +
+          "Ratio = difftrain / baseline (> 1: difftrain faster). "
           "Peak = threads × clock × 8 fp32 lanes × 2 (FMA) × 2 FMA pipes (assumed). Peak RSS: "
           "of the whole benchmark process (difftrain / plain / tuned), model, optimizer, "
           "activations and, for PyTorch, the interpreter.")
@@ -109,7 +115,17 @@ def section(r):
                 notes.append(f"{LABEL.get(name, name)}: {e['forward_flops_per_image'] / 1e9:.2f} "
                              f"GFLOP forward per image, {e['train_flops_per_image'] / 1e9:.2f} "
                              f"per training image (backward counted as 2 × forward)")
-            if c:
+            if c and c.get("compared") == "loss":
+                notes.append(f"{LABEL.get(name, name)}: same parameter count and weights; the "
+                             f"first step's loss (fp32, dropout off) agrees with PyTorch's "
+                             f"{'(check passed' if c.get('ok') else '(check FAILED'}, relative "
+                             f"difference {num(c.get('max_loss_rel_diff'), '{:.1e}')}); its "
+                             f"gradient norm is not compared: at 1 × 1 a GroupNorm of 64 channels "
+                             f"normalises 2 values a group, whose gradient is rounding noise "
+                             f"amplified by "
+                             f"1 / √eps (here {num(c.get('max_grad_norm_rel_diff'), '{:.1e}')} "
+                             f"apart)")
+            elif c:
                 notes.append(f"{LABEL.get(name, name)}: same parameter count and weights (the "
                              f"zero-initialised layers set to small random values, so that the "
                              f"whole network takes part); the first step's loss and gradient "
@@ -135,7 +151,8 @@ def section(r):
               "images come ready; the loader is below). Forward: q_sample, the UNet (under "
               "autocast for bf16) and the loss terms. Sampler: for difftrain the gradient "
               "reducer's finish (a no-op on one rank) and the loss recording of the importance "
-              "sampler. All-reduce: none on one rank (see scaling).")
+              "sampler. EMA: difftrain's includes the two post-hoc EMA profiles. All-reduce: "
+              "none on one rank (see scaling).")
         w("")
         w("| model | precision | threads | data | sampler | forward | backward | optimizer | "
           "EMA | step |")
@@ -174,6 +191,10 @@ def section(r):
                       " | ".join(num(op.get(k), "{:.2f}") for k in impls) + " |")
                 w("| every op | " + " | ".join(num(p["total"][k], "{:.1f}") for k in impls)
                   + " |")
+                ops = p.get("ops_per_step", {})
+                if all(k in ops for k in impls):
+                    w("| ops dispatched per step (outermost op events; an autograd node counts "
+                      "once) | " + " | ".join(num(ops[k], "{:.0f}") for k in impls) + " |")
                 w("")
 
     ee = r.get("end_to_end", {})

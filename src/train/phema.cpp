@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "train/checkpoint.hpp"
+#include "train/ema.hpp"
 
 namespace difftrain::train::phema {
 
@@ -57,11 +58,7 @@ PowerFunctionEma make_power_function_ema(const std::vector<double>& sigma_rels,
 
 void update(PowerFunctionEma& ema, const std::vector<at::Tensor>& params, int64_t batch_size,
             const at::Tensor& skip) {
-  if (ema.profiles.empty()) return;
-  std::vector<at::Tensor> detached;
-  detached.reserve(params.size());
-  for (const at::Tensor& p : params)
-    detached.push_back(p.detach());
+  if (ema.profiles.empty() || params.empty()) return;
   // b, the images this step adds to t: 0 when it was skipped.
   const at::Tensor b = (1.0 - skip.to(at::kDouble)) * static_cast<double>(batch_size);
   ema.images.add_(b);
@@ -72,7 +69,7 @@ void update(PowerFunctionEma& ema, const std::vector<at::Tensor>& params, int64_
     // 1 - beta = 1 - (1 - b / t)^(gamma + 1), one 0-dim weight for every tensor (EDM2 Eq. 127).
     const at::Tensor weight =
         (1.0 - (1.0 - fraction).pow(p.gamma + 1)).to(p.params.front().scalar_type());
-    at::_foreach_lerp_(p.params, detached, std::vector<at::Tensor>(detached.size(), weight));
+    move_averages(p.params, params, weight, average_kernels_for(params.front().device()));
   }
 }
 

@@ -58,7 +58,7 @@ PowerFunctionEma make_power_function_ema(const std::vector<double>& sigma_rels,
                                          const std::vector<at::Tensor>& params);
 
 // After an optimizer step of `batch_size` images: t <- t + b, beta = (1 - b / t)^(gamma + 1)
-// (EDM2 Eq. 127), ema <- lerp(ema, theta, 1 - beta); one _foreach_lerp_ per profile. `skip` (a
+// (EDM2 Eq. 127), ema <- lerp(ema, theta, 1 - beta) (train::move_averages). `skip` (a
 // 0-dim float32 on the device, 0 or 1) makes b = 0, so beta = 1, decided on the device: no host
 // synchronisation.
 void update(PowerFunctionEma& ema, const std::vector<at::Tensor>& params, int64_t batch_size,

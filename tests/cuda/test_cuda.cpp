@@ -15,6 +15,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ATen/record_function.h>
+
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -37,8 +40,10 @@
 #include "train/classifier.hpp"
 #include "train/classifier_trainer.hpp"
 #include "train/denoiser.hpp"
+#include "train/ema.hpp"
 #include "train/heldout_bpd.hpp"
 #include "train/metrics.hpp"
+#include "train/phema.hpp"
 #include "train/setup.hpp"
 #include "train/step_rng.hpp"
 #include "train/train_step.hpp"
@@ -215,6 +220,67 @@ TEST_F(Cuda, TrainingStepMatchesTheCpuInFp32) {
     EXPECT_LT(diff, 1e-6) << names[i];
   }
   EXPECT_EQ(gpu_adam.steps.item<float>(), 3.0f);
+}
+
+// Elementwise ATen ops by name while a callback is installed: how many per-tensor kernels a
+// foreach op fell back to.
+std::atomic<int> elementwise_ops{0};
+std::unique_ptr<at::ObserverContext> count_elementwise(const at::RecordFunction& fn) {
+  const std::string name = fn.name();
+  for (const char* op : {"aten::lerp_", "aten::mul_", "aten::mul", "aten::add_", "aten::add"})
+    if (name == op) ++elementwise_ops;
+  return nullptr;
+}
+
+// The EMA and the post-hoc EMA profiles move on the GPU in multi-tensor kernels, not one lerp per
+// parameter (a 0-dim weight tensor per parameter sends _foreach_lerp_ down its per-tensor path on
+// CUDA), and agree with the CPU's per-tensor lerps to 1e-6 (fp32 rounding) over 3 updates, one of
+// them skipped.
+TEST_F(Cuda, AveragesMoveInMultiTensorKernelsAsOnTheCpu) {
+  const tr::Config c = config("unused");
+  difftrain::model::UNet cpu = perturbed_unet(c, at::kCPU, 0.01),
+                         gpu = perturbed_unet(c, kGpu, 0.01);
+  std::vector<at::Tensor> cpu_params = cpu->parameters(), gpu_params = gpu->parameters();
+  auto cpu_emas = tr::make_emas({0.9, 0.999}, cpu_params);
+  auto gpu_emas = tr::make_emas({0.9, 0.999}, gpu_params);
+  auto cpu_phema = tr::phema::make_power_function_ema({0.05, 0.1}, cpu_params);
+  auto gpu_phema = tr::phema::make_power_function_ema({0.05, 0.1}, gpu_params);
+  auto g = tr::cpu_generator(3);
+  for (int n = 0; n < 3; ++n) {
+    {
+      torch::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < cpu_params.size(); ++i) {
+        const at::Tensor step = at::randn(cpu_params[i].sizes(), g) * 0.01;
+        cpu_params[i].add_(step);
+        gpu_params[i].add_(step.to(kGpu));
+      }
+    }
+    const at::Tensor skip = at::full({}, n == 1 ? 1.0 : 0.0);
+    tr::update_emas(cpu_emas, cpu_params, n, /*warmup=*/true, skip);
+    tr::phema::update(cpu_phema, cpu_params, 12, skip);
+    elementwise_ops = 0;
+    const auto handle = at::addThreadLocalCallback(
+        at::RecordFunctionCallback(count_elementwise).scopes({at::RecordScope::FUNCTION}));
+    tr::update_emas(gpu_emas, gpu_params, n, /*warmup=*/true, skip.to(kGpu));
+    tr::phema::update(gpu_phema, gpu_params, 12, skip.to(kGpu));
+    at::removeCallback(handle);
+    // A handful for the weights themselves; the per-tensor path takes one per parameter and
+    // average, which the rehearsal's CPU does (so the count is seen to count).
+    if (rehearsal()) {
+      EXPECT_GE(elementwise_ops.load(), static_cast<int>(4 * cpu_params.size()));
+    } else {
+      EXPECT_LT(elementwise_ops.load(), 20) << cpu_params.size() << " parameters";
+    }
+  }
+  for (std::size_t i = 0; i < cpu_params.size(); ++i) {
+    for (std::size_t k = 0; k < cpu_emas.size(); ++k)
+      EXPECT_LT(relative_error(gpu_emas[k].params[i], cpu_emas[k].params[i]), 1e-6) << i;
+    for (std::size_t k = 0; k < cpu_phema.profiles.size(); ++k)
+      EXPECT_LT(relative_error(gpu_phema.profiles[k].params[i], cpu_phema.profiles[k].params[i]),
+                1e-6)
+          << i;
+  }
+  EXPECT_EQ(gpu_phema.images.item<double>(), 24.0);  // the skipped step added no images
 }
 
 // Whole runs on the GPU against the CPU end within the relative update difference of 2 ranks

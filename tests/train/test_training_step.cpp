@@ -204,6 +204,46 @@ TEST(Ema, SkippedStepLeavesTheAverageUnchanged) {
   EXPECT_TRUE(at::allclose(emas[0].params[0], at::ones({3})));
 }
 
+// The per-tensor lerps (the CPU's) and the multi-tensor weighted sum (CUDA's) move averages
+// alike, to fp32 rounding, and exactly at the weights that matter most: 0 (a skipped step) and 1
+// (the post-hoc EMA's first step). Shapes of a UNet's parameters, one of them channels-last.
+TEST(Ema, BothKernelsMoveAveragesAsTheFormula) {
+  auto g = tr::cpu_generator(5);
+  std::vector<at::Tensor> params{
+      at::randn({64, 32, 3, 3}, g), at::randn({64}, g),
+      at::randn({16, 8, 3, 3}, g).contiguous(at::MemoryFormat::ChannelsLast), at::randn({1}, g)};
+  std::vector<at::Tensor> start;
+  for (auto& p : params) {
+    start.push_back(p + at::randn(p.sizes(), g));
+    p.requires_grad_(true);
+  }
+  for (const double w : {0.0, 1e-4, 0.3, 0.5, 0.7, 1.0}) {
+    for (const auto kernels : {tr::AverageKernels::per_tensor, tr::AverageKernels::multi_tensor}) {
+      SCOPED_TRACE(std::to_string(w) +
+                   (kernels == tr::AverageKernels::per_tensor ? " per tensor" : " multi"));
+      std::vector<at::Tensor> averages;
+      for (const auto& s : start)
+        averages.push_back(s.clone());
+      tr::move_averages(averages, params, at::full({}, w), kernels);
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        EXPECT_FALSE(averages[i].requires_grad());
+        const at::Tensor want =
+            (1 - w) * start[i].to(at::kDouble) + w * params[i].detach().to(at::kDouble);
+        EXPECT_LT((averages[i].to(at::kDouble) - want).abs().max().item<double>(),
+                  1e-6 * want.abs().max().item<double>());
+        if (w == 0.0) {
+          EXPECT_TRUE(at::equal(averages[i], start[i]));
+        }
+        if (w == 1.0) {
+          EXPECT_TRUE(at::equal(averages[i], params[i].detach()));
+        }
+      }
+    }
+  }
+  EXPECT_EQ(tr::average_kernels_for(at::kCPU), tr::AverageKernels::per_tensor);
+  EXPECT_EQ(tr::average_kernels_for(c10::Device(at::kCUDA, 0)), tr::AverageKernels::multi_tensor);
+}
+
 TEST(LossScaler, SkipsOnInfAndRecovers) {
   const auto skipped = [](const at::Tensor& found_inf) { return found_inf.item<float>() == 1.0f; };
   auto s = tr::make_loss_scaler(true, 1024.0, 3, 1.0, at::kCPU);
