@@ -21,13 +21,10 @@ while [[ $# -gt 0 ]]; do
     *) echo "usage: $0 [--quick] [--out FILE]" >&2; exit 2 ;;
   esac
 done
-[ -x "$BIN" ] && [ -x build/bench_grad_sync ] || { echo "build first: launch/setup.sh" >&2; exit 1; }
+[ -x "$BIN" ] && [ -x build/bench_grad_sync ] && [ -x build/h5shard ] ||
+  { echo "build first: launch/setup.sh" >&2; exit 1; }
 CONFIG=configs/fashion_mnist.yaml
-DATA=data/fashion_mnist
-if [ ! -f $DATA/train/manifest.json ]; then
-  build/h5shard convert --format idx --split train --input /usr/share/datasets/fashion-mnist \
-    --out $DATA/train --shards 4 --quiet
-fi
+launch/fashion_mnist_shards.sh  # the config reads the train and the test shards
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 --mca btl self,vader,tcp
   --mca btl_tcp_if_include lo -x OMP_NUM_THREADS -x OMP_WAIT_POLICY)

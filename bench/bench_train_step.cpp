@@ -5,13 +5,17 @@
 //   build/bench_train_step --config configs/fashion_mnist.yaml --set model.image_size=28
 //       --set model.in_channels=1 [--batch 8] [--threads 1] [--precision fp32|bf16]
 //       [--steps 5] [--repeats 3] [--warmup 1] [--export FILE] [--out FILE] [--profile TRACE]
-//       [--device cpu|cuda] [--cuda-trace TRACE]
+//       [--device cpu|cuda] [--cuda-trace TRACE] [--phase-timing same|separate]
 //
 // Each timed step is the product's: draw_step_inputs, then train::train_step (the function the
-// trainer calls, with its gradient reducer on a world of one), timed by phase through its hook:
+// trainer calls, with its gradient reducer on a world of one); a repeat of them is timed as a
+// whole. Its phases are timed through the step's hook, the device synchronised at each boundary:
 // data (the step's timesteps and noise), forward (q_sample, the network under autocast, the loss
 // terms), backward, sampler (the reducer's finish, a no-op on one rank, and the loss recording of
 // loss-second-moment), optimizer (unscale, gradient norm, clipping, fused AdamW), EMA.
+// --phase-timing same times them in the timed steps (the CPU's default: there the clock costs
+// nothing); separate in one more repeat (CUDA's default: the synchronisations would keep the host
+// from running ahead of the GPU, which the trainer's step relies on).
 //
 // --export FILE writes the initial weights (the C++ state dict; zero-initialised layers made
 // random, see main), the fixed batch, the betas and the first step's per-sample losses and
@@ -184,6 +188,12 @@ int main(int argc, char** argv) {
   app.add_option("--device", device_name, "cpu | cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->default_val(device_name);
+  std::string phase_timing;
+  app.add_option("--phase-timing", phase_timing,
+                 "same: the phases are timed in the timed steps; separate: in one more repeat, "
+                 "the timed steps running without a synchronisation (default: same on the CPU, "
+                 "separate on CUDA)")
+      ->check(CLI::IsMember({"same", "separate"}));
   app.add_option("--profile", profile_path,
                  "After the timed steps, profile 3 more steps into this Chrome trace");
   std::string cuda_trace_path;
@@ -295,19 +305,28 @@ int main(int argc, char** argv) {
       std::ofstream(export_path + ".json") << meta.dump(2) << '\n';
     }
 
-    // The timed steps: repeats x steps, after `warmup` untimed ones; each phase timed through
-    // the step's hook, the device synchronised at every phase boundary.
+    // The timed steps: repeats x steps after `warmup` untimed ones, each repeat timed as a whole
+    // (the device synchronised at its ends only). The phases are timed through the step's hook
+    // with the device synchronised at every boundary: on the CPU in the timed steps themselves
+    // (its ops end before the host goes on, so the clock costs nothing), on CUDA in one more
+    // repeat of their own, because the synchronisations would stop the host from queueing the
+    // next phase while the GPU runs this one, and the throughput would be the trainer's no more.
     std::map<std::string, std::vector<double>> phase_ms;  // this repeat's steps
-    std::vector<double> step_ms, rate;
+    std::vector<double> rate;
     std::map<std::string, std::vector<double>> repeat_ms;  // per phase, a mean per repeat
     const std::map<train::StepPhase, std::string> names{{train::StepPhase::forward, "forward"},
                                                         {train::StepPhase::backward, "backward"},
                                                         {train::StepPhase::all_reduce, "sampler"},
                                                         {train::StepPhase::optimizer, "optimizer"},
                                                         {train::StepPhase::ema, "ema"}};
-    const auto one_step = [&] {
-      const auto start = clock.now();
-      auto phase = start;
+    const auto one_step = [&](bool time_phases) {
+      if (!time_phases) {
+        train::train_step(
+            state, context,
+            train::draw_step_inputs(seed, state.step, state.sampler, batch_data, batch));
+        return;
+      }
+      auto phase = clock.now();
       const train::StepInputs inputs =
           train::draw_step_inputs(seed, state.step, state.sampler, batch_data, batch);
       phase_ms["data"].push_back(clock.ms_since(phase));
@@ -316,23 +335,33 @@ int main(int argc, char** argv) {
         phase_ms[names.at(ended)].push_back(clock.ms_since(phase));
         phase = clock.now();
       });
-      step_ms.push_back(clock.ms_since(start));
     };
-    for (int64_t r = -1; r < repeats; ++r) {
-      const int64_t count = r < 0 ? warmup : steps;
-      phase_ms.clear();
-      step_ms.clear();
-      for (int64_t s = 0; s < count; ++s)
-        one_step();
-      if (r < 0) continue;
-      double total = 0;
-      for (double v : step_ms)
-        total += v;
-      rate.push_back(1000.0 * static_cast<double>(batch * steps) / total);
-      repeat_ms["step"].push_back(mean(step_ms));
+    const auto record_phases = [&] {  // this repeat's phases, a mean per step
       for (const auto& [name, values] : phase_ms)
         repeat_ms[name].push_back(mean(values) * static_cast<double>(values.size()) /
-                                  static_cast<double>(steps));  // per step (microbatches summed)
+                                  static_cast<double>(steps));  // microbatches summed
+      phase_ms.clear();
+    };
+    if (phase_timing.empty()) phase_timing = device.is_cuda() ? "separate" : "same";
+    const bool phases_in_timed_steps = phase_timing == "same";
+    for (int64_t r = -1; r < repeats; ++r) {
+      const int64_t count = r < 0 ? warmup : steps;
+      const auto start = clock.now();
+      for (int64_t s = 0; s < count; ++s)
+        one_step(phases_in_timed_steps);
+      const double ms = clock.ms_since(start);
+      if (r < 0) {
+        phase_ms.clear();
+        continue;
+      }
+      rate.push_back(1000.0 * static_cast<double>(batch * steps) / ms);
+      repeat_ms["step"].push_back(ms / static_cast<double>(steps));
+      if (phases_in_timed_steps) record_phases();
+    }
+    if (!phases_in_timed_steps) {
+      for (int64_t s = 0; s < steps; ++s)
+        one_step(true);
+      record_phases();
     }
     repeat_ms["forward_backward"] = repeat_ms["forward"];
     for (std::size_t i = 0; i < repeat_ms["forward_backward"].size(); ++i)
@@ -343,7 +372,7 @@ int main(int argc, char** argv) {
       // ATen op, which bench/profile_summary.py --steps 3 turns into self time per op and step.
       torch::autograd::profiler::RecordProfile guard(profile_path);
       for (int i = 0; i < 3; ++i)
-        one_step();
+        one_step(false);
     }
 
     json j;
@@ -360,6 +389,7 @@ int main(int argc, char** argv) {
     j["steps_per_repeat"] = steps;
     j["repeats"] = repeats;
     j["warmup"] = warmup;
+    j["phase_timing"] = phase_timing;
     j["images_per_s"] = summary(rate);
     j["step_ms"] = summary(repeat_ms["step"]);
     j["breakdown_ms"] = {{"data", summary(repeat_ms["data"])},
@@ -371,8 +401,10 @@ int main(int argc, char** argv) {
                          {"optimizer", summary(repeat_ms["optimizer"])},
                          {"ema", summary(repeat_ms["ema"])}};
     j["notes"] =
-        "the product's step (train::train_step), timed by phase through its hook; per-repeat "
-        "means of each phase, min/median/max over repeats; data: the step's timesteps and noise "
+        "the product's step (train::train_step); each repeat timed as a whole, its phases "
+        "through the step's hook with the device synchronised at each boundary, in the timed "
+        "steps (phase_timing same) or in one more repeat (separate); per-repeat means of each "
+        "phase, min/median/max over repeats; data: the step's timesteps and noise "
         "(draw_step_inputs); sampler: the reducer's finish (one rank) and the loss recording; "
         "all_reduce: one rank (see scaling)";
     j["check"] = check_json;
@@ -388,7 +420,8 @@ int main(int argc, char** argv) {
     write();
     if (!cuda_trace_path.empty()) {
       try {
-        j["cuda_trace"] = traced_steps(one_step, clock, device, cuda_trace_path);
+        // The steps as the trainer runs them: the trace shows the gaps the host leaves.
+        j["cuda_trace"] = traced_steps([&] { one_step(false); }, clock, device, cuda_trace_path);
       } catch (const std::exception& e) {
         spdlog::error("--cuda-trace: {}", e.what());
         j["cuda_trace"] = {{"error", e.what()}};

@@ -429,7 +429,7 @@ def rss_trend(rss, steps):
 def training_run(args, env, tmp, steps, log_every, threads):
     """The demo config for `steps` steps: RSS per log line, peak RSS, and the final checkpoint."""
     if not os.path.exists(os.path.join(ROOT, "data/fashion_mnist/train/manifest.json")):
-        return {"skipped": "no data/fashion_mnist/train (launch/quickstart.sh prepares it)"}, None
+        return {"skipped": "no data/fashion_mnist/train (launch/fashion_mnist_shards.sh makes it)"}, None
     run_dir = os.path.join(tmp, "rss_run")
     cmd = [os.path.join(BUILD, "difftrain"), "train", "--config", "configs/fashion_mnist.yaml",
            "--set", f"training.max_steps={steps}", "--set", f"logging.log_every={log_every}",
@@ -470,7 +470,7 @@ def end_to_end_run(args, env, tmp, seconds):
     mpirun, data loading, logging and all) for `seconds`: images/s from its metrics.jsonl, every
     log line but the first (start-up)."""
     if not os.path.exists(os.path.join(ROOT, "data/fashion_mnist/train/manifest.json")):
-        return {"skipped": "no data/fashion_mnist/train (launch/quickstart.sh prepares it)"}
+        return {"skipped": "no data/fashion_mnist/train (launch/fashion_mnist_shards.sh makes it)"}
     run_dir = os.path.join(tmp, "end_to_end")
     cmd = ["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none", "-x",
            "OMP_NUM_THREADS=1", "-x", "OMP_WAIT_POLICY"]

@@ -19,9 +19,13 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || { echo "$PYTHON not found: run launch/setup.sh first" >&2; exit 1; }
 if ((BUILD)); then
   # The build lock shared with the other scripts of this tree.
-  TARGETS=(difftrain bench_train_step bench_loader)
+  TARGETS=(difftrain h5shard bench_train_step bench_loader)
   grep -q "bench_grad_sync" bench/CMakeLists.txt && TARGETS+=(bench_grad_sync)
   flock /tmp/difftrain-ninja.lock ninja -C build -j2 "${TARGETS[@]}"
 fi
+# The demo's shards, for the loader, end-to-end, training, sampling and scaling sections (each
+# says it was skipped without them).
+launch/fashion_mnist_shards.sh ||
+  echo "no Fashion-MNIST shards: the sections that need them skip" >&2
 "$PYTHON" bench/run.py --python "$PYTHON" "${ARGS[@]}"
 "$PYTHON" bench/update_readme.py bench/results/latest.json docs/performance.md

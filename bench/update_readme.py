@@ -147,7 +147,11 @@ def section(r):
             w("**Where a step's time goes** (ms per step, medians; difftrain / PyTorch plain / "
               "PyTorch tuned). difftrain's phases are timed inside the product's step "
               "(`train::train_step`, the function the trainer calls) through its phase hook, the "
-              "device synchronised at each boundary. Data: the step's timesteps and noise (the "
+              "device synchronised at each boundary"
+              + (" in steps of their own, after the timed ones, which run unsynchronised as in "
+                 "training (`--phase-timing separate`); so the phases add up to more than the step"
+                 if r.get("train_step_device") == "cuda" else "")
+              + ". Data: the step's timesteps and noise (the "
               "images come ready; the loader is below). Forward: q_sample, the UNet (under "
               "autocast for bf16) and the loss terms. Sampler: for difftrain the gradient "
               "reducer's finish (a no-op on one rank) and the loss recording of the importance "

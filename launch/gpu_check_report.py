@@ -145,7 +145,7 @@ def bench(work, directory, peak_tflops):
 
     flops = load("flops.json")
     forward = flops["forward_flops_per_image"] if flops else None
-    runs = {}
+    runs, setup = {}, {}
     for precision in ("fp32", "bf16"):
         row, rates = {}, {}
         for impl in ("difftrain", "pytorch_plain", "pytorch_tuned"):
@@ -156,7 +156,14 @@ def bench(work, directory, peak_tflops):
             rates[impl] = rate
             entry = {"images_per_s": round(rate, 2),
                      "step_ms": round(j["step_ms"]["median"], 3),
-                     "peak_device_memory_mb": j.get("cuda_peak_allocated_mb")}
+                     "peak_device_memory_mb": j.get("cuda_peak_allocated_mb"),
+                     # Medians of the step's phases (forward, backward, optimizer, EMA, ...).
+                     "phases_ms": {k: round(v["median"], 3)
+                                   for k, v in (j.get("breakdown_ms") or {}).items() if v}}
+            setup.setdefault("batch", j.get("batch"))
+            setup.setdefault("parameters", j.get("parameters"))
+            setup.setdefault("timing", {k: j.get(k) for k in ("warmup", "repeats",
+                                                              "steps_per_repeat", "phase_timing")})
             if forward:
                 entry["mfu"] = round(3 * forward * rate / (peak_tflops * 1e12), 5)
             if impl != "difftrain" and j.get("check", {}).get("same_precision_as_export"):
@@ -237,6 +244,9 @@ def bench(work, directory, peak_tflops):
     write(work, "bench", {
         "targets": targets,
         "forward_flops_per_image": forward,
+        "batch": setup.get("batch"),
+        "parameters": setup.get("parameters"),
+        "timing": setup.get("timing"),
         "mfu_note": f"MFU = 3 x forward FLOPs (2 per multiply-add: convolutions, linears, "
                     f"attention matmuls) x images/s / {peak_tflops} TFLOP/s (H100/H200 SXM dense "
                     f"bf16 peak, used for fp32/TF32 runs too)",

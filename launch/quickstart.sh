@@ -20,14 +20,7 @@ while [ $# -gt 0 ]; do
 done
 
 launch/setup.sh
-FMNIST=/usr/share/datasets/fashion-mnist
-for split in train test; do
-  if [ ! -f "data/fashion_mnist/$split/manifest.json" ]; then
-    shards=$([ "$split" = train ] && echo 4 || echo 1)
-    build/h5shard convert --format idx --split "$split" --input "$FMNIST" \
-      --out "data/fashion_mnist/$split" --shards "$shards"
-  fi
-done
+launch/fashion_mnist_shards.sh
 
 RUN=runs/fashion_mnist
 SECONDS_LIMIT=$((MINUTES * 60))

@@ -5,6 +5,7 @@ same way (repeats x steps after warm-up, per-phase means per repeat, min/median/
   python bench/baseline/train_step.py --export FILE --variant plain|tuned [--threads 1]
       [--precision fp32|bf16] [--device cpu|cuda] [--steps 5] [--repeats 3] [--warmup 1]
       [--out FILE] [--flops] [--profile TRACE] [--check loss-and-gradient|loss]
+      [--phase-timing same|separate]
 
 plain: the way improved-diffusion's TrainLoop runs it: zero_grad in place, the QKVAttention
        einsums, torch.optim.AdamW with its defaults (the per-parameter loop on CPU), the gradient
@@ -17,8 +18,10 @@ Before timing it checks that the first step's losses and gradient norm (dropout 
 C++ ones stored in the export: the same computation. --flops counts the forward FLOPs per image
 (convolutions, linears, attention matmuls; 2 FLOPs per multiply-add) and exits. --profile
 writes 3 more steps, after the timed ones, as a torch.profiler Chrome trace (for
-bench/profile_summary.py). On CUDA every phase boundary synchronises the device before reading
-the clock.
+bench/profile_summary.py). Each repeat is timed as a whole, the device synchronised at its ends;
+the phases are timed with the device synchronised at every boundary, in the timed steps
+(--phase-timing same, the CPU's default) or in one more repeat (separate, CUDA's default, so
+that the timed steps run as a training loop runs them).
 """
 import argparse
 import json
@@ -108,6 +111,9 @@ def main():
     ap.add_argument("--flops", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--profile")
+    ap.add_argument("--phase-timing", choices=["same", "separate"],
+                    help="the phases timed in the timed steps or in one more repeat (default: "
+                         "same on the CPU, separate on CUDA)")
     ap.add_argument("--check", choices=["loss-and-gradient", "loss"], default="loss-and-gradient",
                     help="what the same-computation check compares; `loss` for a model whose "
                          "gradient norm is rounding noise in part (GroupNorms of 2 values a group at 1 x 1)")
@@ -199,15 +205,23 @@ def main():
             th.cuda.synchronize()
         return time.perf_counter() * 1000.0
 
-    def one_step(ph):
-        start = now()
+    def one_step(ph=None):
+        """One training step; with ph (phase -> list of ms), each phase timed into it, the device
+        synchronised at every boundary. Without, nothing synchronises but the step's own."""
+        clock = now if ph is not None else (lambda: 0.0)
+
+        def ended(phase, since):
+            t = clock()
+            if ph is not None:
+                ph[phase].append(t - since)
+            return t
+
+        start = clock()
         noise = th.randn_like(x)
-        a = now()
-        ph["data"].append(a - start)
+        a = ended("data", start)
         t = th.randint(0, T, (B,), device=dev)  # UniformSampler: uniform t, weights 1
         weights = th.ones(B, device=dev)
-        b = now()
-        ph["sampler"].append(b - a)
+        b = ended("sampler", a)
         if tuned:
             opt.zero_grad(set_to_none=True)
         else:  # improved-diffusion's zero_grad(model_params)
@@ -217,11 +231,9 @@ def main():
                     p.grad.zero_()
         terms = losses(x, t, noise)
         loss = (terms["loss"] * weights).mean()
-        c = now()
-        ph["forward"].append(c - b)
+        c = ended("forward", b)
         loss.backward()
-        e = now()
-        ph["backward"].append(e - c)
+        e = ended("backward", c)
         if tuned:
             norm = th.stack(th._foreach_norm([p.grad for p in params])).norm().item()
         else:  # TrainLoop._log_grad_norm
@@ -231,8 +243,7 @@ def main():
             norm = sqsum ** 0.5
         if norm == norm:
             opt.step()
-        f = now()
-        ph["optimizer"].append(f - e)
+        f = ended("optimizer", e)
         with th.no_grad():
             for rate_, ema in zip(rates, emas):
                 if tuned:
@@ -240,22 +251,36 @@ def main():
                 else:  # improved-diffusion's update_ema
                     for targ, src in zip(ema, params):
                         targ.detach().mul_(rate_).add_(src, alpha=1 - rate_)
-        g = now()
-        ph["ema"].append(g - f)
-        ph["step"].append(g - start)
+        ended("ema", f)
 
-    rate, r = [], {k: [] for k in ["step", "data", "sampler", "forward", "backward",
-                                   "optimizer", "ema"]}
+    # Each repeat timed as a whole; the phases in the timed steps (--phase-timing same, the
+    # CPU's default) or in one more repeat (separate, CUDA's: bench_train_step says why).
+    phase_timing = args.phase_timing or ("separate" if dev.type == "cuda" else "same")
+    phases = ["data", "sampler", "forward", "backward", "optimizer", "ema"]
+    rate, r = [], {k: [] for k in ["step"] + phases}
+
+    def record(ph):  # a repeat's phases, a mean per step
+        for k in phases:
+            r[k].append(sum(ph[k]) / args.steps)
+
     for rep in range(-1, args.repeats):
         count = args.warmup if rep < 0 else args.steps
-        ph = {k: [] for k in r}
+        ph = {k: [] for k in phases} if phase_timing == "same" else None
+        start = now()
         for _ in range(count):
             one_step(ph)
+        ms = now() - start
         if rep < 0:
             continue
-        rate.append(1000.0 * B * args.steps / sum(ph["step"]))
-        for k in r:
-            r[k].append(sum(ph[k]) / len(ph[k]))
+        rate.append(1000.0 * B * args.steps / ms)
+        r["step"].append(ms / args.steps)
+        if ph is not None:
+            record(ph)
+    if phase_timing == "separate":
+        ph = {k: [] for k in phases}
+        for _ in range(args.steps):
+            one_step(ph)
+        record(ph)
 
     result = {
         "benchmark": "train_step",
@@ -268,6 +293,7 @@ def main():
         "steps_per_repeat": args.steps,
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "phase_timing": phase_timing,
         "images_per_s": summary(rate),
         "step_ms": summary(r["step"]),
         "breakdown_ms": {
@@ -286,7 +312,7 @@ def main():
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with profile(activities=activities) as prof:
             for _ in range(3):  # as bench_train_step: one step is too noisy
-                one_step({k: [] for k in r})
+                one_step()
         prof.export_chrome_trace(args.profile)
     text = json.dumps(result, indent=2)
     print(text)

@@ -45,6 +45,15 @@ for impl in ("pytorch_plain", "pytorch_tuned"):
     check = runs[impl]["same_computation_check"]
     assert check["ok"], f"{impl} computes another step than difftrain's: {check}"
 assert runs["ratio_vs_plain"] > 0 and runs["ratio_vs_tuned"] > 0
+# What the published tables say of the step: its batch, model size, timing and phases.
+assert bench["batch"] == 2 and 52e6 < bench["parameters"] < 53e6, bench
+# The phases in a repeat of their own (the GPU's way), so that the timed steps run unsynchronised.
+assert bench["timing"] == {"warmup": 0, "repeats": 1, "steps_per_repeat": 1,
+                           "phase_timing": "separate"}, bench["timing"]
+for impl in ("difftrain", "pytorch_plain", "pytorch_tuned"):
+    phases = runs[impl]["phases_ms"]
+    assert phases["forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0, phases
+    assert "all_reduce" not in phases, "an untimed phase (null) is left out"
 trace = runs["difftrain"]["cuda_trace"]
 assert trace["steps"] == 3 and trace["wall_ms_per_step"] > 0, trace
 assert trace["gpu_busy_ms_per_step"] == 0, "the CPU has no GPU activity"

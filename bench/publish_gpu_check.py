@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Publishes what a GPU check found (launch/gpu_check.sh, docs/gpu-check.md; stdlib only): keeps
+its summary.json in bench/results/ under the date and the GPU, then regenerates, from the newest
+one kept there, the GPU section of docs/performance.md (between <!-- gpu-check:begin --> and
+<!-- gpu-check:end -->) and the GPU bullet of README.md (between <!-- gpu:begin --> and
+<!-- gpu:end -->).
+
+  bench/publish_gpu_check.py SUMMARY.json   keep it (bench/results/gpu_check_DATE_GPU.json), render
+  bench/publish_gpu_check.py                render again from what bench/results/ holds
+Options: --results DIR, --doc FILE, --readme FILE (the repository's by default); --print writes
+the two blocks to stdout instead; --allow-cpu keeps a --cpu run's summary too (to test this
+script: its figures are a CPU's, and the blocks say so).
+
+A summary is refused, naming what is wrong, when it is not a GPU check's (no check, machine or
+parts record) or comes from a --cpu run. Keeping the same check twice rewrites one file.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC_MARKERS = ("<!-- gpu-check:begin -->", "<!-- gpu-check:end -->")
+README_MARKERS = ("<!-- gpu:begin -->", "<!-- gpu:end -->")
+NONE_YET = ("- **GPUs**: no figures yet. The [GPU check](docs/gpu-check.md) is ready for the "
+            "first GPU; it\n  also tests and times `model.fused_group_norm`, CUDA kernels for "
+            "GroupNorm + SiLU that read\n  channels-last bf16 in place (off by default until "
+            "then).")
+# A variant within this much of the default step's speed is the same speed: the bench times
+# 3 repeats of 10 steps, and the medians of two runs of the same step differ by a few percent.
+SAME_SPEED = 0.03
+IMPLEMENTATIONS = {"difftrain": "difftrain", "pytorch_plain": "PyTorch eager, plain",
+                   "pytorch_tuned": "PyTorch eager, tuned"}
+PHASES = ("forward", "backward", "optimizer", "ema")
+
+
+def fail(message):
+    sys.exit(f"publish_gpu_check: {message}")
+
+
+def load_summary(path, allow_cpu):
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        fail(f"{path}: not a readable JSON file ({e})")
+    missing = [k for k in ("check", "machine", "parts") if k not in summary]
+    if missing:
+        fail(f"{path}: not a GPU check's summary.json: no {', '.join(missing)} record")
+    if summary["check"].get("mode") != "gpu" and not allow_cpu:
+        fail(f"{path}: a --cpu run's summary (mode {summary['check'].get('mode')!r}); its "
+             "figures are not a GPU's (--allow-cpu keeps it anyway)")
+    if "started" not in summary["check"]:
+        fail(f"{path}: the check record has no start time")
+    return summary
+
+
+def gpu_name(summary):
+    """'NVIDIA H200' from nvidia-smi's 'NVIDIA H200, 143771 MiB, 580.95.05'; 'CPU' without one."""
+    gpu = summary["machine"].get("gpu") or ""
+    if summary["check"].get("mode") != "gpu" or gpu.startswith("none"):
+        return "CPU"
+    return gpu.splitlines()[0].split(",")[0].strip() or "unknown GPU"
+
+
+def result_name(summary):
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name(summary).lower()).strip("-")
+    return f"gpu_check_{summary['check']['started'][:10]}_{slug}.json"
+
+
+def newest(results_dir):
+    """(file name, summary) of the latest check kept in results_dir, or None."""
+    found = []
+    for path in glob.glob(os.path.join(results_dir, "gpu_check_*.json")):
+        with open(path) as f:
+            summary = json.load(f)
+        found.append((summary["check"]["started"], os.path.basename(path), summary))
+    if not found:
+        return None
+    _, name, summary = max(found)
+    return name, summary
+
+
+def num(v, fmt="{:.1f}", missing="–"):
+    return missing if v is None else fmt.format(v)
+
+
+def percent(v):
+    return num(None if v is None else 100 * v, "{:.1f} %")
+
+
+def rate(v):
+    """images/s: whole numbers from 100 up, three significant digits below"""
+    return num(v, "{:.0f}" if v is not None and v >= 100 else "{:.3g}")
+
+
+def phases(entry):
+    p = entry.get("phases_ms") or {}
+    return " / ".join(num(p.get(k), "{:.1f}") for k in PHASES)
+
+
+def decisions(bench, cuda_tests):
+    """What the variants decide (docs/gpu-check.md, "What the figures decide"), one line each."""
+    runs, out = bench.get("runs", {}), []
+
+    def compare(speed):
+        if speed is None:
+            return "not timed"
+        if abs(speed - 1) <= SAME_SPEED:
+            return "the same speed within the bench's noise (±3 %)"
+        return f"{speed:.2f}× the speed"
+
+    for key, layout in runs.items():
+        if not key.startswith("other_layout_"):
+            continue
+        precision = key[len("other_layout_"):]
+        other = "channels-last" if layout.get("channels_last") else "channels-first"
+        default = "channels-last" if layout.get("default_channels_last") else "channels-first"
+        speed = layout.get("speed_vs_default")
+        verdict = ("keep `model.channels_last: auto` as it is on CUDA" if speed is None or
+                   speed <= 1 + SAME_SPEED else
+                   f"`model.channels_last: auto` should resolve to {other} on CUDA in {precision}")
+        out.append(f"- **Memory layout** ({precision}): {other} against the default "
+                   f"{default}: {compare(speed)}; {verdict}.")
+    for key, fused in runs.items():
+        if not key.startswith("fused_group_norm_"):
+            continue
+        precision = key[len("fused_group_norm_"):]
+        speed = fused.get("speed_vs_default")
+        test = next((t["status"] for t in cuda_tests.get("tests", [])
+                     if t["name"].endswith("FusedGroupNormKernelsMatchTheReference")), "not run")
+        if test != "passed":
+            verdict = (f"keep it off: `Cuda.FusedGroupNormKernelsMatchTheReference` {test}")
+        elif speed is not None and speed > 1 + SAME_SPEED:
+            verdict = "its kernels are right and faster: make `auto` its default, fusing on CUDA"
+        else:
+            verdict = "its kernels are right but not faster: keep it off"
+        memory = fused.get("memory_vs_default")
+        out.append(f"- **Fused GroupNorm** ({precision}, "
+                   f"{'channels-last' if fused.get('channels_last') else 'channels-first'}) "
+                   f"against the default: {compare(speed)}"
+                   + (f", {memory:.2f}× the peak memory" if memory else "") + f"; {verdict}.")
+    trace = runs.get("bf16", {}).get("difftrain", {}).get("cuda_trace") or \
+        runs.get("fp32", {}).get("difftrain", {}).get("cuda_trace")
+    if trace and trace.get("gpu_busy_ms_per_step"):  # nothing to say of a CPU's trace
+        busy = trace.get("gpu_busy_fraction") or 0
+        verdict = ("the GPU is the bottleneck: faster kernels, not fewer launches, would help"
+                   if busy >= 0.9 else
+                   "the GPU waits for the host for part of each step: launch gaps or host "
+                   "syncs (the Chrome trace in logs.tar.gz shows where)")
+        out.append(f"- **Host or GPU**: the GPU was busy {percent(busy)} of the traced step's "
+                   f"wall time; {verdict}.")
+    return out
+
+
+def render_doc(name, s):
+    check, machine, parts = s["check"], s["machine"], s["parts"]
+    gpu = gpu_name(s)
+    date = check["started"][:10]
+    out = []
+    w = out.append
+    w(f"### {date}: {gpu}")
+    w("")
+    cpu_note = (" **A `--cpu` rehearsal: these are a CPU's figures, not a GPU's.**"
+                if check.get("mode") != "gpu" else "")
+    w(f"Generated by `bench/publish_gpu_check.py` from "
+      f"[`bench/results/{name}`](../bench/results/{name}): `launch/gpu_check.sh` at commit "
+      f"{check.get('commit', '?')}, started {check['started']}, "
+      f"{num(check.get('total_s'), '{:.0f}', '?')} s of its {check.get('budget_s', '?')} s "
+      f"budget.{cpu_note} Machine: {machine.get('gpu', '?')}; {machine.get('cores', '?')} cores "
+      f"({machine.get('cpu', '?')}); torch {machine.get('torch', '?')}; "
+      f"{machine.get('nvcc') or 'no nvcc'}.")
+    w("")
+    w("| part | status | seconds | note |")
+    w("|---|---|---|---|")
+    for part in ("setup", "build", "tests", "bench", "real_run"):
+        p = parts.get(part)
+        if p:
+            note = (p.get("note") or "").replace("|", "\\|")
+            w(f"| {part} | {p.get('status', '?')} | {p.get('seconds', '–')} | {note} |")
+        else:
+            w(f"| {part} | not run | – | |")
+    w("")
+
+    for part, title in (("cuda_tests", "CUDA tests (`ctest -L cuda`)"),
+                        ("nccl", "NCCL under mpirun, 1 and 2 ranks on the one GPU")):
+        p = parts.get(part)
+        if not p:
+            w(f"**{title}**: not run.")
+            continue
+        c = p.get("counts", {})
+        retried = (f", {c['passed_on_retry']} of them only on the retry with "
+                   f"`NCCL_CUMEM_ENABLE=0`" if c.get("passed_on_retry") else "")
+        failed = [t["name"] for t in p.get("tests", []) if t["status"] == "failed"]
+        w(f"**{title}**: {c.get('passed', 0)} passed{retried}, {c.get('failed', 0)} failed, "
+          f"{c.get('skipped', 0)} skipped."
+          + (f" Failed: {', '.join('`' + n + '`' for n in failed)}." if failed else ""))
+        w("")
+
+    bench = parts.get("bench", {})
+    runs = bench.get("runs", {})
+    timing = bench.get("timing") or {}
+    flops = bench.get("forward_flops_per_image")
+    parameters = bench.get("parameters")
+    w(f"**Training step**: the CIFAR-10 model "
+      f"({num(None if parameters is None else parameters / 1e6, '{:.2f}', '?')} M parameters, "
+      f"`configs/cifar10_hybrid.yaml`), batch {bench.get('batch', '?')} on the one "
+      f"device, {timing.get('warmup', '?')} warm-up steps, then the median of "
+      f"{timing.get('repeats', '?')} × {timing.get('steps_per_repeat', '?')} timed steps"
+      + (f" run as the trainer runs them; the phases in {timing.get('steps_per_repeat')} more "
+         f"steps, the device synchronised at each phase boundary (they add up to more than the "
+         f"step)" if timing.get("phase_timing") == "separate" else "")
+      + ". MFU = "
+      f"3 × {num(None if flops is None else flops / 1e9, '{:.2f}')} GFLOP forward × images/s / "
+      f"989 TFLOP/s (dense bf16, for fp32 too). fp32 is LibTorch's default TF32 (convolutions "
+      f"in TF32, matmuls in fp32) on both sides. Ratio: difftrain's images/s over the row's.")
+    w("")
+    w("| precision | implementation | images/s | step, ms | forward / backward / optimizer / "
+      "EMA, ms | MFU | peak memory, MiB | difftrain's ratio | same step as difftrain's |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for precision in ("bf16", "fp32"):
+        row = runs.get(precision)
+        if not row:
+            continue
+        for impl, label in IMPLEMENTATIONS.items():
+            e = row.get(impl)
+            if not e:
+                continue
+            ratio = row.get("ratio_vs_" + impl[8:]) if impl != "difftrain" else None
+            check_ = e.get("same_computation_check")
+            same = ("–" if not check_ else
+                    f"{'yes' if check_['ok'] else '**no**'} (loss {check_['loss_rel_diff']:.0e}, "
+                    f"gradient norm {check_['grad_norm_rel_diff']:.0e} apart)")
+            w(f"| {precision} | {label} | {rate(e.get('images_per_s'))} | "
+              f"{num(e.get('step_ms'))} | {phases(e)} | {percent(e.get('mfu'))} | "
+              f"{num(e.get('peak_device_memory_mb'), '{:.0f}')} | "
+              f"{num(ratio, '{:.2f}×')} | {same} |")
+    w("")
+    targets = bench.get("targets") or {}
+    if targets:
+        labels = {"bf16_ratio_vs_plain": ("bf16 images/s against plain PyTorch eager", "{:.2f}×"),
+                  "bf16_mfu": ("bf16 MFU", None)}
+        items = []
+        for key, t in targets.items():
+            label, fmt = labels.get(key, (key, "{}"))
+            show = (lambda v: percent(v)) if fmt is None else (lambda v, f=fmt: f.format(v))
+            items.append(f"{label} {show(t['value'])} (target {show(t['target'])}: "
+                         f"{'met' if t['met'] else '**not met**'})")
+        w("**Targets**: " + "; ".join(items) + ".")
+        w("")
+
+    for precision in ("bf16", "fp32"):
+        trace = runs.get(precision, {}).get("difftrain", {}).get("cuda_trace")
+        if not trace:
+            continue
+        w(f"**Where the time goes** (difftrain, {precision}, {trace.get('steps')} steps under "
+          f"the Kineto profiler): the GPU busy {num(trace.get('gpu_busy_ms_per_step'))} ms of "
+          f"{num(trace.get('wall_ms_per_step'))} ms a step "
+          f"({percent(trace.get('gpu_busy_fraction'))}), "
+          f"{num(trace.get('gpu_activities_per_step'), '{:.0f}')} GPU activities a step.")
+        top = trace.get("top_gpu_activities") or []
+        if top:
+            w("")
+            w("| GPU activity | ms a step | count a step |")
+            w("|---|---|---|")
+            for a in top[:8]:
+                name = a["name"].replace("|", "\\|")
+                w(f"| `{name[:90]}` | {num(a['ms_per_step'], '{:.2f}')} | "
+                  f"{num(a['count_per_step'], '{:.0f}')} |")
+        w("")
+
+    variants = [(k, v) for k, v in runs.items() if k not in ("fp32", "bf16")]
+    if variants:
+        w("**Variants of difftrain's step**, each against the default step at the same precision:")
+        w("")
+        w("| variant | images/s | speed | peak memory, MiB | memory |")
+        w("|---|---|---|---|---|")
+        for key, v in variants:
+            precision = key.rsplit("_", 1)[1]
+            if key.startswith("other_layout_"):
+                label = ("channels-last" if v.get("channels_last") else "channels-first")
+            elif key.startswith("fused_group_norm_"):
+                label = "fused GroupNorm (`model.fused_group_norm`)"
+            elif key.startswith("cudnn_heuristics_"):
+                label = "cuDNN's heuristics (`training.cudnn_benchmark: false`)"
+            elif key.startswith("checkpointed_"):
+                label = "gradient checkpointing (`model.use_checkpoint`)"
+            else:
+                label = key
+            speed = next((v[k] for k in ("speed_vs_default", "speed_vs_benchmark_mode",
+                                         "speed_vs_without") if k in v), None)
+            memory = next((v[k] for k in ("memory_vs_default", "memory_vs_without") if k in v),
+                          None)
+            w(f"| {label}, {precision} | {rate(v.get('images_per_s'))} | "
+              f"{num(speed, '{:.2f}×')} | "
+              f"{num(v.get('peak_device_memory_mb'), '{:.0f}')} | {num(memory, '{:.2f}×')} |")
+        w("")
+    found = decisions(bench, parts.get("cuda_tests", {}))
+    if found:
+        w("**What the figures decide** ([gpu-check.md](gpu-check.md#what-the-figures-decide)):")
+        w("")
+        out.extend(found)
+        w("")
+
+    r = parts.get("real_run")
+    if r and r.get("steps"):
+        e = r.get("eval") or {}
+        bpd = r.get("heldout_bpd") or []
+        w(f"**The real run**: `configs/fashion_mnist.yaml` on one device for "
+          f"{r.get('training_seconds')} s: {r.get('steps')} steps, "
+          f"{rate(r.get('images_per_s_median'))} images/s (median of the log lines), "
+          f"{num(r.get('step_time_ms_median'))} ms a step, of which "
+          f"{num(r.get('data_wait_max_ms_median'), '{:.2f}')} ms waiting for data"
+          + (f"; peak device memory {r['device_peak_allocated_mb']:.0f} MiB"
+             if r.get("device_peak_allocated_mb") else "")
+          + ". Held-out bits/dim while training: "
+          + ", ".join(f"{b['bpd']:.2f} ± {b['stderr']:.2f} at step {b['step']}" for b in bpd)
+          + (f". The full bound on {e.get('num_images')} test images (EMA {e.get('ema_rate')}): "
+             f"**{num(e.get('total_bpd'), '{:.2f}')} ± {num(e.get('total_bpd_stderr'), '{:.2f}')}"
+             f" bits/dim**, in {num(e.get('seconds'))} s." if e else "."))
+    else:
+        w("**The real run**: " + (r.get("status", "not run") if r else "not run") + ".")
+    return "\n".join(out)
+
+
+def render_readme(name, s):
+    runs = s["parts"].get("bench", {}).get("runs", {})
+    gpu = gpu_name(s)
+    date = s["check"]["started"][:10]
+    what = []
+    for precision in ("bf16", "fp32"):
+        row = runs.get(precision, {})
+        d = row.get("difftrain")
+        if not d:
+            continue
+        vs = [f"{row[k]:.2f}× {label}" for k, label in
+              (("ratio_vs_plain", "plain eager PyTorch"), ("ratio_vs_tuned", "a tuned eager step"))
+              if k in row]
+        what.append(f"{precision}: **{rate(d['images_per_s'])} images/s**"
+                    + (f", MFU {percent(d.get('mfu'))}" if d.get("mfu") is not None else "")
+                    + (f", {' and '.join(vs)}" if vs else ""))
+    counts = []
+    for part, label in (("cuda_tests", "CUDA tests"), ("nccl", "NCCL tests")):
+        c = s["parts"].get(part, {}).get("counts")
+        if c:
+            counts.append(f"{c['passed']} of {c['passed'] + c['failed']} {label} passed")
+    real = s["parts"].get("real_run", {})
+    rehearsal = " (a `--cpu` rehearsal, not a GPU)" if s["check"].get("mode") != "gpu" else ""
+    text = (f"- **GPUs** ({date}, one {gpu}{rehearsal}; "
+            f"[details](docs/performance.md#gpu-check-results)): the CIFAR-10 model's step at "
+            f"batch {s['parts'].get('bench', {}).get('batch', '?')}, "
+            + ("; ".join(what) if what else "not measured")
+            + ". Targets: 1.3× plain PyTorch and 20 % MFU in bf16.")
+    if real.get("images_per_s_median"):
+        text += (f" The demo config trained at {rate(real['images_per_s_median'])} images/s on it"
+                 + (f" ({real['eval']['total_bpd']:.2f} bits/dim after {real['training_seconds']}"
+                    f" s)" if real.get("eval") else "") + ".")
+    if counts:
+        text += " " + "; ".join(counts) + "."
+    return wrap(text, 100)
+
+
+def wrap(text, width):
+    """A bullet wrapped to width, its continuation lines indented by two spaces."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = "  " + word
+        else:
+            line = f"{line} {word}" if line else word
+    return "\n".join(lines + [line])
+
+
+def replace_block(path, markers, block):
+    with open(path) as f:
+        text = f.read()
+    begin, end = markers
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        fail(f"{path}: no {begin} ... {end} block to replace")
+    new = text[:i + len(begin)] + "\n" + block + "\n" + text[j:]
+    if new != text:
+        with open(path + ".tmp", "w") as f:
+            f.write(new)
+        os.replace(path + ".tmp", path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("summary", nargs="?", help="a GPU check's summary.json to keep")
+    ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--doc", default=os.path.join(ROOT, "docs", "performance.md"))
+    ap.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    ap.add_argument("--print", action="store_true", help="the blocks to stdout, no file written")
+    ap.add_argument("--allow-cpu", action="store_true", help="keep a --cpu run's summary too")
+    a = ap.parse_args()
+
+    if a.summary:
+        summary = load_summary(a.summary, a.allow_cpu)
+        name = result_name(summary)
+        if not a.print:
+            os.makedirs(a.results, exist_ok=True)
+            path = os.path.join(a.results, name)
+            with open(path + ".tmp", "w") as f:
+                json.dump(summary, f, indent=1)
+                f.write("\n")
+            os.replace(path + ".tmp", path)
+            print(f"kept {path}")
+        found = (name, summary)
+    else:
+        found = newest(a.results)
+    if found:
+        doc, readme = render_doc(*found), render_readme(*found)
+    else:
+        doc, readme = "None yet: no GPU check has been published.", NONE_YET
+    if a.print:
+        print(doc + "\n\n" + readme)
+        return
+    replace_block(a.doc, DOC_MARKERS, doc)
+    replace_block(a.readme, README_MARKERS, readme)
+    print(f"rendered {found[0] if found else 'no GPU check'} into {a.doc} and {a.readme}")
+
+
+if __name__ == "__main__":
+    main()
