@@ -164,7 +164,9 @@ def header(name, s):
             f"[`bench/results/{name}`](../bench/results/{name}): `launch/gpu_check.sh` at commit "
             f"{check.get('commit', '?')}, started {check['started']}, "
             f"{num(check.get('total_s'), '{:.0f}', '?')} s of its {check.get('budget_s', '?')} s "
-            f"budget.{cpu_note} Machine: {machine.get('gpu', '?')}; {machine.get('cores', '?')} "
+            f"budget.{cpu_note} Machine: {machine.get('gpu', '?')}"
+            + (f" (compute mode, MIG: {machine['gpu_modes']})" if machine.get("gpu_modes") else "")
+            + f"; {machine.get('cores', '?')} "
             f"cores ({machine.get('cpu', '?')}); torch {machine.get('torch', '?')}; "
             f"{machine.get('nvcc') or 'no nvcc'}."]
 

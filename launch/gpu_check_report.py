@@ -44,6 +44,10 @@ def machine(work):
     write(work, "machine", {
         "gpu": sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader")
         if shutil.which("nvidia-smi") else "none (no nvidia-smi)",
+        # What would stop 2 ranks sharing the GPU (an exclusive compute mode) or split it (MIG);
+        # asked apart, so that a field an old driver lacks cannot cost the GPU's name above.
+        "gpu_modes": sh("nvidia-smi --query-gpu=compute_mode,mig.mode.current "
+                        "--format=csv,noheader") if shutil.which("nvidia-smi") else None,
         "cores": os.cpu_count(),
         "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                      if line.startswith("model name")), platform.processor()),

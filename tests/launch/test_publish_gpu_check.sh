@@ -23,7 +23,13 @@ PUBLISH="$ROOT/bench/publish_gpu_check.py"
 make_check() {
   local dir=$1 started=$2 bf16_rate=$3
   mkdir -p "$dir/logs/bench" "$dir/records" "$dir/run" "$dir/bin"
-  printf '#!/bin/sh\necho "NVIDIA H200, 143771 MiB, 580.95.05"\n' >"$dir/bin/nvidia-smi"
+  cat >"$dir/bin/nvidia-smi" <<'SMI'
+#!/bin/sh
+case "$*" in
+  *compute_mode*) echo "Default, Disabled" ;;
+  *) echo "NVIDIA H200, 143771 MiB, 580.95.05" ;;
+esac
+SMI
   chmod +x "$dir/bin/nvidia-smi"
   echo "{\"mode\": \"gpu\", \"budget_s\": 540, \"started\": \"$started\"," \
     "\"commit\": \"abc1234\", \"finished\": \"$started\", \"total_s\": 512}" \
@@ -132,7 +138,7 @@ print(readme)
 expect_doc = [
     "### 2026-12-08: NVIDIA H200",
     "`bench/results/gpu_check_2026-12-08_nvidia-h200.json`",
-    "NVIDIA H200, 143771 MiB, 580.95.05",
+    "NVIDIA H200, 143771 MiB, 580.95.05 (compute mode, MIG: Default, Disabled)",
     "commit abc1234", "512 s of its 540 s budget",
     "| build | passed | 171 |",
     # One CUDA test failed, by name; the collectives' one passed.
