@@ -249,6 +249,9 @@ def trace_lines(runs, precision):
     trace = runs.get(precision, {}).get("difftrain", {}).get("cuda_trace")
     if not trace:
         return []
+    if "error" in trace:  # CUPTI refused, say; the timings stand without it
+        return [f"**Where the time goes** (difftrain, {precision}): no kernel trace, the Kineto "
+                f"profiler failed: {trace['error']}"]
     out = [f"**Where the time goes** (difftrain, {precision}, {trace.get('steps')} steps under "
            f"the Kineto profiler): the GPU busy {num(trace.get('gpu_busy_ms_per_step'))} ms of "
            f"{num(trace.get('wall_ms_per_step'))} ms a step "
