@@ -116,15 +116,20 @@ void record_losses(TimestepSampler& s, const at::Tensor& t_in, const at::Tensor&
   // Group the entries by t, keeping their order within a group (stable sort).
   const at::Tensor order = std::get<1>(t.sort(/*stable=*/std::optional<bool>(true), 0));
   const at::Tensor ts = t.index_select(0, order), ls = losses.index_select(0, order);
-  const at::Tensor per_t = at::bincount(ts, {}, s.num_timesteps);
+  // Entries per t by index_add_, not bincount, which on CUDA reads its output size on the host.
+  const at::Tensor per_t =
+      at::zeros({s.num_timesteps}, ts.options()).index_add_(0, ts, at::ones_like(ts));
   const at::Tensor group_start = per_t.cumsum(0) - per_t;
+  const at::Tensor in_group = per_t.index_select(0, ts);
   const at::Tensor rank_in_group =
       at::arange(ts.size(0), ts.options()) - group_start.index_select(0, ts);
-  // Only the newest H entries of a t survive; they land on distinct ring positions.
-  const at::Tensor keep = rank_in_group >= per_t.index_select(0, ts) - H;
+  // Only the newest H entries of a t survive. Each entry writes the value of the newest entry of
+  // its t with the same ring position, so that every write to a position agrees: selecting the
+  // survivors by mask would read their number on the host.
+  const at::Tensor newest = rank_in_group + H * (in_group - 1 - rank_in_group).div(H, "floor");
   const at::Tensor pos = (s.loss_counts.index_select(0, ts) + rank_in_group).remainder(H);
-  s.loss_history.index_put_({ts.masked_select(keep), pos.masked_select(keep)},
-                            ls.masked_select(keep));
+  s.loss_history.index_put_({ts, pos},
+                            ls.index_select(0, group_start.index_select(0, ts) + newest));
   s.loss_counts.add_(per_t);
 }
 

@@ -16,6 +16,9 @@
 #include <torch/torch.h>
 
 #include <ATen/record_function.h>
+#if __has_include(<c10/cuda/CUDAFunctions.h>)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -281,6 +284,48 @@ TEST_F(Cuda, AveragesMoveInMultiTensorKernelsAsOnTheCpu) {
           << i;
   }
   EXPECT_EQ(gpu_phema.images.item<double>(), 24.0);  // the skipped step added no images
+}
+
+// The warnings of LibTorch's sync debug mode, one per synchronising CUDA call, from any thread.
+struct SyncWarnings : c10::WarningHandler {
+  std::atomic<int> count{0};
+  void process(const c10::Warning& w) override {
+    if (w.msg().find("synchronizing CUDA operation") != std::string::npos) ++count;
+  }
+};
+
+// docs/design.md, "no host synchronisation in a step", on the GPU: with LibTorch's sync debug mode
+// warning at every synchronising CUDA call (.item(), copies to the host, the ops whose output size
+// depends on the values), runs of 4 and 8 steps whose log lines come only at the first and last
+// step synchronise equally often, in every variant of tests/train/test_no_host_sync.cpp (which
+// counts the same on the CPU, where it found the importance sampler's 4 a step).
+TEST_F(Cuda, StepsBetweenLogLinesNeverWaitForTheGpu) {
+#if __has_include(<c10/cuda/CUDAFunctions.h>)
+  const auto syncs = [&](const std::string& name, int steps,
+                         const std::vector<std::string>& overrides) {
+    const tr::Config c = config(name + "_" + std::to_string(steps),
+                                difftrain::testing::steps_between_log_lines(overrides, steps));
+    SyncWarnings seen;
+    const c10::WarningUtils::WarningHandlerGuard handler(&seen);
+    struct SyncDebug {  // on for this run only, also when it throws
+      SyncDebug() {
+        c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+      }
+      ~SyncDebug() {
+        c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+      }
+    } on;
+    train(c, kGpu);
+    return seen.count.load();
+  };
+  for (const auto& [name, overrides] : difftrain::testing::step_variants()) {
+    const int four = syncs(name, 4, overrides), eight = syncs(name, 8, overrides);
+    EXPECT_EQ(eight, four) << name << ": the 4 more steps synchronised " << eight - four
+                           << " times more (" << four << " in 4 steps, " << eight << " in 8)";
+  }
+#else
+  GTEST_SKIP() << "a LibTorch without CUDA's headers";
+#endif
 }
 
 // Whole runs on the GPU against the CPU end within the relative update difference of 2 ranks

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/manifest.hpp"
@@ -80,6 +81,31 @@ struct TrainerFixture : ::testing::Test {
     return tr::train(c, cluster, o);
   }
 };
+
+// The step's variants that users run, for the checks that a step never waits for the device
+// (tests/train/test_no_host_sync.cpp on the CPU, Cuda.StepsBetweenLogLinesNeverWaitForTheGpu):
+// each precision (fp16 with its loss scaler), channels-last, gradient clipping, microbatches, EMA
+// warm-up, the importance sampler, class conditioning with label dropout.
+inline std::vector<std::pair<std::string, std::vector<std::string>>> step_variants() {
+  return {{"fp32", {}},
+          {"bf16",
+           {"training.precision=bf16", "model.channels_last=true", "training.grad_clip=1.0",
+            "training.microbatch=4", "training.ema_warmup=true"}},
+          {"fp16", {"training.precision=fp16"}},
+          {"importance", {"diffusion.timestep_sampler=loss-second-moment"}},
+          {"guidance", {"data.class_conditional=true", "training.p_uncond=0.2"}}};
+}
+
+// `overrides` and a run of `steps` steps whose log lines (where the host reads the metrics on
+// purpose) come only at its first and last step, and no checkpoint but the last.
+inline std::vector<std::string> steps_between_log_lines(std::vector<std::string> overrides,
+                                                        int steps) {
+  const std::string n = std::to_string(steps);
+  overrides.insert(overrides.end(), {"training.max_steps=" + n, "logging.log_every=" + n,
+                                     std::string("training.checkpoint_every=1000"),
+                                     std::string("logging.timestep_stats_every=0")});
+  return overrides;
+}
 
 inline tr::TrainOptions resume_auto() {
   tr::TrainOptions o;
