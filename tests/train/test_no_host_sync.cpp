@@ -15,10 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "train/classifier_trainer.hpp"
 #include "trainer_fixture.hpp"
 
 namespace {
 
+namespace tr = difftrain::train;
 using TrainerRun = difftrain::testing::TrainerFixture;
 
 std::atomic<int> host_reads{0};
@@ -66,6 +68,33 @@ TEST_F(TrainerRun, StepsBetweenLogLinesReadNothingOnTheHost) {
   for (const auto& [name, overrides] : difftrain::testing::step_variants()) {
     const int four = host_reads_of(*this, name, 4, overrides);
     const int eight = host_reads_of(*this, name, 8, overrides);
+    EXPECT_EQ(eight, four) << name << ": the 4 more steps read the host " << eight - four
+                           << " times more (" << four << " in 4 steps, " << eight << " in 8)";
+  }
+}
+
+// The same for train-classifier's steps (guided-diffusion's noisy classifier), in fp32 and bf16.
+TEST_F(TrainerRun, ClassifierStepsBetweenLogLinesReadNothingOnTheHost) {
+  const auto reads = [&](const std::string& name, int steps, std::vector<std::string> overrides) {
+    overrides.push_back("logging.bpd_every=0");
+    const std::string run = name + "_" + std::to_string(steps);
+    const auto c =
+        tr::parse_config(difftrain::testing::tiny_classifier_config(manifest, manifest, dir / run),
+                         difftrain::testing::steps_between_log_lines(overrides, steps));
+    host_reads = 0;
+    const auto handle = at::addThreadLocalCallback(
+        at::RecordFunctionCallback(enter_op, leave_op)
+            .scopes({at::RecordScope::FUNCTION, at::RecordScope::BACKWARD_FUNCTION}));
+    auto comm = difftrain::parallel::make_local_communicator();
+    tr::Cluster cluster{*comm, nullptr, {}};
+    tr::train_classifier(c, cluster, "");
+    at::removeCallback(handle);
+    return host_reads.load();
+  };
+  for (const auto& [name, overrides] :
+       std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"classifier_fp32", {}}, {"classifier_bf16", {"training.precision=bf16"}}}) {
+    const int four = reads(name, 4, overrides), eight = reads(name, 8, overrides);
     EXPECT_EQ(eight, four) << name << ": the 4 more steps read the host " << eight - four
                            << " times more (" << four << " in 4 steps, " << eight << " in 8)";
   }
