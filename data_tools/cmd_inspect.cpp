@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -127,7 +128,9 @@ void add_inspect_command(CLI::App& app, int& exit_code) {
   cmd->add_option("path", o->path, "Shard directory, its manifest.json, or one shard .h5")
       ->required();
   cmd->add_option("--grid", o->grid, "Write a PNG grid of the first samples here");
-  cmd->add_option("--grid-count", o->grid_count, "Samples in the grid")->default_val(64);
+  cmd->add_option("--grid-count", o->grid_count, "Samples in the grid")
+      ->default_val(64)
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max(), "POSITIVE"));
   cmd->callback([o, &exit_code] {
     try {
       inspect(*o);

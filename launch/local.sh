@@ -14,6 +14,7 @@ fi
 N=$1
 CONFIG=$2
 shift 2
+[[ $N =~ ^[1-9][0-9]*$ ]] || { echo "$0: N must be a number of ranks >= 1, not '$N'" >&2; exit 2; }
 BIN=${DIFFTRAIN_BIN:-$ROOT/build/difftrain}
 [ -x "$BIN" ] || { echo "$BIN not found: run launch/setup.sh first" >&2; exit 1; }
 

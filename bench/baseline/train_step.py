@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """The PyTorch eager baseline of bench_train_step: the same UNet, hybrid loss, AdamW and EMA step
 from the same initial weights and batch (exported by `bench_train_step --export FILE`), timed the
 same way (repeats x steps after warm-up, per-phase means per repeat, min/median/max over repeats).

@@ -107,6 +107,7 @@ json export_json(const TrainedModel& m, const OutputPaths& p, const weights::Sta
 
 int run(const Options& o) {
   const OutputPaths paths = output_paths(o);
+  check_not_a_training_checkpoint(paths.weights, "--out");
   check_output_directory(paths.weights, "--out");
   ModelSource source{o.run_dir, o.checkpoint, o.ema, "cpu"};
   // On the CPU in fp32: the conformance vector must not depend on a GPU's kernels.

@@ -341,7 +341,7 @@ void add_fid_command(CLI::App& app, int& exit_code) {
       ->expected(1, 2);
   cmd->add_option("--inception", o->inception,
                   "FID's Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
-                  "(re-saved in torch.save's zip format)");
+                  "as released (torch.save's legacy format and its zip format are both read)");
   cmd->add_option("--num", o->num, "Use the first N images of each set (default: all)");
   cmd->add_option("--batch", o->batch, "Images per network call on each rank");
   add_device_option(*cmd, o->device);

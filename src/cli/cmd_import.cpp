@@ -1,8 +1,8 @@
 // `difftrain import`: a state dict from PyTorch (improved-diffusion, guided-diffusion, a difftrain
-// export; torch.save's zip format or safetensors) into a difftrain checkpoint of the model a
-// config builds, or of guided-diffusion's noisy classifier (--classifier). The checkpoint samples
-// and evaluates as any other, and `train --resume` fine-tunes it: the optimizer then starts fresh,
-// as nothing in a state dict says what its moments were.
+// export; torch.save's zip or legacy format, or safetensors) into a difftrain checkpoint of the
+// model a config builds, or of guided-diffusion's noisy classifier (--classifier). The checkpoint
+// samples and evaluates as any other, and `train --resume` fine-tunes it: the optimizer then starts
+// fresh, as nothing in a state dict says what its moments were.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -84,6 +84,7 @@ int run(const Options& o) {
   train::validate(config);
   if (o.classifier) train::validate_for_classifier(config);
   const train::DataShape shape = model_shape(config);
+  check_not_a_training_checkpoint(o.out, "--out");
   check_output_directory(o.out, "--out");
   if (o.classifier) return import_classifier(o, config, shape);
   const auto& tc = config.training;
@@ -126,7 +127,7 @@ void add_import_command(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "import", "Make a difftrain checkpoint from a PyTorch state dict (improved-diffusion names)");
   cmd->add_option("--weights", o->weights,
-                  "State dict: torch.save's .pt (zip format) or .safetensors")
+                  "State dict: torch.save's .pt (zip or legacy format) or .safetensors")
       ->required();
   cmd->add_option("--ema-weights", o->ema_weights,
                   "EMA weights for every rate of training.ema_rates (default: --weights)");

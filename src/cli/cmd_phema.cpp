@@ -90,17 +90,6 @@ std::vector<double> parse_sweep(const std::string& spec) {
   return values;
 }
 
-// A checkpoint named like a training checkpoint of the run would be taken for one by
-// `train --resume auto`.
-void check_not_a_training_checkpoint(const std::string& out) {
-  static const std::regex name(R"(ckpt_\d{9}\.pt)");
-  const fs::path p(out);
-  if (p.parent_path().filename() == "checkpoints" && std::regex_match(p.filename().string(), name))
-    throw std::invalid_argument("--out " + out +
-                                ": a reconstruction named like a training checkpoint would be "
-                                "resumed from by `train --resume auto`; choose another name");
-}
-
 // PATH for one output; PATH with _sigma<S> before its extension for each of several.
 std::string output_path(const std::string& out, double sigma_rel, bool several) {
   if (!several) return out;
@@ -152,7 +141,7 @@ int reconstruct_to_files(const Options& o) {
   const bool several = o.sigma_rels.size() > 1;
   for (double s : o.sigma_rels) {
     const std::string path = output_path(o.out, s, several);
-    check_not_a_training_checkpoint(path);
+    check_not_a_training_checkpoint(path, "--out");
     check_output_directory(path, path);
   }
   const phema::Plan plan = phema::plan_reconstruction(o.run_dir, o.step, o.input_sigma_rels);
@@ -212,7 +201,7 @@ int sweep(const Options& o, parallel::World& world) {
   if (root) {
     check_output_directory(prefix, prefix + ".csv");
     if (!o.out.empty()) {
-      check_not_a_training_checkpoint(o.out);
+      check_not_a_training_checkpoint(o.out, "--out");
       check_output_directory(o.out, o.out);
     }
     print_plan(plan, o.run_dir);

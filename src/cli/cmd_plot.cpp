@@ -112,7 +112,7 @@ void add_plot_command(CLI::App& app, int& exit_code) {
   cmd->add_option("--x", o->x, "Column of the x axis")->required();
   cmd->add_option("--y", o->y,
                   "Column(s) to draw, in the colors blue, orange, green, red, purple, brown, "
-                  "pink, gray; several are named in a legend")
+                  "pink, gray, olive, cyan (then again from blue); several are named in a legend")
       ->required();
   cmd->add_option("--title", o->title, "Title (lowercase letters, digits, a few symbols)");
   cmd->add_flag("--log-y", o->log_y, "Logarithmic y axis");

@@ -43,7 +43,8 @@ struct Options {
   int64_t num = 0;
   std::string out;
   diffusion::Sampler sampler = diffusion::Sampler::ddpm;
-  int64_t steps = 0;
+  int64_t steps = 0;  // 0: not given, the sampler's default
+  bool steps_given = false;
   std::string respacing;
   double eta = 0.0;
   bool eta_given = false;
@@ -86,7 +87,8 @@ void check_options(const Options& o) {
   if (o.eta_given && o.sampler != diffusion::Sampler::ddim)
     throw std::invalid_argument("--eta applies to --sampler ddim only");
   if (o.eta < 0) throw std::invalid_argument("--eta must be >= 0, not " + fmt::format("{}", o.eta));
-  if (o.steps < 0) throw std::invalid_argument("--steps must be >= 1");
+  if (o.steps_given && o.steps < 1)
+    throw std::invalid_argument("--steps must be >= 1, not " + std::to_string(o.steps));
   if (!(o.guidance_scale >= 0))
     throw std::invalid_argument("--guidance-scale must be >= 0, not " +
                                 fmt::format("{}", o.guidance_scale));
@@ -442,6 +444,7 @@ void add_sample_command(CLI::App& app, int& exit_code) {
       "--steps", o->steps,
       "Sampling steps, spread evenly over [0, T-1] (default: T for ddpm, 50 for ddim, 20 for "
       "dpm++2m)");
+  steps->each([o](const std::string&) { o->steps_given = true; });
   auto* respacing = cmd->add_option("--respacing", o->respacing,
                                     "Respacing spec as improved-diffusion: ddim50, 250, 10,10,10");
   steps->excludes(respacing);

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <stdexcept>
 
 #include "data/error.hpp"
@@ -179,6 +180,16 @@ TrainedClassifier load_trained_classifier(const std::string& run_or_checkpoint,
   c.classifier = train::make_classifier(net, c.config);
   c.diffusion = diffusion::to_device(train::make_diffusion(c.config), device);
   return c;
+}
+
+void check_not_a_training_checkpoint(const std::string& path, const std::string& what) {
+  static const std::regex name(R"(ckpt_\d{9}\.pt)");
+  const fs::path p(path);
+  if (p.parent_path().filename() == "checkpoints" && std::regex_match(p.filename().string(), name))
+    throw std::invalid_argument(what + " " + path +
+                                ": named like a training checkpoint, which it would replace if it "
+                                "exists and `train --resume auto` would resume from; choose "
+                                "another name");
 }
 
 void check_output_directory(const std::string& path, const std::string& what) {

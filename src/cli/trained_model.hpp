@@ -87,6 +87,10 @@ TrainedClassifier load_trained_classifier(const std::string& run_or_checkpoint,
 // Throws naming `what` (the path as the user gave it).
 void check_output_directory(const std::string& path, const std::string& what);
 
+// Refuses an output path named like a training checkpoint (RUN/checkpoints/ckpt_<step>.pt): it
+// would replace one that exists, and `train --resume auto` would take the file for one.
+void check_not_a_training_checkpoint(const std::string& path, const std::string& what);
+
 // A short description for logs: "ckpt_000001000.pt (step 1000, EMA 0.9999)".
 std::string describe(const TrainedModel& m);
 

@@ -18,9 +18,26 @@ at::Tensor qkv_attention(const at::Tensor& qkv, int64_t num_heads, bool new_orde
     q_k_v = qkv.reshape({n, num_heads, 3 * head_dim, t}).transpose(2, 3).contiguous().chunk(3, -1);
   }
   // Default scale 1 / sqrt(d), which equals improved-diffusion's (q d^-1/4) . (k d^-1/4).
-  const auto h = at::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);
+  const auto h = at::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);  // [N, H, T, d]
+  if (is_token_major(qkv))
+    return h.transpose(1, 2).reshape({n, t, num_heads * head_dim}).transpose(1, 2);
   return h.transpose(2, 3).reshape({n, num_heads * head_dim, t});
 }
+
+bool is_token_major(const at::Tensor& a) {
+  return a.size(1) > 1 && a.size(2) > 1 && a.stride(1) == 1;
+}
+
+namespace {
+
+// A kernel-1 Conv1d over [N, C, T] computed as a matmul over the channels of each position: its
+// output is token-major ([N, T, C_out] in memory), where ATen's conv1d makes its input
+// channels-first first (a transposing copy) and returns channels-first.
+at::Tensor per_position(const torch::nn::Conv1d& conv, const at::Tensor& a) {
+  return at::linear(a.transpose(1, 2), conv->weight.squeeze(-1), conv->bias).transpose(1, 2);
+}
+
+}  // namespace
 
 AttentionBlockImpl::AttentionBlockImpl(int64_t channels, int64_t num_heads, bool new_order,
                                        bool use_checkpoint)
@@ -44,7 +61,16 @@ at::Tensor AttentionBlockImpl::forward(const at::Tensor& x) {
 
 at::Tensor AttentionBlockImpl::block(const at::Tensor& x) {
   // GroupNorm over [N, C, H, W] equals improved-diffusion's over [N, C, H * W].
-  const auto h = proj_out_(qkv_attention(qkv_(norm_(x).flatten(2)), num_heads_, new_order_));
+  const at::Tensor normed = norm_(x).flatten(2);
+  if (x.suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
+    const auto h = proj_out_(qkv_attention(qkv_(normed), num_heads_, new_order_));
+    return x + h.view(x.sizes());
+  }
+  // A channels-last x is [N, T, C] in memory: the same block on those rows gives h in x's layout,
+  // so that the residual sum and its gradient do not mix layouts (several times slower on the
+  // CPU, uncoalesced on a GPU), with no transposing copy for the convolutions either.
+  const auto h =
+      per_position(proj_out_, qkv_attention(per_position(qkv_, normed), num_heads_, new_order_));
   return x + h.view(x.sizes());
 }
 

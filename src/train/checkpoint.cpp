@@ -360,10 +360,44 @@ std::string checkpoint_to_resume(const std::string& resume, const std::string& r
   return latest_valid_checkpoint(run_dir).value_or("");
 }
 
-void prune_checkpoints(const std::string& run_dir, int64_t keep) {
-  const auto all = list_checkpoints(run_dir);
-  for (std::size_t i = static_cast<std::size_t>(keep); i < all.size(); ++i)
-    fs::remove(all[i]);
+int64_t checkpoint_step(const std::string& path) {
+  static const std::regex pattern(R"(ckpt_(\d{9})\.pt)");
+  std::smatch m;
+  const std::string name = fs::path(path).filename().string();
+  if (!std::regex_match(name, m, pattern)) throw CheckpointError(path + ": not a checkpoint name");
+  return std::stoll(m[1].str());
+}
+
+void prune_checkpoints(const std::string& run_dir, int64_t keep, int64_t step) {
+  int64_t kept = 0;
+  for (const auto& path : list_checkpoints(run_dir)) {
+    if (checkpoint_step(path) > step) continue;
+    if (kept++ >= keep) fs::remove(path);
+  }
+}
+
+std::string superseded_folder(const std::string& dir, int64_t step) {
+  const std::string base = "superseded_at_step_" + std::to_string(step);
+  fs::path folder = fs::path(dir) / base;
+  for (int k = 2; fs::exists(folder); ++k)
+    folder = fs::path(dir) / (base + "_" + std::to_string(k));
+  return folder.string();
+}
+
+std::string set_aside_checkpoints_after(const std::string& run_dir, int64_t step) {
+  std::vector<std::string> later;
+  for (const auto& path : list_checkpoints(run_dir))
+    if (checkpoint_step(path) > step) later.push_back(path);
+  if (later.empty()) return "";
+  const fs::path folder = superseded_folder((fs::path(run_dir) / "checkpoints").string(), step);
+  fs::create_directories(folder);
+  for (const auto& path : later)
+    fs::rename(path, folder / fs::path(path).filename());
+  spdlog::warn(
+      "moved {} checkpoint(s) after step {} to {}: not this run's, which continues from "
+      "step {}",
+      later.size(), step, folder.string(), step);
+  return folder.string();
 }
 
 }  // namespace difftrain::train

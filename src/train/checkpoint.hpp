@@ -77,7 +77,19 @@ std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir);
 // The checkpoint `difftrain train --resume` names: "" (start afresh), "auto" (the newest valid
 // checkpoint of run_dir, "" when there is none) or a file.
 std::string checkpoint_to_resume(const std::string& resume, const std::string& run_dir);
-// Deletes all but the newest `keep` checkpoints.
-void prune_checkpoints(const std::string& run_dir, int64_t keep);
+// The step in a checkpoint_path() name.
+int64_t checkpoint_step(const std::string& path);
+// Deletes all but the newest `keep` checkpoints up to `step` (the one just written); later ones
+// are not this run's and are left alone.
+void prune_checkpoints(const std::string& run_dir, int64_t keep, int64_t step);
+// Moves the checkpoints after `step` into <run_dir>/checkpoints/superseded_at_step_<step>/ (a
+// fresh folder each time), never deleting one: at the start of a run they are another run's (a
+// fresh start in a used run_dir), the steps a resume from an earlier checkpoint is about to train
+// again, or newer files --resume auto skipped as invalid. Left in place, --resume auto and
+// `sample --run` would take them over this run's. Warns, naming the folder, and returns it (""
+// when there was none).
+std::string set_aside_checkpoints_after(const std::string& run_dir, int64_t step);
+// `dir`/superseded_at_step_<step>, with a suffix _2, _3, ... when that exists already.
+std::string superseded_folder(const std::string& dir, int64_t step);
 
 }  // namespace difftrain::train

@@ -199,6 +199,7 @@ TrainResult train_classifier(const Config& config, Cluster& cluster, const std::
   std::ofstream metrics_file;
   if (rank == 0) {
     fs::create_directories(lc.run_dir);
+    set_aside_checkpoints_after(lc.run_dir, state.step);
     std::ofstream(fs::path(lc.run_dir) / "config.yaml") << config_yaml;
     metrics_file.open(fs::path(lc.run_dir) / "metrics.jsonl", std::ios::app);
     spdlog::info(

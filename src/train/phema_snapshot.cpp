@@ -14,6 +14,7 @@
 #include <regex>
 
 #include "data/checksum.hpp"
+#include "train/checkpoint.hpp"
 
 namespace fs = std::filesystem;
 
@@ -221,19 +222,22 @@ std::vector<Snapshot> list_snapshots(const std::string& run_dir) {
   return snapshots;
 }
 
-int remove_snapshots_after(const std::string& run_dir, int64_t step) {
+int set_aside_snapshots_after(const std::string& run_dir, int64_t step) {
   const fs::path dir = snapshot_dir(run_dir);
   if (!fs::is_directory(dir)) return 0;
-  int removed = 0;
+  std::vector<fs::path> later;
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
     std::smatch m;
-    if (std::regex_match(name, m, snapshot_name()) && std::stoll(m[1].str()) > step) {
-      fs::remove(entry.path());
-      ++removed;
-    }
+    if (std::regex_match(name, m, snapshot_name()) && std::stoll(m[1].str()) > step)
+      later.push_back(entry.path());
   }
-  return removed;
+  if (later.empty()) return 0;
+  const fs::path folder = train::superseded_folder(dir.string(), step);
+  fs::create_directories(folder);
+  for (const auto& path : later)
+    fs::rename(path, folder / path.filename());
+  return static_cast<int>(later.size());
 }
 
 void for_each_tensor(const Snapshot& s,

@@ -70,9 +70,10 @@ Snapshot read_snapshot(const std::string& path);
 // Every snapshot of a run by ascending step; a file that fails read_snapshot is skipped with a
 // warning.
 std::vector<Snapshot> list_snapshots(const std::string& run_dir);
-// Removes the snapshots after `step`: on a resume (or a fresh start, step 0) they belong to steps
-// that are about to be trained again. Returns how many.
-int remove_snapshots_after(const std::string& run_dir, int64_t step);
+// Moves the snapshots after `step` into superseded_at_step_<step>/ of the snapshot folder (as
+// train::set_aside_checkpoints_after): on a resume (or a fresh start, step 0) they belong to steps
+// that are about to be trained again, or to another run. Returns how many.
+int set_aside_snapshots_after(const std::string& run_dir, int64_t step);
 
 // Streams the tensors in file order, each a CPU tensor of its stored dtype, holding one at a time,
 // and checks the CRC-32 at the end: SnapshotError when it does not match.

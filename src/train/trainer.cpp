@@ -95,9 +95,12 @@ RunFiles open_run_files(const std::string& run_dir, const std::string& config_ya
   RunFiles files;
   if (rank != 0) return files;
   fs::create_directories(run_dir);
-  // Post-hoc EMA snapshots after the starting step belong to steps about to be trained again.
-  if (const int n = phema::remove_snapshots_after(run_dir, step))
-    spdlog::info("removed {} post-hoc EMA snapshot(s) after step {}", n, step);
+  set_aside_checkpoints_after(run_dir, step);
+  if (const int n = phema::set_aside_snapshots_after(run_dir, step))
+    spdlog::warn(
+        "moved {} post-hoc EMA snapshot(s) after step {} into their folder's "
+        "superseded_at_step_{}",
+        n, step, step);
   std::ofstream(fs::path(run_dir) / "config.yaml") << config_yaml;
   files.metrics.open(fs::path(run_dir) / "metrics.jsonl", std::ios::app);
   files.timestep_metrics.open(fs::path(run_dir) / "timestep_metrics.jsonl", std::ios::app);
@@ -174,7 +177,7 @@ std::string save_and_wait(Cluster& cluster, const std::string& run_dir, int64_t 
   const std::string path = checkpoint_path(run_dir, step);
   if (cluster.comm.rank() == 0) {
     write(path);
-    prune_checkpoints(run_dir, keep);
+    prune_checkpoints(run_dir, keep, step);
     spdlog::info("checkpoint {} ({})", path, why);
   }
   if (cluster.slow_barrier)

@@ -84,7 +84,9 @@ StateDict load_pt(const std::string& path) {
   const std::string start = file_start(path, kLegacyMagicPickle.size());
   if (start.starts_with(kLegacyMagicPickle)) return load_legacy_pt(path);
   if (!start.starts_with(kZipMagic))
-    throw WeightsError(path + ": not a PyTorch weights file (torch.save writes a zip archive)");
+    throw WeightsError(path +
+                       ": not a PyTorch weights file (neither torch.save's zip archive nor its "
+                       "legacy format)");
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     if (reader.hasRecord("byteorder")) {

@@ -87,6 +87,51 @@ TEST(Attention, BlockEqualsResidualOverNaiveAttention) {
   EXPECT_TRUE(torch::allclose(block(x), x + h.view_as(x), 1e-5, 1e-5));
 }
 
+// A channels-last x runs the block over its [N, T, C] rows (qkv and proj_out as matmuls): the
+// same values and gradients as channels-first, and every activation stays channels-last, so the
+// residual sum does not mix layouts. In both head orders.
+TEST(Attention, ChannelsLastBlockIsTheSameBlockInItsOwnLayout) {
+  for (const bool new_order : {false, true}) {
+    torch::manual_seed(3);
+    AttentionBlock block(64, 4, new_order);
+    test::perturb_zero_init(*block);
+    const auto x = torch::randn({2, 64, 6, 5});
+    const auto x_first = x.clone().requires_grad_(),
+               x_last = x.contiguous(at::MemoryFormat::ChannelsLast).requires_grad_();
+    const auto out_first = block(x_first), out_last = block(x_last);
+    EXPECT_TRUE(out_first.is_contiguous());
+    EXPECT_TRUE(out_last.is_contiguous(at::MemoryFormat::ChannelsLast)) << out_last.strides();
+    EXPECT_TRUE(torch::allclose(out_last, out_first, 1e-5, 1e-5))
+        << "max |diff| " << (out_last - out_first).abs().max().item<double>();
+    const auto upstream = torch::randn_like(x);
+    block->zero_grad();
+    (out_first * upstream).sum().backward();
+    std::vector<at::Tensor> grads_first;
+    for (const auto& p : block->parameters())
+      grads_first.push_back(p.grad().clone());
+    block->zero_grad();
+    (out_last * upstream).sum().backward();
+    EXPECT_TRUE(torch::allclose(x_last.grad(), x_first.grad(), 1e-4, 1e-5));
+    const auto params = block->parameters();
+    for (std::size_t i = 0; i < params.size(); ++i)
+      EXPECT_TRUE(torch::allclose(params[i].grad(), grads_first[i], 1e-4, 1e-5)) << i;
+  }
+}
+
+// qkv_attention keeps a token-major qkv's layout ([N, T, 3C] in memory).
+TEST(Attention, TokenMajorQkvGivesTokenMajorOutput) {
+  torch::manual_seed(4);
+  const auto qkv = torch::randn({2, 192, 30});
+  const auto token_major = qkv.transpose(1, 2).contiguous().transpose(1, 2);
+  ASSERT_TRUE(is_token_major(token_major));
+  ASSERT_FALSE(is_token_major(qkv));
+  for (const bool new_order : {false, true}) {
+    const auto out = qkv_attention(token_major, 4, new_order);
+    EXPECT_TRUE(is_token_major(out));
+    EXPECT_TRUE(torch::allclose(out, qkv_attention(qkv, 4, new_order), 1e-5, 1e-6));
+  }
+}
+
 TEST(ResBlock, ScaleShiftNormFormula) {
   torch::manual_seed(2);
   ResBlock block(ResBlockOptions{.channels = 32, .emb_channels = 16, .out_channels = 64});

@@ -226,8 +226,11 @@ TEST(PhemaSnapshot, StoresFloat16ReadsBackAndCatchesCorruption) {
   for (const auto& snapshot : ph::list_snapshots(dir.path()))
     steps.push_back(snapshot.step);
   EXPECT_EQ(steps, (std::vector<int64_t>{3, 6}));
-  EXPECT_EQ(ph::remove_snapshots_after(dir.path(), 3), 2);  // 6 and the truncated 7
+  EXPECT_EQ(ph::set_aside_snapshots_after(dir.path(), 3), 2);  // 6 and the truncated 7
   EXPECT_EQ(ph::list_snapshots(dir.path()).size(), 1u);
+  // Moved, not deleted.
+  const fs::path aside = fs::path(ph::snapshot_dir(dir.path())) / "superseded_at_step_3";
+  EXPECT_EQ(std::distance(fs::directory_iterator(aside), fs::directory_iterator{}), 2);
 }
 
 TEST(PhemaReconstruct, ATrackedProfileAtASnapshotTimeGivesThatSnapshotBack) {
@@ -346,11 +349,13 @@ TEST_F(PhemaRun, ResumeKeepsTheProfilesAndSnapshotsBitIdentical) {
   train(config("resumed", {"training.max_steps=3"}));
   EXPECT_EQ(snapshot_steps(run_dir("resumed")), (std::vector<int64_t>{2, 3}));  // 3: the last
   // A snapshot of a step about to be trained again (as a crash after step 5 leaves one) is
-  // removed on resume.
+  // moved aside on resume, not deleted.
   fs::copy_file(ph::snapshot_path(run_dir("resumed"), 2), ph::snapshot_path(run_dir("resumed"), 5));
   const auto resumed = train(config("resumed"), "auto");
   ASSERT_EQ(resumed.step, 6);
   EXPECT_EQ(snapshot_steps(run_dir("resumed")), (std::vector<int64_t>{2, 3, 4, 6}));
+  EXPECT_TRUE(fs::exists(fs::path(ph::snapshot_dir(run_dir("resumed"))) / "superseded_at_step_3" /
+                         fs::path(ph::snapshot_path(run_dir("resumed"), 5)).filename()));
 
   const auto a = profiles_in(config("straight"), straight.last_checkpoint);
   const auto b = profiles_in(config("resumed"), resumed.last_checkpoint);

@@ -201,6 +201,42 @@ TEST_F(TrainerRun, CorruptLatestCheckpointFallsBackToThePrevious) {
   EXPECT_TRUE(tr::checkpoint_problem(resumed.last_checkpoint).empty());
 }
 
+// The checkpoints in run_dir that are not this run's (a newer one --resume auto skipped as
+// invalid, another run's, the steps a resume from an earlier checkpoint trains again) are moved
+// aside at the start, never deleted; the run's own are never pruned for them, and --resume auto
+// and `sample --run` then find this run's newest.
+TEST_F(TrainerRun, CheckpointsThatAreNotThisRunsAreSetAsideNeverDeleted) {
+  const fs::path run = dir / "run", checkpoints = run / "checkpoints";
+  train(config("run"));  // checkpoints at steps 3 and 6
+  // A damaged newer file: --resume auto skips it and continues from step 6.
+  const std::string damaged = tr::checkpoint_path(run, 100);
+  fs::copy_file(tr::checkpoint_path(run, 6), damaged);
+  fs::resize_file(damaged, fs::file_size(damaged) / 2);
+  const auto resumed =
+      train(config("run", {"training.max_steps=9", "training.keep_checkpoints=1"}), resume_auto());
+  EXPECT_EQ(resumed.step, 9);
+  EXPECT_EQ(tr::list_checkpoints(run), std::vector<std::string>{tr::checkpoint_path(run, 9)});
+  EXPECT_TRUE(tr::checkpoint_problem(resumed.last_checkpoint).empty());
+  EXPECT_TRUE(fs::exists(checkpoints / "superseded_at_step_6" / "ckpt_000000100.pt"));
+
+  // Resuming from an earlier checkpoint on purpose: the later one is set aside, with the
+  // snapshots.
+  train(config("run", {"training.max_steps=12", "training.keep_checkpoints=5"}), resume_auto());
+  tr::TrainOptions from_9;
+  from_9.resume = tr::checkpoint_path(run, 9);
+  const auto again = train(config("run", {"training.max_steps=10"}), from_9);
+  EXPECT_EQ(tr::list_checkpoints(run),
+            (std::vector<std::string>{tr::checkpoint_path(run, 10), tr::checkpoint_path(run, 9)}));
+  EXPECT_TRUE(fs::exists(checkpoints / "superseded_at_step_9" / "ckpt_000000012.pt"));
+  EXPECT_EQ(again.last_checkpoint, tr::checkpoint_path(run, 10));
+
+  // A fresh start in a used run_dir: the old run's checkpoints go aside as a whole.
+  train(config("run", {"training.max_steps=3"}));
+  EXPECT_EQ(tr::list_checkpoints(run), std::vector<std::string>{tr::checkpoint_path(run, 3)});
+  EXPECT_TRUE(fs::exists(checkpoints / "superseded_at_step_0" / "ckpt_000000010.pt"));
+  EXPECT_TRUE(fs::exists(checkpoints / "superseded_at_step_0" / "ckpt_000000009.pt"));
+}
+
 TEST_F(TrainerRun, StopSignalLeavesAValidCheckpoint) {
   const auto c = config("signal", {"training.max_steps=100000", "logging.log_every=1"});
   std::thread killer([&] {

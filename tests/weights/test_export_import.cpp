@@ -17,6 +17,7 @@
 #include "common/difftrain_cli.hpp"
 #include "model/encoder_unet.hpp"
 #include "sample/tiny_run.hpp"
+#include "train/checkpoint.hpp"
 #include "train/classifier.hpp"
 #include "weights/pt_file.hpp"
 #include "weights/safetensors_file.hpp"
@@ -661,6 +662,20 @@ TEST_F(ExportImport, BadWeightFilesAreOneLineErrors) {
     EXPECT_NE(r.output.find(message), std::string::npos) << args << "\n" << r.output;
     EXPECT_EQ(r.output.find('\n'), r.output.size() - 1) << "one line:\n" << r.output;
   }
+  // Neither writes over a run's training checkpoint (nor a file named like one).
+  const std::string training_checkpoint = path("run") + "/checkpoints/ckpt_000000002.pt";
+  const auto size_before = fs::file_size(checkpoint());
+  for (const std::string& args :
+       {"import --weights " + path("w.pt") + " --config " + path("gray.yaml") + " --out " +
+            training_checkpoint,
+        "export --checkpoint " + checkpoint() + " --ema none --out " + checkpoint()}) {
+    const ProcessResult r = difftrain_cli(args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("named like a training checkpoint"), std::string::npos) << r.output;
+  }
+  EXPECT_EQ(fs::file_size(checkpoint()), size_before);
+  EXPECT_TRUE(difftrain::train::checkpoint_problem(checkpoint()).empty());
+
   const ProcessResult mismatch = difftrain_cli("export --checkpoint " + checkpoint() +
                                                " --format pt --out " + path("a.safetensors"));
   EXPECT_EQ(mismatch.exit_code, 2);
