@@ -356,6 +356,10 @@ std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir) {
 }
 
 std::string checkpoint_to_resume(const std::string& resume, const std::string& run_dir) {
+  if (resume != "auto" && fs::is_directory(resume))
+    throw CheckpointError("--resume " + resume +
+                          ": a directory; give a checkpoint file (RUN/checkpoints/ckpt_<step>.pt), "
+                          "or --resume auto for logging.run_dir's newest");
   if (resume != "auto") return resume;
   return latest_valid_checkpoint(run_dir).value_or("");
 }

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <sstream>
 #include <string_view>
 #include <utility>
@@ -226,7 +227,12 @@ class Reader {
     Frame& f = stack_.back();
     f.known.emplace_back(name);
     const YAML::Node n = std::as_const(f.node)[name];  // const access never inserts a key
-    if (!n.IsDefined() || n.IsNull()) return;
+    if (!n.IsDefined()) return;
+    if (n.IsNull()) {
+      if (unknown_keys_) return;  // a stored config: as written by another version
+      throw ConfigError(origin_ + ": key '" + f.prefix + name +
+                        "' has no value: give one, or leave the key out for its default");
+    }
     try {
       value = n.as<T>();
     } catch (const YAML::Exception&) {
@@ -262,10 +268,16 @@ class Reader {
     stack_.pop_back();
   }
 
+  // Also refuses a key given twice in one mapping: YAML reads the first and drops the other
+  // silently (a second `training:` section, a key repeated further down).
   void check_unknown_keys() const {
     const Frame& f = stack_.back();
+    std::set<std::string> seen;
     for (const auto& kv : f.node) {
       const std::string k = kv.first.as<std::string>();
+      if (!seen.insert(k).second && !unknown_keys_)
+        throw ConfigError(origin_ + ": key '" + f.prefix + k +
+                          "' is given twice; only the first would be read");
       if (std::find(f.known.begin(), f.known.end(), k) != f.known.end()) continue;
       if (!unknown_keys_)
         throw ConfigError(origin_ + ": " + unknown_key_message(f.prefix, k, f.known));
@@ -394,6 +406,8 @@ Config parse_stored_config(const std::string& yaml, const std::string& origin,
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  if (std::filesystem::is_directory(path))
+    throw ConfigError(path + ": a directory, not a config file");
   std::ifstream in(path);
   if (!in) throw ConfigError(path + ": cannot read the config file");
   std::stringstream text;
@@ -439,6 +453,9 @@ std::vector<std::string> input_changes(const Config& before, const Config& now) 
   std::vector<std::string> changes;
   if (before.data.pad_to != now.data.pad_to)
     changes.push_back(fmt::format("data.pad_to: {} -> {}", before.data.pad_to, now.data.pad_to));
+  else if (before.model.image_size != now.model.image_size && now.model.image_size != 0)
+    changes.push_back(
+        fmt::format("model.image_size: {} -> {}", before.model.image_size, now.model.image_size));
   return changes;
 }
 

@@ -201,7 +201,8 @@ Config parse_stored_config(const std::string& yaml, const std::string& origin,
 // (schedule, steps, zero_terminal_snr, model_mean_type, model_var_type, loss, rescale_timesteps).
 // One line "key: before -> now" for each that differs; none when `now` continues `before`.
 std::vector<std::string> objective_changes(const Config& before, const Config& now);
-// What the network sees: data.pad_to (model.image_size follows from it and the data). The UNet
+// What the network sees: data.pad_to, or with the same pad_to the resolved model.image_size (data
+// of another size; `now` resolved, resolved_config, or 0 to skip). The UNet
 // is convolutional, so its weights carry over to another input size, but held-out bits/dim before
 // and after are averaged over different dimensions. One line "key: before -> now" if it differs.
 std::vector<std::string> input_changes(const Config& before, const Config& now);

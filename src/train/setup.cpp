@@ -78,6 +78,11 @@ void check_paths(const Config& c) {
       throw ConfigError("config key '" + std::string(key) + "' = '" + path +
                         "': no such file or directory");
   }
+  std::error_code ec;
+  if (std::filesystem::exists(c.logging.run_dir, ec) &&
+      !std::filesystem::is_directory(c.logging.run_dir, ec))
+    throw ConfigError("config key 'logging.run_dir' = '" + c.logging.run_dir +
+                      "': a file, not a directory");
 }
 
 model::UNetConfig unet_config(const Config& c, const DataShape& shape) {

@@ -161,6 +161,44 @@ TEST(Config, ErrorsNameTheKey) {
   expect_config_error({"logging.sample_steps=1"},
                       "'logging.sample_steps' = 1 must be in [2, diffusion.steps]");
   expect_config_error({"logging.sample_num=0"}, "'logging.sample_num' = 0 must be >= 1");
+  // An empty value is not the default in disguise.
+  expect_config_error({"training.lr="},
+                      "key 'training.lr' has no value: give one, or leave the key out for its "
+                      "default");
+}
+
+// YAML keeps the first of two equal keys and drops the other without a word: a second
+// `training:` section appended to a config, or a key repeated further down, is refused by name.
+TEST(Config, AKeyGivenTwiceIsAnError) {
+  for (const auto& [yaml, key] : std::vector<std::pair<std::string, std::string>>{
+           {"data: {train: x.json}\ntraining: {lr: 0.1}\ntraining: {max_steps: 5}\n", "training"},
+           {"data: {train: x.json}\ntraining:\n  lr: 0.1\n  batch_size: 8\n  lr: 0.2\n",
+            "training.lr"}}) {
+    try {
+      tr::parse_config(yaml, {}, "dup.yaml");
+      ADD_FAILURE() << "no error for\n" << yaml;
+    } catch (const tr::ConfigError& e) {
+      EXPECT_EQ(std::string(e.what()),
+                "dup.yaml: key '" + key + "' is given twice; only the first would be read");
+    }
+  }
+  // A stored config (another version's) is read as it is.
+  std::vector<std::string> unknown;
+  EXPECT_EQ(tr::parse_stored_config("data: {train: x.json}\ntraining: {lr: 0.1, lr: 0.2}\n",
+                                    "stored", unknown)
+                .training.lr,
+            0.1);
+}
+
+// A directory is not a config file, nor a run directory a file.
+TEST(Config, ADirectoryIsNotAConfigFile) {
+  const std::string dir = ::testing::TempDir();
+  try {
+    tr::load_config(dir, {});
+    ADD_FAILURE() << "no error";
+  } catch (const tr::ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), dir + ": a directory, not a config file");
+  }
 }
 
 }  // namespace
@@ -197,6 +235,13 @@ TEST(Config, InputChangesNameTheKeys) {
       tr::parse_config(tiny_config("unused", "runs/x"), {"data.pad_to=32", "training.lr=0.5"});
   EXPECT_EQ(tr::input_changes(padded, c), (std::vector<std::string>{"data.pad_to: 32 -> 16"}));
   EXPECT_TRUE(tr::objective_changes(padded, c).empty());
+  // Data of another size with the same pad_to: the resolved image sizes differ.
+  auto small = c, large = c;
+  small.model.image_size = 16;
+  large.model.image_size = 28;
+  EXPECT_EQ(tr::input_changes(small, large),
+            (std::vector<std::string>{"model.image_size: 16 -> 28"}));
+  EXPECT_TRUE(tr::input_changes(small, c).empty());  // image_size 0: not resolved, not compared
 }
 
 // A named choice is read once into its enum and written back under the same name.

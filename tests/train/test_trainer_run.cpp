@@ -237,6 +237,30 @@ TEST_F(TrainerRun, CheckpointsThatAreNotThisRunsAreSetAsideNeverDeleted) {
   EXPECT_TRUE(fs::exists(checkpoints / "superseded_at_step_0" / "ckpt_000000009.pt"));
 }
 
+// A run directory that is a file, and a directory given to --resume, are errors that say so.
+TEST_F(TrainerRun, PathsOfTheWrongKindAreNamed) {
+  std::ofstream(dir / "a_file") << "x";
+  try {
+    train(config("a_file"));
+    ADD_FAILURE() << "no error";
+  } catch (const tr::ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "config key 'logging.run_dir' = '" + (dir / "a_file") + "': a file, not a directory");
+  }
+  tr::TrainOptions from_dir;
+  from_dir.resume = dir / "data";
+  try {
+    train(config("run"), from_dir);
+    ADD_FAILURE() << "no error";
+  } catch (const tr::CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("--resume " + (dir / "data") +
+                                         ": a directory; give a "
+                                         "checkpoint file"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(TrainerRun, StopSignalLeavesAValidCheckpoint) {
   const auto c = config("signal", {"training.max_steps=100000", "logging.log_every=1"});
   std::thread killer([&] {
