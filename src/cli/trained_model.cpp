@@ -9,7 +9,6 @@
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <stdexcept>
 
 #include "data/error.hpp"
@@ -183,9 +182,7 @@ TrainedClassifier load_trained_classifier(const std::string& run_or_checkpoint,
 }
 
 void check_not_a_training_checkpoint(const std::string& path, const std::string& what) {
-  static const std::regex name(R"(ckpt_\d{9}\.pt)");
-  const fs::path p(path);
-  if (p.parent_path().filename() == "checkpoints" && std::regex_match(p.filename().string(), name))
+  if (fs::path(path).parent_path().filename() == "checkpoints" && train::checkpoint_step(path))
     throw std::invalid_argument(what + " " + path +
                                 ": named like a training checkpoint, which it would replace if it "
                                 "exists and `train --resume auto` would resume from; choose "

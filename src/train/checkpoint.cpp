@@ -334,14 +334,20 @@ std::string checkpoint_path(const std::string& run_dir, int64_t step) {
   return (fs::path(run_dir) / "checkpoints" / name).string();
 }
 
+std::optional<int64_t> checkpoint_step(const std::string& path) {
+  static const std::regex pattern(R"(ckpt_(\d{9})\.pt)");
+  std::smatch m;
+  const std::string name = fs::path(path).filename().string();
+  if (!std::regex_match(name, m, pattern)) return std::nullopt;
+  return std::stoll(m[1].str());
+}
+
 std::vector<std::string> list_checkpoints(const std::string& run_dir) {
   std::vector<std::string> found;
   const fs::path dir = fs::path(run_dir) / "checkpoints";
   if (!fs::is_directory(dir)) return found;
-  static const std::regex pattern(R"(ckpt_\d{9}\.pt)");
   for (const auto& entry : fs::directory_iterator(dir))
-    if (std::regex_match(entry.path().filename().string(), pattern))
-      found.push_back(entry.path().string());
+    if (checkpoint_step(entry.path().string())) found.push_back(entry.path().string());
   std::sort(found.rbegin(), found.rend());  // zero-padded steps: newest first
   return found;
 }
@@ -364,18 +370,10 @@ std::string checkpoint_to_resume(const std::string& resume, const std::string& r
   return latest_valid_checkpoint(run_dir).value_or("");
 }
 
-int64_t checkpoint_step(const std::string& path) {
-  static const std::regex pattern(R"(ckpt_(\d{9})\.pt)");
-  std::smatch m;
-  const std::string name = fs::path(path).filename().string();
-  if (!std::regex_match(name, m, pattern)) throw CheckpointError(path + ": not a checkpoint name");
-  return std::stoll(m[1].str());
-}
-
 void prune_checkpoints(const std::string& run_dir, int64_t keep, int64_t step) {
   int64_t kept = 0;
   for (const auto& path : list_checkpoints(run_dir)) {
-    if (checkpoint_step(path) > step) continue;
+    if (*checkpoint_step(path) > step) continue;
     if (kept++ >= keep) fs::remove(path);
   }
 }
@@ -391,7 +389,7 @@ std::string superseded_folder(const std::string& dir, int64_t step) {
 std::string set_aside_checkpoints_after(const std::string& run_dir, int64_t step) {
   std::vector<std::string> later;
   for (const auto& path : list_checkpoints(run_dir))
-    if (checkpoint_step(path) > step) later.push_back(path);
+    if (*checkpoint_step(path) > step) later.push_back(path);
   if (later.empty()) return "";
   const fs::path folder = superseded_folder((fs::path(run_dir) / "checkpoints").string(), step);
   fs::create_directories(folder);

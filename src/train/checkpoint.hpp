@@ -70,6 +70,8 @@ void load_model_weights(const std::string& path, torch::nn::Module& model,
 
 // <run_dir>/checkpoints/ckpt_<step>.pt
 std::string checkpoint_path(const std::string& run_dir, int64_t step);
+// The step of a file named as checkpoint_path() names one; nullopt for another name.
+std::optional<int64_t> checkpoint_step(const std::string& path);
 // Every checkpoint of a run, newest first.
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 // The newest checkpoint that passes checkpoint_problem(); invalid ones are skipped with a warning.
@@ -77,8 +79,7 @@ std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir);
 // The checkpoint `difftrain train --resume` names: "" (start afresh), "auto" (the newest valid
 // checkpoint of run_dir, "" when there is none) or a file.
 std::string checkpoint_to_resume(const std::string& resume, const std::string& run_dir);
-// The step in a checkpoint_path() name.
-int64_t checkpoint_step(const std::string& path);
+
 // Deletes all but the newest `keep` checkpoints up to `step` (the one just written); later ones
 // are not this run's and are left alone.
 void prune_checkpoints(const std::string& run_dir, int64_t keep, int64_t step);
